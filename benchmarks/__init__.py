@@ -1,0 +1,1 @@
+"""cellprofiler_omero.benchmarks."""

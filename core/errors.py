@@ -1,0 +1,62 @@
+"""The exceptions users of cellprofiler-omero can catch.
+
+Every message says what happened and what to do next. ``transient`` marks the
+failures after which another transport (or a later retry) may succeed.
+"""
+
+from __future__ import annotations
+
+
+class OmeroError(Exception):
+    """Base of every error raised by cellprofiler-omero."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} {hint}" if hint else message)
+
+
+class ConfigError(OmeroError, ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+class InvalidReference(OmeroError, ValueError):
+    """A text does not name an OMERO object this package understands."""
+
+
+class AuthError(OmeroError):
+    """Not logged in, the session expired and could not be renewed, or bad credentials."""
+
+
+class NotFound(OmeroError):
+    """The object does not exist, or the current user cannot see it."""
+
+
+class PermissionDenied(OmeroError):
+    """The object exists but the current user may not read or write it."""
+
+
+class WrongServer(OmeroError):
+    """A reference names another server than the one connected to."""
+
+
+class UnsupportedData(OmeroError, ValueError):
+    """Data this package cannot represent (complex pixels, too many columns, …)."""
+
+
+class TransportUnavailable(OmeroError):
+    """A transport cannot serve right now; the next configured one may."""
+
+    transient = True
+
+
+class ServerError(OmeroError):
+    """The server failed or the connection dropped after bounded retries."""
+
+    transient = True
+
+
+class NoTransport(OmeroError):
+    """Every configured transport declined or failed."""

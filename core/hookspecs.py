@@ -1,0 +1,105 @@
+"""The pluggy contract between the core and transports (the only module plugins need).
+
+Factory hooks are ``firstresult``: called synchronously, in the order the
+configuration names transports; a transport declines by returning ``None`` and
+the next one is asked. What they return does the work asynchronously (see
+``roles``). Observer hooks are called on every plugin and return nothing.
+
+A third-party plugin is a module or object with ``@hookimpl`` functions,
+registered under a name through the entry-point group ``cellprofiler_omero``::
+
+    [project.entry-points.cellprofiler_omero]
+    mytransport = "my_package.plugin"
+
+and chosen by naming it in the settings, e.g. ``transports.read = ["mytransport", "ice"]``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from cellprofiler_omero.core.config import Settings
+    from cellprofiler_omero.core.model import (
+        ImageMeta,
+        NewImage,
+        TableInfo,
+        TableSchema,
+        TableTarget,
+        UploadedImage,
+    )
+    from cellprofiler_omero.core.refs import ObjectRef
+    from cellprofiler_omero.core.roles import (
+        Connection,
+        Credentials,
+        ImageSink,
+        PixelSource,
+        ServerAddress,
+        SessionInfo,
+        TableSink,
+    )
+
+PROJECT_NAME = "cellprofiler_omero"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec(firstresult=True)
+def omero_connect(
+    address: ServerAddress, credentials: Credentials, settings: Settings
+) -> Connection | None:
+    """Open a session on ``address`` with ``credentials``.
+
+    Return a ``Connection``, or ``None`` when this transport cannot connect.
+    Raise ``AuthError`` for refused credentials (no other transport is tried).
+    """
+
+
+@hookspec(firstresult=True)
+def omero_open_reader(
+    connection: Connection, image: ObjectRef, meta: ImageMeta, settings: Settings
+) -> PixelSource | None:
+    """Return a ``PixelSource`` for ``image`` or ``None`` to decline.
+
+    ``meta`` comes from the connection's metadata source, so a pixel-only
+    transport needs no metadata endpoint of its own.
+    """
+
+
+@hookspec(firstresult=True)
+def omero_open_uploader(connection: Connection, settings: Settings) -> ImageSink | None:
+    """Return an ``ImageSink`` that creates images on the connected server, or ``None``."""
+
+
+@hookspec(firstresult=True)
+def omero_open_table_writer(
+    connection: Connection,
+    target: TableTarget,
+    schema: TableSchema,
+    settings: Settings,
+    file_id: int | None,
+) -> TableSink | None:
+    """Return a ``TableSink`` for a new table attached to ``target``, or ``None``.
+
+    With ``file_id``, reopen that existing table instead (after a reconnect).
+    """
+
+
+@hookspec
+def omero_image_uploaded(session: SessionInfo, image: UploadedImage, spec: NewImage) -> None:
+    """An image was created (or found already created by an earlier attempt)."""
+
+
+@hookspec
+def omero_table_written(session: SessionInfo, table: TableInfo, rows_added: int) -> None:
+    """A batch of rows was appended to a table."""
+
+
+@hookspec
+def omero_session_changed(
+    old: SessionInfo | None, new: SessionInfo | None, reason: str
+) -> None:
+    """The process's connection was opened, renewed, switched or closed."""

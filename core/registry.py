@@ -1,0 +1,185 @@
+"""The plugin manager: built-in and third-party transports, chosen per role by settings.
+
+Built-in transports are registered the same way as third-party ones, through the
+entry-point group ``cellprofiler_omero`` of the installed distribution, so the core
+imports no transport.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import pluggy
+
+from cellprofiler_omero.core import hookspecs
+from cellprofiler_omero.core.config import ROLES, Settings
+from cellprofiler_omero.core.errors import ConfigError, NoTransport, OmeroError
+from cellprofiler_omero.core.model import ImageMeta, PixelRequest, TableSchema, TableTarget
+from cellprofiler_omero.core.refs import ObjectRef
+from cellprofiler_omero.core.roles import (
+    Connection,
+    Credentials,
+    ImageSink,
+    PixelSource,
+    ServerAddress,
+    TableSink,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Registry:
+    """Loads plugins and picks, per role, the first transport that serves."""
+
+    def __init__(self, settings: Settings, *, load_entry_points: bool = True) -> None:
+        self.settings = settings
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        if load_entry_points:
+            self.pm.load_setuptools_entrypoints(hookspecs.PROJECT_NAME)
+
+    @property
+    def hook(self) -> Any:
+        """Observer hooks: ``registry.hook.omero_image_uploaded(...)``."""
+        return self.pm.hook
+
+    def register(self, plugin: object, name: str) -> None:
+        """Register a plugin object or module under the transport name ``name``."""
+        self.pm.register(plugin, name=name)
+
+    def names(self) -> list[str]:
+        """Names of every registered plugin."""
+        return sorted(name for name, _ in self.pm.list_name_plugin())
+
+    def order(self, role: str) -> tuple[str, ...]:
+        if role not in ROLES:
+            raise ValueError(f"Unknown role {role!r}; roles are {', '.join(ROLES)}.")
+        return tuple(getattr(self.settings.transports, role))
+
+    def _caller(self, name: str, hook_name: str, role: str) -> Callable[..., Any] | None:
+        plugin = self.pm.get_plugin(name)
+        if plugin is None:
+            raise ConfigError(
+                f"Transport {name!r} named in 'transports.{role}' is not installed.",
+                hint=f"Installed: {', '.join(self.names()) or 'none'}.",
+            )
+        if not any(impl.plugin is plugin
+                   for impl in getattr(self.pm.hook, hook_name).get_hookimpls()):
+            return None
+        others = [p for _, p in self.pm.list_name_plugin() if p is not plugin]
+        caller: Callable[..., Any] = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+        return caller
+
+    def first(self, role: str, hook_name: str, names: tuple[str, ...] | None = None,
+              **kwargs: Any) -> tuple[str, Any]:
+        """Ask ``role``'s transports in order; ``(name, result)`` of the first that serves."""
+        reasons: list[str] = []
+        for name in names if names is not None else self.order(role):
+            caller = self._caller(name, hook_name, role)
+            if caller is None:
+                reasons.append(f"{name}: does not offer {role}")
+                continue
+            try:
+                result = caller(**kwargs)
+            except OmeroError as exc:
+                if not exc.transient:
+                    raise
+                log.warning("transport %s failed for %s (%s); trying the next", name, role, exc)
+                reasons.append(f"{name}: {exc}")
+                continue
+            if result is None:
+                log.info("transport %s declined %s", name, role)
+                reasons.append(f"{name}: declined")
+                continue
+            log.info("transport %s serves %s", name, role)
+            return name, result
+        raise NoTransport(
+            f"No transport could {role}: " + "; ".join(reasons) + ".",
+            hint=f"Check 'transports.{role}' in the settings and that the server is reachable.",
+        )
+
+    def connect(self, address: ServerAddress, credentials: Credentials) -> Connection:
+        """Open a connection with the first transport of ``transports.connect`` that can."""
+        _, conn = self.first("connect", "omero_connect", address=address,
+                             credentials=credentials, settings=self.settings)
+        return conn
+
+    def open_reader(self, connection: Connection, image: ObjectRef, meta: ImageMeta
+                    ) -> FallbackPixelSource:
+        """A pixel source that falls through the read transports on transient failures."""
+        return FallbackPixelSource(self, connection, image, meta)
+
+    def open_uploader(self, connection: Connection) -> ImageSink:
+        _, sink = self.first("upload", "omero_open_uploader", connection=connection,
+                             settings=self.settings)
+        return sink
+
+    def open_table_writer(self, connection: Connection, target: TableTarget,
+                          schema: TableSchema, file_id: int | None = None,
+                          names: tuple[str, ...] | None = None) -> tuple[str, TableSink]:
+        return self.first("tables", "omero_open_table_writer", names=names,
+                          connection=connection, target=target, schema=schema,
+                          settings=self.settings, file_id=file_id)
+
+
+class FallbackPixelSource:
+    """Reads through the first read transport that serves; a transient failure moves on.
+
+    The transports after the one serving stay in reserve, so a pixel-buffer service
+    that stops answering mid-run hands over to Ice instead of failing the run.
+    """
+
+    def __init__(self, registry: Registry, connection: Connection, image: ObjectRef,
+                 meta: ImageMeta) -> None:
+        self._registry = registry
+        self._connection = connection
+        self._image = image
+        self._meta = meta
+        self._remaining = list(registry.order("read"))
+        self._source: PixelSource | None = None
+        self._name = ""
+
+    @property
+    def transport(self) -> str:
+        return self._name
+
+    def _open_next(self) -> PixelSource:
+        while self._remaining:
+            names = (self._remaining.pop(0),)
+            try:
+                self._name, source = self._registry.first(
+                    "read", "omero_open_reader", names=names, connection=self._connection,
+                    image=self._image, meta=self._meta, settings=self._registry.settings)
+            except NoTransport:
+                continue
+            self._source = source
+            return source
+        raise NoTransport(
+            f"No read transport could serve image {self._image.id}.",
+            hint="Check 'transports.read' in the settings and that the server is reachable.",
+        )
+
+    async def metadata(self) -> ImageMeta:
+        return self._meta
+
+    async def read(self, request: PixelRequest) -> np.ndarray:
+        while True:
+            source = self._source or self._open_next()
+            try:
+                return await source.read(request)
+            except OmeroError as exc:
+                if not exc.transient or not self._remaining:
+                    raise
+                log.warning("transport %s failed reading image %s (%s); falling back to %s",
+                            self._name, self._image.id, exc, self._remaining[0])
+                await source.aclose()
+                self._source = None
+
+    async def aclose(self) -> None:
+        if self._source is not None:
+            source, self._source = self._source, None
+            await source.aclose()

@@ -1,0 +1,166 @@
+"""The roles transports play, as ``typing.Protocol``s with async methods.
+
+A transport's factory hooks (see ``hookspecs``) return objects that follow these
+protocols; the core and CellProfiler code use nothing else of a transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from cellprofiler_omero.core.model import (
+    ImageMeta,
+    NewImage,
+    Node,
+    Page,
+    PixelRequest,
+    TableInfo,
+    UploadedImage,
+)
+from cellprofiler_omero.core.refs import ObjectRef
+
+LoginSource = Literal["password", "session", "token", "environment"]
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """An OMERO server's Ice endpoint."""
+
+    host: str
+    port: int = 4064
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def same_host(self, host: str | None) -> bool:
+        """True when ``host`` (from a reference or token) names this server."""
+        return host is None or host.lower() == self.host.lower()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to log in. Secrets are excluded from ``repr`` so they never reach a log."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    session_key: str | None = field(default=None, repr=False)
+    source: LoginSource = "password"
+
+    def __post_init__(self) -> None:
+        if self.session_key is None and not (self.user and self.password is not None):
+            raise ValueError("Credentials need a user and password, or a session key.")
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """Who is connected where, and how the session was obtained (never the key)."""
+
+    server: ServerAddress
+    user: str
+    user_id: int
+    group: str
+    group_id: int
+    source: LoginSource
+    is_admin: bool = False
+
+
+@runtime_checkable
+class Connection(Protocol):
+    """A live session with one server, as a transport holds it.
+
+    ``session_key`` is a secret: a transport sends it to ``info.server`` (and to
+    services configured for that server) and nowhere else, and never logs it.
+    """
+
+    @property
+    def info(self) -> SessionInfo: ...
+
+    @property
+    def session_key(self) -> str: ...
+
+    @property
+    def transport(self) -> str: ...
+
+    async def ping(self) -> None:
+        """Keep the session alive; raise ``AuthError`` when it has expired."""
+
+    async def image_meta(self, image_id: int) -> ImageMeta:
+        """Sizes, pixel type, channels, levels and plate position of one image."""
+
+    async def images_in(self, ref: ObjectRef) -> list[ObjectRef]:
+        """The images a container holds, in a stable order (an image gives itself)."""
+
+    async def children(self, ref: ObjectRef | None, offset: int, limit: int) -> Page:
+        """One page of ``ref``'s children; ``None`` lists the user's top-level containers."""
+
+    async def can_write(self, kind: str, object_id: int) -> bool:
+        """Whether the current user may link new objects to this one."""
+
+    async def create_user_session(self, time_to_idle_ms: int) -> str:
+        """A new session key for a token (clamped to what the server allows)."""
+
+    async def close(self, *, detach: bool) -> None:
+        """End the connection; ``detach`` leaves the session alive on the server."""
+
+
+@runtime_checkable
+class PixelSource(Protocol):
+    """Reads pixels of one image."""
+
+    @property
+    def transport(self) -> str: ...
+
+    async def metadata(self) -> ImageMeta: ...
+
+    async def read(self, request: PixelRequest) -> np.ndarray:
+        """An array shaped ``(len(z), len(c), h, w)`` in the image's dtype."""
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class ImageSink(Protocol):
+    """Creates new images on the server."""
+
+    @property
+    def transport(self) -> str: ...
+
+    async def upload(self, pixels: np.ndarray, spec: NewImage) -> UploadedImage:
+        """Create an image from ``pixels`` shaped ``(T, Z, C, Y, X)``, exactly once per key."""
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class TableSink(Protocol):
+    """Appends rows to one OMERO.table."""
+
+    @property
+    def transport(self) -> str: ...
+
+    async def row_count(self) -> int:
+        """Rows the server holds now (used to make retries exactly-once)."""
+
+    async def append(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
+        """Add one batch; every column has the same length."""
+
+    async def info(self) -> TableInfo: ...
+
+    async def aclose(self) -> None: ...
+
+
+__all__ = [
+    "Connection",
+    "Credentials",
+    "ImageSink",
+    "LoginSource",
+    "Node",
+    "PixelSource",
+    "ServerAddress",
+    "SessionInfo",
+    "TableSink",
+]

@@ -1,0 +1,400 @@
+"""The process's one OMERO connection: log in, keep alive, renew, hand off, shut down.
+
+Transport-neutral: the connection itself comes from the ``omero_connect`` hook.
+Rules it keeps:
+
+* One active connection per process; connecting to another server closes the
+  previous one first.
+* Credentials, in order: explicit arguments; a session handed over by a parent
+  process (``CELLPROFILER_OMERO_SESSION_FILE``, a 0600 file); the saved
+  omero-user-token when ``auth.use_token`` is on **and** its host is the server
+  wanted. A key is never sent to another host than the one it came from.
+* A call that fails because the session expired or the connection dropped is
+  retried once after rejoining (session key) or logging in again (password kept
+  in memory only); then ``AuthError`` says how to reconnect. Nothing prompts.
+* ``close()`` is idempotent; token and hand-off sessions are detached (they stay
+  valid for their owners), password sessions are closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from cellprofiler_omero.core import runtime, tokens
+from cellprofiler_omero.core.config import Settings, load_settings
+from cellprofiler_omero.core.errors import AuthError, OmeroError, ServerError, WrongServer
+from cellprofiler_omero.core.refs import ObjectRef
+from cellprofiler_omero.core.registry import Registry
+from cellprofiler_omero.core.roles import Connection, Credentials, ServerAddress, SessionInfo
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+HANDOFF_ENV = "CELLPROFILER_OMERO_SESSION_FILE"
+
+_RECONNECT_HINT = (
+    "Log in again: `cellprofiler-omero login --server HOST` (add --save-token to keep "
+    "a token), or use Plugins ▸ Connect to OMERO in CellProfiler."
+)
+
+
+class SessionManager:
+    """Holds the process's connection and renews it when it lapses."""
+
+    def __init__(self, settings: Settings | None = None, registry: Registry | None = None
+                 ) -> None:
+        self.settings = settings or load_settings()
+        self.registry = registry or Registry(self.settings)
+        self._conn: Connection | None = None
+        self._address: ServerAddress | None = None
+        self._credentials: Credentials | None = None
+        self._lock: anyio.Lock | None = None
+        self._keepalive_scope: anyio.CancelScope | None = None
+        self._handoff_path: Path | None = None
+        self.on_token_login: Callable[[SessionInfo], None] | None = None
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def info(self) -> SessionInfo | None:
+        return self._conn.info if self._conn is not None else None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def _get_lock(self) -> anyio.Lock:
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        return self._lock
+
+    def address_for(self, host: str | None = None, port: int | None = None) -> ServerAddress:
+        """The server wanted: explicit, else the connected one, else the configured one."""
+        if host:
+            return ServerAddress(host, port or self.settings.server.port)
+        if self._address is not None:
+            return self._address
+        if self.settings.server.host:
+            return ServerAddress(self.settings.server.host, port or self.settings.server.port)
+        raise AuthError(
+            "No OMERO server is set.",
+            hint="Pass --server, set server.host in the settings, or " + _RECONNECT_HINT,
+        )
+
+    # -- connecting --------------------------------------------------------------------
+
+    async def connect(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        session_key: str | None = None,
+        use_token: bool | None = None,
+    ) -> SessionInfo:
+        """Connect (or reuse the connection) to a server and return who is logged in.
+
+        With no credentials, a parent's hand-off or the saved token is used; with
+        none of those, ``AuthError`` says how to log in.
+        """
+        async with self._get_lock():
+            return await self._connect_locked(host, port, user, password, session_key,
+                                              use_token)
+
+    async def _connect_locked(self, host: str | None, port: int | None, user: str | None,
+                              password: str | None, session_key: str | None,
+                              use_token: bool | None) -> SessionInfo:
+        explicit = session_key is not None or (user is not None and password is not None)
+        address = self._resolve_address(host, port)
+        if self._conn is not None:
+            if self._address == address and not explicit:
+                return self._conn.info
+            reason = "switch" if self._address != address else "relogin"
+            await self._close_locked(reason=reason)
+        credentials = self._choose_credentials(address, user, password, session_key, use_token)
+        return await self._open(address, credentials, reason="connect")
+
+    def _resolve_address(self, host: str | None, port: int | None) -> ServerAddress:
+        if host:
+            return ServerAddress(host, port or self.settings.server.port)
+        handoff = _read_handoff()
+        if handoff is not None:
+            return handoff[0]
+        if self.settings.server.host:
+            return ServerAddress(self.settings.server.host, port or self.settings.server.port)
+        if self._address is not None:
+            return self._address
+        token = self._token() if self._use_token(None) else None
+        if token is not None:
+            return ServerAddress(token.host, token.port)
+        raise AuthError("No OMERO server is set and no token is saved.", hint=_RECONNECT_HINT)
+
+    def _use_token(self, use_token: bool | None) -> bool:
+        return self.settings.auth.use_token if use_token is None else use_token
+
+    def _token(self) -> tokens.Token | None:
+        return tokens.read_token(self.settings.auth.token_dir)
+
+    def _choose_credentials(self, address: ServerAddress, user: str | None,
+                            password: str | None, session_key: str | None,
+                            use_token: bool | None) -> Credentials:
+        if session_key is not None:
+            return Credentials(session_key=session_key, source="session")
+        if user is not None and password is not None:
+            return Credentials(user=user, password=password, source="password")
+        handoff = _read_handoff()
+        if handoff is not None and handoff[0] == address:
+            return Credentials(session_key=handoff[1], source="environment")
+        if self._use_token(use_token):
+            token = self._token()
+            if token is not None and address.same_host(token.host) \
+                    and token.port == address.port:
+                return Credentials(session_key=token.key, source="token")
+            if token is not None:
+                log.info("the saved token is for %s:%s, not %s; not using it",
+                         token.host, token.port, address)
+        raise AuthError(f"Not logged in to {address}.", hint=_RECONNECT_HINT)
+
+    async def _open(self, address: ServerAddress, credentials: Credentials, reason: str
+                    ) -> SessionInfo:
+        conn = await anyio.to_thread.run_sync(self.registry.connect, address, credentials)
+        old = self.info
+        self._conn, self._address, self._credentials = conn, address, credentials
+        info = conn.info
+        log.info("connected to %s as %s (group %s) via %s", address, info.user, info.group,
+                 info.source)
+        self.registry.hook.omero_session_changed(old=old, new=info, reason=reason)
+        if credentials.source == "token" and self.on_token_login is not None:
+            self.on_token_login(info)
+        self._start_keepalive()
+        return info
+
+    # -- using -------------------------------------------------------------------------
+
+    async def connection(self, ref: ObjectRef | None = None) -> Connection:
+        """The live connection, connecting from hand-off or token when there is none.
+
+        A ``ref`` naming another host than the connected server raises ``WrongServer``.
+        """
+        async with self._get_lock():
+            if self._conn is None:
+                host = ref.host if ref is not None else None
+                port = ref.port if ref is not None else None
+                await self._connect_locked(host, port, None, None, None, None)
+            assert self._conn is not None
+            if ref is not None:
+                self.check_ref(ref)
+            return self._conn
+
+    def check_ref(self, ref: ObjectRef) -> None:
+        """Raise ``WrongServer`` unless ``ref`` names the connected server (or no server)."""
+        if self._address is None:
+            return
+        if not self._address.same_host(ref.host) or (
+            ref.port is not None and ref.port != self._address.port
+        ):
+            raise WrongServer(
+                f"{ref} is on {ref.host}, but this session is connected to {self._address.host}.",
+                hint="Connect to that server first (`cellprofiler-omero login --server "
+                f"{ref.host}`); the current session's key is never sent to another host.",
+            )
+
+    async def call(self, func: Callable[[Connection], Awaitable[T]],
+                   ref: ObjectRef | None = None) -> T:
+        """``await func(connection)``, renewing the session once if it has lapsed."""
+        conn = await self.connection(ref)
+        try:
+            return await func(conn)
+        except (AuthError, ServerError) as exc:
+            if not _is_session_failure(exc):
+                raise
+            log.info("session lapsed (%s); renewing once", type(exc).__name__)
+            conn = await self.renew(conn)
+            return await func(conn)
+
+    async def renew(self, failed: Connection | None = None) -> Connection:
+        """Rejoin or log in again with the credentials held; ``AuthError`` when impossible."""
+        async with self._get_lock():
+            if self._conn is not None and failed is not None and self._conn is not failed:
+                return self._conn  # another task renewed already
+            address, credentials = self._address, self._credentials
+            if address is None or credentials is None:
+                raise AuthError("Not connected to OMERO.", hint=_RECONNECT_HINT)
+            if self._conn is not None:
+                old_conn, self._conn = self._conn, None
+                await _quietly_close(old_conn, detach=True)
+            attempts = [credentials]
+            if credentials.source == "password" and self._last_key_credentials is not None:
+                attempts.insert(0, self._last_key_credentials)
+            last: Exception | None = None
+            for attempt in attempts:
+                try:
+                    await self._open(address, attempt, reason="renew")
+                    self._credentials = credentials
+                    assert self._conn is not None
+                    return self._conn
+                except OmeroError as exc:
+                    last = exc
+            raise AuthError(
+                f"The session on {address} has ended and could not be renewed "
+                f"({type(last).__name__}).",
+                hint=_RECONNECT_HINT,
+            ) from last
+
+    @property
+    def _last_key_credentials(self) -> Credentials | None:
+        # A password session is first rejoined by its key (cheap, keeps the same session).
+        if self._conn is None:
+            return None
+        return Credentials(session_key=self._conn.session_key, source="session")
+
+    def _start_keepalive(self) -> None:
+        if self._keepalive_scope is not None:
+            self._keepalive_scope.cancel()
+        scope = anyio.CancelScope()
+        self._keepalive_scope = scope
+        interval = self.settings.auth.keepalive_seconds
+
+        async def keepalive() -> None:
+            with scope:
+                while True:
+                    await anyio.sleep(interval)
+                    conn = self._conn
+                    if conn is None:
+                        return
+                    try:
+                        await conn.ping()
+                    except OmeroError as exc:
+                        log.info("keep-alive failed (%s); will renew on next use",
+                                 type(exc).__name__)
+
+        if runtime.in_loop_thread():
+            _spawn(keepalive)
+
+    # -- tokens and hand-off -----------------------------------------------------------
+
+    async def save_token(self, time_to_idle_minutes: int | None = None) -> Path:
+        """Save an omero-user-token for the connected server and return its file."""
+        conn = await self.connection()
+        minutes = time_to_idle_minutes or self.settings.auth.token_time_to_idle_minutes
+        key = await conn.create_user_session(minutes * 60_000)
+        info = conn.info
+        return tokens.write_token(tokens.Token(key, info.server.host, info.server.port),
+                                  self.settings.auth.token_dir)
+
+    def export_for_workers(self) -> dict[str, str]:
+        """Environment for child processes to join this session (a 0600 file, removed at exit)."""
+        if self._conn is None or self._address is None:
+            return {}
+        if self._handoff_path is None:
+            fd, name = tempfile.mkstemp(prefix="cellprofiler-omero-", suffix=".session")
+            os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
+            self._handoff_path = Path(name)
+            os.close(fd)
+            runtime.on_shutdown(self._remove_handoff)
+        payload = {"host": self._address.host, "port": self._address.port,
+                   "key": self._conn.session_key}
+        self._handoff_path.write_text(json.dumps(payload))
+        os.environ[HANDOFF_ENV] = str(self._handoff_path)
+        return {HANDOFF_ENV: str(self._handoff_path)}
+
+    async def _remove_handoff(self) -> None:
+        if self._handoff_path is not None:
+            self._handoff_path.unlink(missing_ok=True)
+            if os.environ.get(HANDOFF_ENV) == str(self._handoff_path):
+                del os.environ[HANDOFF_ENV]
+            self._handoff_path = None
+
+    # -- closing -----------------------------------------------------------------------
+
+    async def close(self, reason: str = "close") -> None:
+        """End the connection (idempotent): detach token/hand-off sessions, close others."""
+        async with self._get_lock():
+            await self._close_locked(reason)
+
+    async def _close_locked(self, reason: str) -> None:
+        if self._keepalive_scope is not None:
+            self._keepalive_scope.cancel()
+            self._keepalive_scope = None
+        await self._remove_handoff()
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        old = conn.info
+        detach = old.source in ("token", "environment")
+        await _quietly_close(conn, detach=detach)
+        log.info("%s session on %s (%s)", "detached" if detach else "closed", old.server, reason)
+        self._credentials = None
+        self._address = None
+        self.registry.hook.omero_session_changed(old=old, new=None, reason=reason)
+
+
+def _is_session_failure(exc: OmeroError) -> bool:
+    return isinstance(exc, AuthError) or getattr(exc, "connection_lost", False)
+
+
+async def _quietly_close(conn: Connection, *, detach: bool) -> None:
+    try:
+        await conn.close(detach=detach)
+    except Exception as exc:  # closing a dead connection must not mask the real error
+        log.debug("closing connection failed: %s", type(exc).__name__)
+
+
+def _read_handoff() -> tuple[ServerAddress, str] | None:
+    path = os.environ.get(HANDOFF_ENV)
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("ignoring session hand-off %s: it is readable by others", path)
+            return None
+        data = json.loads(Path(path).read_text())
+        return ServerAddress(str(data["host"]), int(data["port"])), str(data["key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+_spawned: set[Any] = set()
+
+
+def _spawn(func: Callable[[], Awaitable[None]]) -> None:
+    """Start a background task on the running asyncio loop (keep-alive)."""
+    import asyncio
+
+    coro: Any = func()
+    task = asyncio.get_running_loop().create_task(coro)
+    _spawned.add(task)
+    task.add_done_callback(_spawned.discard)
+
+
+_manager: SessionManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_manager() -> SessionManager:
+    """The process-wide session manager (created with the current settings on first use)."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            _manager = SessionManager()
+            runtime.on_shutdown(_manager.close)
+        return _manager
+
+
+def set_manager(manager: SessionManager | None) -> None:
+    """Replace the process-wide manager (tests, the CLI with explicit settings)."""
+    global _manager
+    with _manager_lock:
+        _manager = manager
