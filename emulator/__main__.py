@@ -1,0 +1,5 @@
+"""``python -m cellprofiler_omero.emulator`` runs an emulator in the foreground."""
+
+from cellprofiler_omero.emulator.runner import main
+
+raise SystemExit(main())

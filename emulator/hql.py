@@ -1,0 +1,902 @@
+"""A small HQL interpreter over the emulator's store, for the queries OMERO clients send.
+
+It understands the shape BlitzGateway, omero2pandas and this project use::
+
+    select <items> from <Class> [as] <alias>
+        {[left [outer] | inner] join [fetch] <path> [as] <alias>}
+        [where <condition>] [group by …] [order by <path|lower(path)> [asc|desc], …]
+
+with ``and``/``or``/``not``, comparisons, ``in (:list)``, ``in (select …)``,
+``exists (select …)`` (correlated), ``is [not] null``, ``like``, ``lower()``,
+``count([distinct] x)`` and projections of paths. Joined collections bind their
+alias to each element (existential semantics); roots are returned once each.
+Anything else raises ``HqlError`` naming the construct, which the IQuery servant
+answers as ``ApiUsageException`` — it never guesses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cellprofiler_omero.emulator.store import Obj, Store, User
+
+
+class HqlError(Exception):
+    """A query the interpreter does not understand."""
+
+
+# ---------------------------------------------------------------------------- tokens
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<param>:[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<num>-?\d+(?:\.\d+)?)|(?P<op><=|>=|<>|!=|=|<|>)|(?P<punct>[(),*])"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_.]*))")
+
+KEYWORDS = {"select", "from", "as", "join", "left", "outer", "inner", "fetch", "where",
+            "and", "or", "not", "in", "is", "null", "like", "exists", "order", "by", "asc",
+            "desc", "distinct", "group", "between", "ilike", "true", "false"}
+
+
+@dataclass(frozen=True)
+class Tok:
+    kind: str
+    text: str
+
+    @property
+    def low(self) -> str:
+        return self.text.lower()
+
+
+def tokenize(text: str) -> list[Tok]:
+    out: list[Tok] = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise HqlError(f"cannot read the query at {text[pos:pos + 20]!r}")
+        pos = m.end()
+        kind = m.lastgroup
+        assert kind is not None
+        value = m.group(kind)
+        if kind == "name" and value.lower() in KEYWORDS:
+            kind = "kw"
+        out.append(Tok(kind, value))
+    return out
+
+
+# ---------------------------------------------------------------------------- syntax
+
+@dataclass
+class Join:
+    path: str
+    alias: str
+    outer: bool
+
+
+@dataclass
+class Query:
+    select: list[Any]
+    distinct: bool
+    cls: str
+    alias: str
+    joins: list[Join]
+    where: Any
+    order: list[tuple[Any, bool]]
+
+
+class Parser:
+    def __init__(self, tokens: list[Tok]) -> None:
+        self.t = tokens
+        self.i = 0
+
+    def peek(self, offset: int = 0) -> Tok | None:
+        j = self.i + offset
+        return self.t[j] if j < len(self.t) else None
+
+    def at(self, *words: str) -> bool:
+        tok = self.peek()
+        return tok is not None and tok.low in words and tok.kind in ("kw", "punct", "op")
+
+    def take(self, *words: str) -> Tok:
+        tok = self.peek()
+        if tok is None or (words and tok.low not in words):
+            raise HqlError(f"expected {' or '.join(words) or 'more'} at "
+                           f"{tok.text if tok else 'the end'!r}")
+        self.i += 1
+        return tok
+
+    def accept(self, *words: str) -> bool:
+        if self.at(*words):
+            self.i += 1
+            return True
+        return False
+
+    def name(self) -> str:
+        tok = self.take()
+        if tok.kind != "name":
+            raise HqlError(f"expected a name, found {tok.text!r}")
+        return tok.text
+
+    def query(self, nested: bool = False) -> Query:
+        select: list[Any] = []
+        distinct = False
+        if self.accept("select"):
+            distinct = self.accept("distinct")
+            select.append(self.operand())
+            while self.accept(","):
+                select.append(self.operand())
+        self.take("from")
+        cls = self.name()
+        self.accept("as")
+        alias = cls
+        tok = self.peek()
+        if tok is not None and tok.kind == "name":
+            alias = self.name()
+        joins: list[Join] = []
+        while self.at("left", "inner", "join"):
+            outer = False
+            if self.accept("left"):
+                self.accept("outer")
+                outer = True
+            self.accept("inner")
+            self.take("join")
+            self.accept("fetch")
+            path = self.name()
+            self.accept("as")
+            jalias = path.rsplit(".", 1)[-1]
+            tok = self.peek()
+            if tok is not None and tok.kind == "name":
+                jalias = self.name()
+            joins.append(Join(path, jalias, outer))
+        where = None
+        if self.accept("where"):
+            where = self.expr()
+        if self.accept("group"):
+            self.take("by")
+            self.operand()
+            while self.accept(","):
+                self.operand()
+        order: list[tuple[Any, bool]] = []
+        if self.accept("order"):
+            self.take("by")
+            while True:
+                item = self.operand()
+                desc = False
+                if self.accept("desc"):
+                    desc = True
+                else:
+                    self.accept("asc")
+                order.append((item, desc))
+                if not self.accept(","):
+                    break
+        if not select:
+            select = [("path", alias)]
+        if not nested and self.peek() is not None:
+            raise HqlError(f"unexpected {self.peek().text!r}")  # type: ignore[union-attr]
+        return Query(select, distinct, cls, alias, joins, where, order)
+
+    def expr(self) -> Any:
+        left = self.conj()
+        while self.accept("or"):
+            left = ("or", left, self.conj())
+        return left
+
+    def conj(self) -> Any:
+        left = self.neg()
+        while self.accept("and"):
+            left = ("and", left, self.neg())
+        return left
+
+    def neg(self) -> Any:
+        if self.accept("not"):
+            return ("not", self.neg())
+        return self.primary()
+
+    def primary(self) -> Any:
+        if self.at("exists"):
+            self.take("exists")
+            self.take("(")
+            sub = self.query(nested=True)
+            self.take(")")
+            return ("exists", sub)
+        if self.at("("):
+            # A parenthesised condition (not an operand list).
+            self.take("(")
+            inner = self.expr()
+            self.take(")")
+            return inner
+        left = self.operand()
+        negate = self.accept("not")
+        if self.accept("in"):
+            self.take("(")
+            if self.at("select"):
+                sub = self.query(nested=True)
+                self.take(")")
+                node: Any = ("insub", left, sub)
+            else:
+                items = [self.operand()]
+                while self.accept(","):
+                    items.append(self.operand())
+                self.take(")")
+                node = ("in", left, items)
+            return ("not", node) if negate else node
+        if self.accept("like", "ilike"):
+            node = ("like", left, self.operand())
+            return ("not", node) if negate else node
+        if self.accept("between"):
+            low = self.operand()
+            self.take("and")
+            high = self.operand()
+            node = ("between", left, low, high)
+            return ("not", node) if negate else node
+        if self.accept("is"):
+            isnot = self.accept("not")
+            self.take("null")
+            return ("notnull" if isnot else "null", left)
+        tok = self.take()
+        if tok.kind != "op":
+            raise HqlError(f"expected a comparison, found {tok.text!r}")
+        return ("cmp", tok.text, left, self.operand())
+
+    def operand(self) -> Any:
+        tok = self.take()
+        if tok.kind == "param":
+            return ("param", tok.text[1:])
+        if tok.kind == "str":
+            return ("lit", tok.text[1:-1].replace("''", "'"))
+        if tok.kind == "num":
+            return ("lit", float(tok.text) if "." in tok.text else int(tok.text))
+        if tok.kind == "kw" and tok.low in ("true", "false"):
+            return ("lit", tok.low == "true")
+        if tok.kind == "kw" and tok.low == "null":
+            return ("lit", None)
+        if tok.kind == "punct" and tok.text == "(":
+            inner = self.operand()
+            self.take(")")
+            return inner
+        if tok.kind == "name":
+            if self.at("("):
+                self.take("(")
+                func = tok.low
+                distinct = self.accept("distinct")
+                args: list[Any] = []
+                if self.accept("*"):
+                    args.append(("lit", 1))
+                elif not self.at(")"):
+                    args.append(self.operand())
+                    while self.accept(","):
+                        args.append(self.operand())
+                self.take(")")
+                return ("func", func, args, distinct)
+            return ("path", tok.text)
+        raise HqlError(f"unexpected {tok.text!r}")
+
+
+def parse(text: str) -> Query:
+    return Parser(tokenize(text)).query()
+
+
+# ---------------------------------------------------------------------------- views
+
+@dataclass(eq=False)
+class View:
+    """A read-only node of the object graph that paths walk."""
+
+    kind: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    lazy: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    obj: Obj | None = None
+    model: Callable[[], Any] | None = None
+
+    def get(self, name: str) -> Any:
+        if name in self.fields:
+            return self.fields[name]
+        if name in self.lazy:
+            value = self.lazy[name]()
+            self.fields[name] = value
+            return value
+        raise HqlError(f"{self.kind} has no field {name!r} in the emulator")
+
+    @property
+    def key(self) -> tuple[str, Any]:
+        return (self.kind, self.fields.get("id"))
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, View) and self.key == other.key
+
+
+ANNOTATION_KINDS = ("FileAnnotation", "MapAnnotation", "CommentAnnotation", "TagAnnotation")
+#: HQL class names that select several stored kinds.
+CLASS_KINDS = {
+    "Annotation": ANNOTATION_KINDS,
+    "TextAnnotation": ("CommentAnnotation", "TagAnnotation"),
+    "TypeAnnotation": ("FileAnnotation",),
+}
+LINKS = {  # (kind, collection on parent, collection on child)
+    "ProjectDatasetLink": ("Project", "Dataset", "datasetLinks", "projectLinks"),
+    "DatasetImageLink": ("Dataset", "Image", "imageLinks", "datasetLinks"),
+    "ScreenPlateLink": ("Screen", "Plate", "plateLinks", "screenLinks"),
+}
+ANNOTATED = ("Project", "Dataset", "Image", "Screen", "Plate", "Well", "PlateAcquisition",
+             "OriginalFile")
+EMPTY_CLASSES = {"Roi", "Shape", "Rectangle", "Ellipse", "Polygon", "Mask", "Point", "Line",
+                 "Label", "Polyline", "PlaneInfo", "Thumbnail", "Fileset", "FilesetEntry",
+                 "RenderingDef", "Instrument", "Objective", "LightPath", "ExternalInfo",
+                 "BooleanAnnotation", "LongAnnotation", "DoubleAnnotation",
+                 "TimestampAnnotation", "TermAnnotation", "XmlAnnotation", "ListAnnotation",
+                 "Folder", "Share", "ImagingEnvironment", "StageLabel", "ObjectiveSettings",
+                 "LogicalChannel", "Reagent", "Experiment"}
+
+
+class Graph:
+    """Builds views over the store for one query, as seen by one user."""
+
+    def __init__(self, store: Store, user: User, group_id: int,
+                 to_model: Callable[[Any], Any]) -> None:
+        self.store = store
+        self.user = user
+        self.group_id = group_id
+        self.to_model = to_model
+        self._cache: dict[int, View] = {}
+
+    # -- visibility ----------------------------------------------------------------------
+
+    def visible(self, obj: Obj | None) -> bool:
+        if obj is None:
+            return False
+        if self.group_id != -1 and obj.group_id != self.group_id:
+            return False
+        return self.store.can_read(self.user, obj.owner_id, obj.group_id)
+
+    # -- roots -----------------------------------------------------------------------------
+
+    def candidates(self, cls: str, ids: list[int] | None) -> Iterator[View]:
+        if cls in ("Experimenter", "ExperimenterGroup", "PixelsType", "DimensionOrder",
+                   "GroupExperimenterMap", "Session"):
+            yield from self._system(cls, ids)
+            return
+        if cls == "Pixels" or cls == "Channel":
+            images = (self.store.get_many(ids) if ids is not None else self.store.all("Image"))
+            for img in images:
+                if img.kind == "Image" and self.visible(img):
+                    view = self.view(img)
+                    if cls == "Pixels":
+                        yield view.get("pixels")[0]
+                    else:
+                        yield from view.get("pixels")[0].get("channels")
+            return
+        if cls in LINKS or cls.endswith("AnnotationLink"):
+            yield from self._links(cls, ids)
+            return
+        if cls in EMPTY_CLASSES:
+            return
+        kinds = CLASS_KINDS.get(cls, (cls,))
+        if cls not in CLASS_KINDS and cls not in (
+                "Project", "Dataset", "Image", "Screen", "Plate", "Well", "WellSample",
+                "OriginalFile", "PlateAcquisition", *ANNOTATION_KINDS):
+            raise HqlError(f"class {cls!r} is not served by the emulator")
+        if ids is not None:
+            objs = [o for o in self.store.get_many(ids) if o.kind in kinds]
+        else:
+            objs = [o for k in kinds for o in self.store.all(k)]
+        for obj in objs:
+            if self.visible(obj):
+                yield self.view(obj)
+
+    def _system(self, cls: str, ids: list[int] | None) -> Iterator[View]:
+        if cls == "Experimenter":
+            for u in self.store.users():
+                if ids is None or u.id in ids:
+                    yield self.user_view(u.id)
+        elif cls == "ExperimenterGroup":
+            for g in self.store.groups():
+                if ids is None or g.id in ids:
+                    yield self.group_view(g.id)
+        elif cls == "PixelsType":
+            from cellprofiler_omero.emulator.pixels import BIT_SIZES
+
+            for index, name in enumerate(BIT_SIZES, start=1):
+                if ids is None or index in ids:
+                    yield self.enum_view("PixelsType", index, name, bitSize=BIT_SIZES[name])
+        elif cls == "DimensionOrder":
+            yield self.enum_view("DimensionOrder", 1, "XYZCT")
+        else:
+            raise HqlError(f"class {cls!r} is not served by the emulator")
+
+    def enum_view(self, kind: str, eid: int, value: str, **extra: Any) -> View:
+        from cellprofiler_omero.emulator import modelmap
+
+        def model() -> Any:
+            if kind == "PixelsType":
+                return modelmap.pixels_type(value, eid)
+            import omero.model
+            from omero.rtypes import rlong, rstring
+
+            m = omero.model.DimensionOrderI(rlong(eid), True)
+            m.value = rstring(value)
+            return m
+
+        return View(kind, {"id": eid, "value": value, **extra}, model=model)
+
+    def _links(self, cls: str, ids: list[int] | None) -> Iterator[View]:
+        if cls in LINKS:
+            kinds = [cls]
+        elif cls == "AnnotationLink":
+            kinds = [f"{k}AnnotationLink" for k in ANNOTATED]
+        else:
+            kinds = [cls]
+        for kind in kinds:
+            parent_kind = LINKS[kind][0] if kind in LINKS else kind[: -len("AnnotationLink")]
+            for obj in self.store.all(parent_kind):
+                if not self.visible(obj):
+                    continue
+                for link in self.store.links_from(kind, [obj.id]):
+                    if ids is not None and link.id not in ids:
+                        continue
+                    view = self.link_view(kind, link)
+                    if view is not None:
+                        yield view
+
+    # -- views ----------------------------------------------------------------------------
+
+    def view(self, obj: Obj) -> View:
+        cached = self._cache.get(obj.id)
+        if cached is not None:
+            return cached
+        store = self.store
+        f: dict[str, Any] = {"id": obj.id, "name": obj.name, "description": obj.description}
+        lazy: dict[str, Callable[[], Any]] = {
+            "details": lambda: self.details_view(obj.owner_id, obj.group_id, obj.created),
+        }
+        d = obj.data
+        if obj.kind in LINKS_BY_CHILD or obj.kind in LINKS_BY_PARENT:
+            for kind, (pk, ck, pcoll, ccoll) in LINKS.items():
+                if obj.kind == pk:
+                    lazy[pcoll] = self._link_collection(kind, obj.id, parent=True)
+                if obj.kind == ck:
+                    lazy[ccoll] = self._link_collection(kind, obj.id, parent=False)
+        if obj.kind in ANNOTATED:
+            lazy["annotationLinks"] = self._link_collection(f"{obj.kind}AnnotationLink",
+                                                            obj.id, parent=True)
+        if obj.kind == "Image":
+            f.update(acquisitionDate=obj.created, archived=False, series=0, fileset=None,
+                     format=None, instrument=None)
+            lazy["pixels"] = lambda: [self.pixels_view(obj)]
+            lazy["wellSamples"] = lambda: [self.view(o) for o in store.find_by_data(
+                "WellSample", "image", obj.id) if self.visible(o)]
+        elif obj.kind == "Plate":
+            lazy["wells"] = lambda: [self.view(o) for o in store.by_parent("Well", obj.id)
+                                     if self.visible(o)]
+            lazy["plateAcquisitions"] = lambda: [
+                self.view(o) for o in store.by_parent("PlateAcquisition", obj.id)
+                if self.visible(o)]
+            f.update(rows=d.get("rows"), columns=d.get("columns"))
+        elif obj.kind == "Well":
+            f.update(row=d.get("row"), column=d.get("column"))
+            lazy["plate"] = lambda: self._one(obj.parent_id)
+            lazy["wellSamples"] = lambda: [self.view(o) for o in
+                                           store.by_parent("WellSample", obj.id)
+                                           if self.visible(o)]
+        elif obj.kind == "WellSample":
+            lazy["well"] = lambda: self._one(obj.parent_id)
+            lazy["image"] = lambda: self._one(d.get("image"))
+            lazy["plateAcquisition"] = lambda: self._one(d.get("acquisition"))
+        elif obj.kind == "PlateAcquisition":
+            lazy["plate"] = lambda: self._one(obj.parent_id)
+            lazy["wellSample"] = lambda: [self.view(o) for o in store.find_by_data(
+                "WellSample", "acquisition", obj.id) if self.visible(o)]
+        elif obj.kind == "OriginalFile":
+            f.update(path=d.get("path", ""), mimetype=d.get("mimetype", ""),
+                     size=d.get("size", 0), hash=d.get("hash", ""))
+        elif obj.kind in ANNOTATION_KINDS:
+            f.update(ns=d.get("ns"), textValue=d.get("text"))
+            lazy["file"] = lambda: self._one(d.get("file"))
+            lazy["mapValue"] = lambda: d.get("map", [])
+        view = View(obj.kind, f, lazy, obj, model=lambda: self.to_model(obj))
+        self._cache[obj.id] = view
+        return view
+
+    def _one(self, object_id: int | None) -> View | None:
+        if object_id is None:
+            return None
+        obj = self.store.get(object_id)
+        if obj is None or not self.visible(obj):
+            return None
+        return self.view(obj)
+
+    def _link_collection(self, kind: str, object_id: int, *, parent: bool
+                         ) -> Callable[[], list[View]]:
+        def load() -> list[View]:
+            links = (self.store.links_from(kind, [object_id]) if parent
+                     else self.store.links_to(kind, [object_id]))
+            return [v for lk in links if (v := self.link_view(kind, lk)) is not None]
+
+        return load
+
+    def link_view(self, kind: str, link: Any) -> View | None:
+        parent = self.store.get(link.parent_id)
+        child = self.store.get(link.child_id)
+        if not (self.visible(parent) and self.visible(child)):
+            return None
+        assert parent is not None and child is not None
+        pview, cview = self.view(parent), self.view(child)
+
+        def model() -> Any:
+            from cellprofiler_omero.emulator import modelmap
+
+            assert pview.model is not None and cview.model is not None
+            return modelmap.link_model(self.store, self.user, kind, link.id, pview.model(),
+                                       cview.model(), link.owner_id, link.group_id,
+                                       link.created)
+
+        return View(kind, {"id": link.id, "parent": pview, "child": cview},
+                    {"details": lambda: self.details_view(link.owner_id, link.group_id,
+                                                          link.created)},
+                    model=model)
+
+    def pixels_view(self, image: Obj) -> View:
+        d = image.data
+        iview = self.view(image)
+        pt = self.enum_view("PixelsType", 0, d["pixelsType"])
+
+        def model() -> Any:
+            from cellprofiler_omero.emulator import modelmap
+
+            return modelmap.pixels(self.store, self.user, image)
+
+        view = View("Pixels", {
+            "id": image.id, "sizeX": d["sizeX"], "sizeY": d["sizeY"], "sizeZ": d["sizeZ"],
+            "sizeC": d["sizeC"], "sizeT": d["sizeT"], "pixelsType": pt, "image": iview,
+            "dimensionOrder": self.enum_view("DimensionOrder", 1, "XYZCT"),
+            "thumbnails": [], "planeInfo": [], "settings": [],
+        }, {"details": lambda: self.details_view(image.owner_id, image.group_id,
+                                                  image.created)}, model=model)
+        channels = []
+
+        def channel_model(index: int) -> Callable[[], Any]:
+            return lambda: model().getChannel(index)
+
+        for index, _ch in enumerate(d.get("channels", [])):
+            channels.append(View("Channel", {"id": image.id * 1000 + index, "pixels": view,
+                                             "logicalChannel": View("LogicalChannel", {
+                                                 "id": image.id * 1000 + index}),
+                                             "statsInfo": None},
+                                 model=channel_model(index)))
+        view.fields["channels"] = channels
+        return view
+
+    def details_view(self, owner_id: int, group_id: int, created: float) -> View:
+        return View("Details", {
+            "owner": self.user_view(owner_id), "group": self.group_view(group_id),
+            "creationEvent": View("Event", {"id": 1, "time": created}),
+            "updateEvent": View("Event", {"id": 1, "time": created}),
+            "externalInfo": None, "permissions": None,
+        })
+
+    def user_view(self, user_id: int) -> View:
+        from cellprofiler_omero.emulator import modelmap
+
+        user = self.store.user(user_id)
+        if user is None:
+            return View("Experimenter", {"id": user_id})
+        view = View("Experimenter", {"id": user.id, "omeName": user.omename,
+                                     "firstName": user.first, "lastName": user.last,
+                                     "email": user.email, "ldap": False},
+                    model=lambda: modelmap.experimenter(user))
+        view.lazy["groupExperimenterMap"] = lambda: [
+            View("GroupExperimenterMap", {"id": user.id * 1000 + g, "child": view,
+                                          "parent": self.group_view(g)})
+            for g in self.store.member_groups(user.id)]
+        return view
+
+    def group_view(self, group_id: int) -> View:
+        from cellprofiler_omero.emulator import modelmap
+
+        grp = self.store.group(group_id)
+        if grp is None:
+            return View("ExperimenterGroup", {"id": group_id})
+        view = View("ExperimenterGroup", {"id": grp.id, "name": grp.name, "ldap": False,
+                                          "description": grp.description},
+                    model=lambda: modelmap.group(grp))
+        view.lazy["groupExperimenterMap"] = lambda: [
+            View("GroupExperimenterMap", {"id": u * 1000 + grp.id, "parent": view,
+                                          "child": self.user_view(u)})
+            for u in self.store.group_members(grp.id)]
+        return view
+
+
+LINKS_BY_PARENT = {v[0] for v in LINKS.values()}
+LINKS_BY_CHILD = {v[1] for v in LINKS.values()}
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+Env = dict[str, Any]
+
+
+class Evaluator:
+    def __init__(self, graph: Graph, params: dict[str, Any]) -> None:
+        self.graph = graph
+        self.params = params
+
+    def resolve(self, path: str, env: Env) -> Any:
+        head, *rest = path.split(".")
+        if head not in env:
+            raise HqlError(f"unknown alias {head!r} in {path!r}")
+        value = env[head]
+        for part in rest:
+            value = _step(value, part)
+        return value
+
+    def value(self, node: Any, env: Env) -> Any:
+        kind = node[0]
+        if kind == "path":
+            return self.resolve(node[1], env)
+        if kind == "param":
+            if node[1] not in self.params:
+                raise HqlError(f"parameter :{node[1]} is not given")
+            return self.params[node[1]]
+        if kind == "lit":
+            return node[1]
+        if kind == "func":
+            name, args = node[1], node[2]
+            if name in ("lower", "upper", "str", "trim") and len(args) == 1:
+                value = self.value(args[0], env)
+                if isinstance(value, str):
+                    if name == "lower":
+                        return value.lower()
+                    if name == "upper":
+                        return value.upper()
+                    return value.strip() if name == "trim" else value
+                return value if name != "str" else str(value)
+            if name == "size" and len(args) == 1:
+                value = self.value(args[0], env)
+                return len(value) if isinstance(value, list) else 0
+            if name == "coalesce":
+                for arg in args:
+                    value = self.value(arg, env)
+                    if value is not None:
+                        return value
+                return None
+            raise HqlError(f"function {name}() is not supported by the emulator")
+        raise HqlError(f"cannot evaluate {kind}")
+
+    def test(self, node: Any, env: Env) -> bool:
+        kind = node[0]
+        if kind == "and":
+            return self.test(node[1], env) and self.test(node[2], env)
+        if kind == "or":
+            return self.test(node[1], env) or self.test(node[2], env)
+        if kind == "not":
+            return not self.test(node[1], env)
+        if kind == "cmp":
+            return _compare(node[1], self.value(node[2], env), self.value(node[3], env))
+        if kind == "in":
+            left = self.value(node[1], env)
+            items: list[Any] = []
+            for item in node[2]:
+                value = self.value(item, env)
+                items.extend(value if isinstance(value, list | tuple | set) else [value])
+            return any(_compare("=", left, item) for item in items)
+        if kind == "insub":
+            left = self.value(node[1], env)
+            rows = self.run(node[2], env)
+            return any(_compare("=", left, row[0]) for row in rows)
+        if kind == "exists":
+            return bool(self.run(node[1], env, limit=1))
+        if kind == "like":
+            left, pattern = self.value(node[1], env), self.value(node[2], env)
+            if not isinstance(left, str) or not isinstance(pattern, str):
+                return False
+            regex = "^" + re.escape(pattern).replace("%", ".*").replace("_", ".") + "$"
+            return re.match(regex, left, re.IGNORECASE | re.DOTALL) is not None
+        if kind == "between":
+            left = _scalar(self.value(node[1], env))
+            low, high = _scalar(self.value(node[2], env)), _scalar(self.value(node[3], env))
+            return left is not None and low <= left <= high
+        if kind == "null":
+            return self.value(node[1], env) in (None, [])
+        if kind == "notnull":
+            return self.value(node[1], env) not in (None, [])
+        raise HqlError(f"cannot test {kind}")
+
+    def bindings(self, query: Query, outer: Env) -> Iterator[Env]:
+        ids = _root_ids(query, self.params)
+        for root in self.graph.candidates(query.cls, ids):
+            env = {**outer, query.alias: root}
+            yield from self._join(query, 0, env)
+
+    def _join(self, query: Query, index: int, env: Env) -> Iterator[Env]:
+        if index == len(query.joins):
+            yield env
+            return
+        join = query.joins[index]
+        if not _uses(query, join.alias):
+            yield from self._join(query, index + 1, {**env, join.alias: None})
+            return
+        try:
+            value = self.resolve(join.path, env)
+        except HqlError:
+            value = None
+        elements = value if isinstance(value, list) else ([] if value is None else [value])
+        if not elements:
+            if join.outer:
+                yield from self._join(query, index + 1, {**env, join.alias: None})
+            return
+        for element in elements:
+            yield from self._join(query, index + 1, {**env, join.alias: element})
+
+    def run(self, query: Query, outer: Env | None = None, limit: int | None = None
+            ) -> list[list[Any]]:
+        """Rows of selected values (aggregates over all matches when any is selected)."""
+        matches: list[Env] = []
+        seen: set[Any] = set()
+        for env in self.bindings(query, outer or {}):
+            if query.where is not None and not self.test(query.where, env):
+                continue
+            root_key = env[query.alias]
+            if root_key in seen and _selects_root_only(query):
+                continue
+            seen.add(root_key)
+            matches.append(env)
+            if limit is not None and len(matches) >= limit and not query.order:
+                break
+        if any(item[0] == "func" and item[1] in ("count", "max", "min", "sum")
+               for item in query.select):
+            return [[self._aggregate(item, matches) for item in query.select]]
+        if query.order:
+            for item, desc in reversed(query.order):
+                matches.sort(key=self._sorter(item), reverse=desc)
+        rows = [[self.value(item, env) for item in query.select] for env in matches]
+        if query.distinct:
+            unique: list[list[Any]] = []
+            keys: set[Any] = set()
+            for row in rows:
+                key = tuple(_hashable(v) for v in row)
+                if key not in keys:
+                    keys.add(key)
+                    unique.append(row)
+            rows = unique
+        return rows
+
+    def _sorter(self, item: Any) -> Callable[[Env], tuple[int, Any]]:
+        return lambda env: _sort_key(self.value(item, env))
+
+    def _aggregate(self, item: Any, matches: list[Env]) -> Any:
+        if item[0] != "func":
+            raise HqlError("mixing aggregates and plain values needs group by")
+        name, args, distinct = item[1], item[2], item[3]
+        values = [self.value(args[0], env) for env in matches] if args else []
+        if name == "count":
+            values = [v for v in values if v is not None]
+            return len({_hashable(v) for v in values}) if distinct else len(values)
+        nums = [_scalar(v) for v in values if v is not None]
+        if not nums:
+            return None
+        if name == "max":
+            return max(nums)
+        if name == "min":
+            return min(nums)
+        return sum(nums)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+def _uses(query: Query, alias: str) -> bool:
+    text = repr((query.select, query.where, query.order,
+                 [j.path for j in query.joins]))
+    return f"'{alias}." in text or f"'{alias}'" in text
+
+
+def _selects_root_only(query: Query) -> bool:
+    return len(query.select) == 1 and query.select[0] == ("path", query.alias)
+
+
+def _root_ids(query: Query, params: dict[str, Any]) -> list[int] | None:
+    """Fast path: a top-level ``alias.id in (:ids)`` / ``alias.id = :id`` narrows the roots."""
+    node = query.where
+    conjuncts: list[Any] = []
+    stack = [node] if node is not None else []
+    while stack:
+        n = stack.pop()
+        if n[0] == "and":
+            stack.extend([n[1], n[2]])
+        else:
+            conjuncts.append(n)
+    target = ("path", f"{query.alias}.id")
+    for n in conjuncts:
+        values: list[Any] = []
+        if n[0] == "cmp" and n[1] == "=" and n[2] == target:
+            values = [n[3]]
+        elif n[0] == "in" and n[1] == target:
+            values = list(n[2])
+        else:
+            continue
+        ids: list[int] = []
+        for v in values:
+            raw = params.get(v[1]) if v[0] == "param" else v[1] if v[0] == "lit" else None
+            if raw is None:
+                break
+            ids.extend(int(x) for x in (raw if isinstance(raw, list | tuple | set) else [raw]))
+        else:
+            return ids
+    return None
+
+
+def _step(value: Any, part: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        out: list[Any] = []
+        for item in value:
+            stepped = _step(item, part)
+            out.extend(stepped if isinstance(stepped, list) else [stepped])
+        return out
+    if isinstance(value, View):
+        return value.get(part)
+    raise HqlError(f"cannot read {part!r} of a value")
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, View):
+        return value.fields.get("id")
+    return value
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    value = _scalar(value)
+    if value is None:
+        return (1, 0)
+    if isinstance(value, str):
+        return (0, value)
+    return (0, value)
+
+
+def _compare(op: str, left: Any, right: Any) -> bool:
+    if isinstance(left, list):
+        return any(_compare(op, item, right) for item in left)
+    left, right = _scalar(left), _scalar(right)
+    if op == "=":
+        return left == right
+    if op in ("!=", "<>"):
+        return left != right
+    if left is None or right is None:
+        return False
+    try:
+        return {"<": left < right, ">": left > right, "<=": left <= right,
+                ">=": left >= right}[op]
+    except TypeError:
+        return False
+
+
+def execute(graph: Graph, text: str, params: dict[str, Any], *, offset: int = 0,
+            limit: int | None = None) -> tuple[Query, list[list[Any]]]:
+    """Parse and run ``text``; returns the parsed query and its rows."""
+    query = parse(text)
+    rows = Evaluator(graph, params).run(query)
+    if offset or limit is not None:
+        rows = rows[offset: None if limit is None else offset + limit]
+    return query, rows
+
+
+def objects(rows: Iterable[list[Any]]) -> list[Any]:
+    """The model objects of the first selected column."""
+    out = []
+    for row in rows:
+        value = row[0]
+        if isinstance(value, View) and value.model is not None:
+            out.append(value.model())
+        elif value is not None:
+            out.append(value)
+    return out

@@ -1,0 +1,161 @@
+"""Servants from omero-py's slice-generated skeletons that always answer.
+
+``@servant(Skeleton)`` turns a class of plain Python methods into an Ice servant:
+every operation of the interface is dispatched (AMD ones included, whose generated
+``op_async`` would otherwise never answer), unimplemented operations raise
+``omero.ApiUsageException`` naming them at once, unexpected Python errors become
+``omero.InternalException``, and each call first passes the fault injector and the
+session check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import Ice
+import omero
+
+if TYPE_CHECKING:
+    from cellprofiler_omero.emulator.server import Context
+
+log = logging.getLogger(__name__)
+
+
+def operations(skeleton: type) -> dict[str, bool]:
+    """Operation names of a generated skeleton (with bases) → whether dispatch is AMD."""
+    ops: dict[str, bool] = {}
+    for attr in dir(skeleton):
+        if attr.startswith("_op_"):
+            name = attr[4:]
+            ops[name] = hasattr(skeleton, name + "_async")
+    return ops
+
+
+def api_usage(message: str) -> omero.ApiUsageException:
+    return omero.ApiUsageException(serverStackTrace="", serverExceptionClass="ApiUsageException",
+                                   message=message)
+
+
+def security_violation(message: str) -> omero.SecurityViolation:
+    return omero.SecurityViolation(serverStackTrace="", serverExceptionClass="SecurityViolation",
+                                   message=message)
+
+
+def validation(message: str) -> omero.ValidationException:
+    return omero.ValidationException(serverStackTrace="",
+                                     serverExceptionClass="ValidationException", message=message)
+
+
+def internal(message: str) -> omero.InternalException:
+    return omero.InternalException(serverStackTrace="", serverExceptionClass="InternalException",
+                                   message=message)
+
+
+class Servant:
+    """Base of every emulator servant: knows the server context and its session (if any)."""
+
+    #: Set on servants that belong to a session; checked before every call.
+    session_uuid: str | None = None
+    #: Operations that may run without a live session (the router's login).
+    open_ops: frozenset[str] = frozenset()
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def before_call(self, op: str, current: Ice.Current) -> None:
+        faults = self.ctx.faults
+        delay = faults.ice_latency(op)
+        if delay:
+            time.sleep(delay)
+        if faults.ice_drop(op):
+            log.info("fault: dropping connection on %s", op)
+            if current.con is not None:
+                current.con.close(True)
+            raise Ice.ConnectionLostException()
+        if (self.session_uuid is not None and op not in self.open_ops
+                and self.ctx.store.live_session(self.session_uuid) is None):
+            self.ctx.forget_session(self.session_uuid)
+            raise Ice.ObjectNotExistException(id=current.id, facet=current.facet,
+                                              operation=current.operation)
+
+
+def _convert(exc: BaseException, service: str, op: str) -> BaseException:
+    if isinstance(exc, Ice.Exception):
+        return exc
+    log.error("%s.%s failed:\n%s", service, op, traceback.format_exc())
+    return internal(f"{service}.{op} failed in the emulator: {type(exc).__name__}: {exc}")
+
+
+def _sync(service: str, op: str, impl: Callable[..., Any] | None) -> Callable[..., Any]:
+    def dispatch(self: Servant, *args: Any) -> Any:
+        current = args[-1]
+        try:
+            self.before_call(op, current)
+            if impl is None:
+                raise api_usage(f"{service}.{op} is not implemented by the emulator.")
+            return impl(self, *args)
+        except BaseException as exc:
+            raise _convert(exc, service, op) from None
+
+    dispatch.__name__ = op
+    return dispatch
+
+
+def _amd(service: str, op: str, impl: Callable[..., Any] | None) -> Callable[..., Any]:
+    def dispatch(self: Servant, cb: Any, *args: Any) -> None:
+        current = args[-1]
+        try:
+            self.before_call(op, current)
+            if impl is None:
+                raise api_usage(f"{service}.{op} is not implemented by the emulator.")
+            result = impl(self, *args)
+        except Ice.ConnectionLostException:
+            return  # the connection is gone: there is nobody to answer
+        except BaseException as exc:
+            cb.ice_exception(_convert(exc, service, op))
+            return
+        if isinstance(result, tuple):
+            cb.ice_response(*result)
+        elif result is None:
+            cb.ice_response()
+        else:
+            cb.ice_response(result)
+
+    dispatch.__name__ = op + "_async"
+    return dispatch
+
+
+def servant(skeleton: type) -> Callable[[type], type]:
+    """Class decorator: make ``impl`` an Ice servant of ``skeleton`` that answers every call.
+
+    Implementations are plain methods named like the operation, taking the
+    operation's parameters and then ``current``; AMD operations return their
+    result (a tuple for several out-parameters) and the decorator answers.
+    """
+
+    def decorate(impl: type) -> type:
+        service = skeleton.__name__
+        namespace: dict[str, Any] = {}
+        for op, is_amd in operations(skeleton).items():
+            method = impl.__dict__.get(op)
+            if method is None:
+                for base in impl.__mro__[1:]:
+                    if base is Servant or issubclass(skeleton, base) or base is object:
+                        continue
+                    if op in base.__dict__:
+                        method = base.__dict__[op]
+                        break
+            if is_amd:
+                namespace[op + "_async"] = _amd(service, op, method)
+            else:
+                namespace[op] = _sync(service, op, method)
+        cls = type(impl.__name__, (impl, skeleton), namespace)
+        cls.__module__ = impl.__module__
+        cls.__doc__ = impl.__doc__
+        return cls
+
+    return decorate

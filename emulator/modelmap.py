@@ -1,0 +1,263 @@
+"""Stored objects as ``omero.model`` objects, the way a real server sends them.
+
+Every object carries loaded ``details`` (owner, group with permissions, creation
+event, and per-viewer permission restrictions), because BlitzGateway's wrappers
+read them. Images carry their primary Pixels with type, dimension order and
+channels.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import omero
+import omero.model
+from omero.model.enums import UnitsLength
+from omero.rtypes import rbool, rdouble, rint, rlong, rstring, rtime
+
+from cellprofiler_omero.emulator.pixels import BIT_SIZES
+from cellprofiler_omero.emulator.store import Group, Obj, Store, User
+
+if TYPE_CHECKING:
+    pass
+
+# Restriction flags in PermissionsI._restrictions (omero.constants.permissions order).
+LINK, EDIT, DELETE, ANNOTATE, CHGRP, CHOWN = range(6)
+
+
+def experimenter(user: User, *, loaded: bool = True) -> omero.model.ExperimenterI:
+    exp = omero.model.ExperimenterI(rlong(user.id), loaded)
+    if loaded:
+        exp.omeName = rstring(user.omename)
+        exp.firstName = rstring(user.first)
+        exp.lastName = rstring(user.last)
+        exp.email = rstring(user.email)
+        exp.ldap = rbool(False)
+    return exp
+
+
+def unloaded_group(group_id: int) -> omero.model.ExperimenterGroupI:
+    return omero.model.ExperimenterGroupI(rlong(group_id), False)
+
+
+def permissions(perms: str) -> omero.model.PermissionsI:
+    return omero.model.PermissionsI(perms)
+
+
+def group(grp: Group, *, loaded: bool = True) -> omero.model.ExperimenterGroupI:
+    g = omero.model.ExperimenterGroupI(rlong(grp.id), loaded)
+    if loaded:
+        g.name = rstring(grp.name)
+        g.description = rstring(grp.description)
+        g.ldap = rbool(False)
+        details = omero.model.DetailsI()
+        details.permissions = permissions(grp.perms)
+        g._details = details
+    return g
+
+
+def object_permissions(store: Store, viewer: User | None, owner_id: int, group_id: int
+                       ) -> omero.model.PermissionsI:
+    grp = store.group(group_id)
+    perms = permissions(grp.perms if grp else "rw----")
+    if viewer is not None:
+        can_link = store.can_link(viewer, owner_id, group_id)
+        can_edit = viewer.admin or viewer.id == owner_id
+        can_annotate = store.can_annotate(viewer, owner_id, group_id)
+        # A restriction is True where the action is *not* allowed.
+        perms._restrictions = [not can_link, not can_edit, not can_edit, not can_annotate,
+                               not can_edit, not viewer.admin]
+    return perms
+
+
+def details(store: Store, viewer: User | None, owner_id: int, group_id: int, created: float
+            ) -> omero.model.DetailsI:
+    d = omero.model.DetailsI()
+    owner = store.user(owner_id)
+    grp = store.group(group_id)
+    if owner is not None:
+        d.owner = experimenter(owner)
+    if grp is not None:
+        d.group = group(grp)
+    event = omero.model.EventI(rlong(1), True)
+    event.time = rtime(int(created * 1000))
+    d.creationEvent = event
+    d.updateEvent = event
+    d.permissions = object_permissions(store, viewer, owner_id, group_id)
+    return d
+
+
+def length(value: float | None) -> omero.model.LengthI | None:
+    if value is None:
+        return None
+    return omero.model.LengthI(value, UnitsLength.MICROMETER)
+
+
+def pixels_type(value: str, type_id: int = 0) -> omero.model.PixelsTypeI:
+    pt = omero.model.PixelsTypeI(rlong(type_id or list(BIT_SIZES).index(value) + 1), True)
+    pt.value = rstring(value)
+    pt.bitSize = rint(BIT_SIZES[value])
+    return pt
+
+
+def pixels(store: Store, viewer: User | None, image: Obj) -> omero.model.PixelsI:
+    d = image.data
+    px = omero.model.PixelsI(rlong(image.id), True)
+    px.sizeX, px.sizeY = rint(d["sizeX"]), rint(d["sizeY"])
+    px.sizeZ, px.sizeC, px.sizeT = rint(d["sizeZ"]), rint(d["sizeC"]), rint(d["sizeT"])
+    px.pixelsType = pixels_type(d["pixelsType"])
+    order = omero.model.DimensionOrderI(rlong(1), True)
+    order.value = rstring("XYZCT")
+    px.dimensionOrder = order
+    px.physicalSizeX = length(d.get("physX"))
+    px.physicalSizeY = length(d.get("physY"))
+    px.physicalSizeZ = length(d.get("physZ"))
+    px.significantBits = rint(BIT_SIZES[d["pixelsType"]])
+    px.sha1 = rstring("")
+    px.image = omero.model.ImageI(rlong(image.id), False)
+    px._details = details(store, viewer, image.owner_id, image.group_id, image.created)
+    for index, ch in enumerate(d.get("channels", [])):
+        px.addChannel(channel(store, viewer, image, index, ch))
+    return px
+
+
+def channel(store: Store, viewer: User | None, image: Obj, index: int, ch: dict[str, Any]
+            ) -> omero.model.ChannelI:
+    c = omero.model.ChannelI(rlong(image.id * 1000 + index), True)
+    lc = omero.model.LogicalChannelI(rlong(image.id * 1000 + index), True)
+    lc.name = rstring(ch.get("name", f"C{index}"))
+    if ch.get("emission") is not None:
+        lc.emissionWave = omero.model.LengthI(float(ch["emission"]), UnitsLength.NANOMETER)
+    c.logicalChannel = lc
+    color = ch.get("color") or [255, 255, 255, 255]
+    c.red, c.green, c.blue, c.alpha = (rint(int(v)) for v in color)
+    if ch.get("min") is not None:
+        stats = omero.model.StatsInfoI(rlong(image.id * 1000 + index), True)
+        stats.globalMin = rdouble(float(ch["min"]))
+        stats.globalMax = rdouble(float(ch["max"]))
+        c.statsInfo = stats
+    c.pixels = omero.model.PixelsI(rlong(image.id), False)
+    c._details = details(store, viewer, image.owner_id, image.group_id, image.created)
+    return c
+
+
+_CLASSES: dict[str, Any] = {
+    "Project": omero.model.ProjectI,
+    "Dataset": omero.model.DatasetI,
+    "Screen": omero.model.ScreenI,
+    "Plate": omero.model.PlateI,
+    "Well": omero.model.WellI,
+    "WellSample": omero.model.WellSampleI,
+    "Image": omero.model.ImageI,
+    "OriginalFile": omero.model.OriginalFileI,
+    "FileAnnotation": omero.model.FileAnnotationI,
+    "MapAnnotation": omero.model.MapAnnotationI,
+    "CommentAnnotation": omero.model.CommentAnnotationI,
+    "TagAnnotation": omero.model.TagAnnotationI,
+    "PlateAcquisition": omero.model.PlateAcquisitionI,
+}
+
+LINK_CLASSES: dict[str, Any] = {
+    "ProjectDatasetLink": omero.model.ProjectDatasetLinkI,
+    "DatasetImageLink": omero.model.DatasetImageLinkI,
+    "ScreenPlateLink": omero.model.ScreenPlateLinkI,
+    "ProjectAnnotationLink": omero.model.ProjectAnnotationLinkI,
+    "DatasetAnnotationLink": omero.model.DatasetAnnotationLinkI,
+    "ImageAnnotationLink": omero.model.ImageAnnotationLinkI,
+    "ScreenAnnotationLink": omero.model.ScreenAnnotationLinkI,
+    "PlateAnnotationLink": omero.model.PlateAnnotationLinkI,
+    "WellAnnotationLink": omero.model.WellAnnotationLinkI,
+    "PlateAcquisitionAnnotationLink": omero.model.PlateAcquisitionAnnotationLinkI,
+    "OriginalFileAnnotationLink": omero.model.OriginalFileAnnotationLinkI,
+}
+
+#: Link class → (parent kind, child kind).
+LINK_ENDS: dict[str, tuple[str, str]] = {
+    "ProjectDatasetLink": ("Project", "Dataset"),
+    "DatasetImageLink": ("Dataset", "Image"),
+    "ScreenPlateLink": ("Screen", "Plate"),
+    **{f"{k}AnnotationLink": (k, "Annotation") for k in
+       ("Project", "Dataset", "Image", "Screen", "Plate", "Well", "PlateAcquisition",
+        "OriginalFile")},
+}
+
+ANNOTATION_KINDS = ("FileAnnotation", "MapAnnotation", "CommentAnnotation", "TagAnnotation")
+
+
+def unloaded(kind: str, object_id: int) -> Any:
+    return _CLASSES[kind](rlong(object_id), False)
+
+
+def to_model(store: Store, viewer: User | None, obj: Obj, *, deep: bool = True) -> Any:
+    """``obj`` as its ``omero.model`` class, loaded, with details (and nested parts when deep)."""
+    cls = _CLASSES[obj.kind]
+    m = cls(rlong(obj.id), True)
+    d = obj.data
+    if obj.kind not in ("Well", "WellSample", "FileAnnotation", "MapAnnotation",
+                        "CommentAnnotation", "TagAnnotation"):
+        m.name = rstring(obj.name)
+    if obj.kind in ("Project", "Dataset", "Screen", "Plate", "Image", "FileAnnotation",
+                    "MapAnnotation", "CommentAnnotation", "TagAnnotation", "PlateAcquisition"):
+        m.description = rstring(obj.description)
+    m._details = details(store, viewer, obj.owner_id, obj.group_id, obj.created)
+
+    if obj.kind == "Image":
+        m.acquisitionDate = rtime(int(obj.created * 1000))
+        m.archived = rbool(False)
+        m.partial = rbool(False)
+        m.series = rint(0)
+        if deep:
+            m.addPixels(pixels(store, viewer, obj))
+    elif obj.kind == "Plate":
+        m.columnNamingConvention = rstring(d.get("columnNaming", "number"))
+        m.rowNamingConvention = rstring(d.get("rowNaming", "letter"))
+        m.defaultSample = rint(0)
+        m.rows = rint(d.get("rows", 0))
+        m.columns = rint(d.get("columns", 0))
+    elif obj.kind == "Well":
+        m.row, m.column = rint(d["row"]), rint(d["column"])
+        if obj.parent_id is not None:
+            m.plate = unloaded("Plate", obj.parent_id)
+        if deep:
+            for ws in store.by_parent("WellSample", obj.id):
+                m.addWellSample(to_model(store, viewer, ws, deep=True))
+    elif obj.kind == "WellSample":
+        if obj.parent_id is not None:
+            m.well = unloaded("Well", obj.parent_id)
+        image = store.get(d["image"], "Image")
+        if image is not None:
+            m.image = to_model(store, viewer, image, deep=deep) if deep \
+                else unloaded("Image", image.id)
+        m.posX = length(d.get("posX"))
+        m.posY = length(d.get("posY"))
+        if d.get("acquisition") is not None:
+            m.plateAcquisition = unloaded("PlateAcquisition", d["acquisition"])
+    elif obj.kind == "OriginalFile":
+        m.path = rstring(d.get("path", ""))
+        m.size = rlong(d.get("size", 0))
+        m.hash = rstring(d.get("hash", ""))
+        m.mimetype = rstring(d.get("mimetype", ""))
+        if d.get("hash"):
+            algo = omero.model.ChecksumAlgorithmI(rlong(1), True)
+            algo.value = rstring("SHA1-160")
+            m.hasher = algo
+    elif obj.kind in ANNOTATION_KINDS:
+        m.ns = rstring(d["ns"]) if d.get("ns") else None
+        if obj.kind == "FileAnnotation" and d.get("file") is not None:
+            f = store.get(d["file"], "OriginalFile")
+            if f is not None:
+                m.file = to_model(store, viewer, f)
+        elif obj.kind == "MapAnnotation":
+            m.setMapValue([omero.model.NamedValue(k, v) for k, v in d.get("map", [])])
+        elif obj.kind in ("CommentAnnotation", "TagAnnotation"):
+            m.textValue = rstring(d.get("text", ""))
+    return m
+
+
+def link_model(store: Store, viewer: User | None, kind: str, link_id: int, parent: Any,
+               child: Any, owner_id: int, group_id: int, created: float) -> Any:
+    lk = LINK_CLASSES[kind](rlong(link_id), True)
+    lk.parent = parent
+    lk.child = child
+    lk._details = details(store, viewer, owner_id, group_id, created)
+    return lk

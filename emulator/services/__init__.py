@@ -1,0 +1,1 @@
+"""The emulator's Ice servants, one module per OMERO service family."""

@@ -1,0 +1,206 @@
+"""IAdmin (who am I, users, groups) and IConfig (server settings clients ask for)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import Ice
+import omero
+import omero.api
+import omero.sys
+from omero.rtypes import rlong
+
+from cellprofiler_omero.emulator import modelmap
+from cellprofiler_omero.emulator.icebase import api_usage, servant
+from cellprofiler_omero.emulator.services.common import SessionServant
+from cellprofiler_omero.emulator.store import User
+
+ADMIN_PRIVILEGES = ["Chgrp", "Chown", "DeleteFile", "DeleteManagedRepo", "DeleteOwned",
+                    "DeleteScriptRepo", "ModifyGroup", "ModifyGroupMembership", "ModifyUser",
+                    "ReadSession", "Sudo", "WriteFile", "WriteManagedRepo", "WriteOwned",
+                    "WriteScriptRepo"]
+
+
+def _not_found(kind: str, key: Any) -> omero.ApiUsageException:
+    return api_usage(f"No such {kind}: {key}")
+
+
+def event_context(servant_obj: SessionServant, current: Ice.Current) -> omero.sys.EventContext:
+    """The caller's EventContext (IAdmin and every stateful service answer it)."""
+    caller = servant_obj.caller(current)
+    store = servant_obj.ctx.store
+    session = caller.session
+    grp = store.group(session.group_id)
+    ec = omero.sys.EventContext()
+    ec.shareId = -1
+    ec.sessionId = abs(hash(session.uuid)) % 2**53
+    ec.sessionUuid = session.uuid
+    ec.userId = caller.user.id
+    ec.userName = caller.user.omename
+    ec.groupId = session.group_id
+    ec.groupName = grp.name if grp else ""
+    ec.isAdmin = caller.user.admin
+    ec.adminPrivileges = ADMIN_PRIVILEGES if caller.user.admin else []
+    ec.eventId = -1
+    ec.eventType = "User"
+    ec.memberOfGroups = store.member_groups(caller.user.id)
+    ec.leaderOfGroups = store.leader_groups(caller.user.id)
+    ec.groupPermissions = modelmap.permissions(grp.perms if grp else "rw----")
+    return ec
+
+
+@servant(omero.api.IAdmin)
+class AdminI(SessionServant):
+    """IAdmin: the event context and read-only user and group lookups."""
+
+    def getEventContext(self, current: Ice.Current) -> omero.sys.EventContext:
+        return event_context(self, current)
+
+    def _user(self, user: User | None, key: Any) -> Any:
+        if user is None:
+            raise _not_found("experimenter", key)
+        exp = modelmap.experimenter(user)
+        for gid in self.ctx.store.member_groups(user.id):
+            grp = self.ctx.store.group(gid)
+            if grp is not None:
+                gem = omero.model.GroupExperimenterMapI()
+                gem.parent = modelmap.group(grp)
+                gem.child = omero.model.ExperimenterI(rlong(user.id), False)
+                gem.owner = omero.rtypes.rbool(gid in self.ctx.store.leader_groups(user.id))
+                exp.addGroupExperimenterMap(gem)
+        return exp
+
+    def getExperimenter(self, user_id: int, current: Ice.Current) -> Any:
+        return self._user(self.ctx.store.user(user_id), user_id)
+
+    def lookupExperimenter(self, name: str, current: Ice.Current) -> Any:
+        return self._user(self.ctx.store.user_by_name(name), name)
+
+    def lookupExperimenters(self, current: Ice.Current) -> list[Any]:
+        return [self._user(u, u.id) for u in self.ctx.store.users()]
+
+    def _group(self, group_id: int | None, key: Any) -> Any:
+        grp = self.ctx.store.group(group_id) if group_id is not None else None
+        if grp is None:
+            raise _not_found("group", key)
+        return modelmap.group(grp)
+
+    def getGroup(self, group_id: int, current: Ice.Current) -> Any:
+        return self._group(group_id, group_id)
+
+    def lookupGroup(self, name: str, current: Ice.Current) -> Any:
+        grp = self.ctx.store.group_by_name(name)
+        return self._group(grp.id if grp else None, name)
+
+    def lookupGroups(self, current: Ice.Current) -> list[Any]:
+        return [modelmap.group(g) for g in self.ctx.store.groups()]
+
+    def containedGroups(self, user_id: int, current: Ice.Current) -> list[Any]:
+        return [self._group(g, g) for g in self.ctx.store.member_groups(user_id)]
+
+    def containedExperimenters(self, group_id: int, current: Ice.Current) -> list[Any]:
+        return [self._user(self.ctx.store.user(u), u)
+                for u in self.ctx.store.group_members(group_id)]
+
+    def getMemberOfGroupIds(self, exp: Any, current: Ice.Current) -> list[int]:
+        return self.ctx.store.member_groups(exp.id.val)
+
+    def getLeaderOfGroupIds(self, exp: Any, current: Ice.Current) -> list[int]:
+        return self.ctx.store.leader_groups(exp.id.val)
+
+    def getDefaultGroup(self, user_id: int, current: Ice.Current) -> Any:
+        user = self.ctx.store.user(user_id)
+        if user is None:
+            raise _not_found("experimenter", user_id)
+        return self._group(user.default_group, user.default_group)
+
+    def getSecurityRoles(self, current: Ice.Current) -> omero.sys.Roles:
+        return omero.sys.Roles(rootId=0, rootName="root", systemGroupId=0,
+                               systemGroupName="system", userGroupId=1, userGroupName="user",
+                               guestId=1, guestName="guest", guestGroupId=2,
+                               guestGroupName="guest")
+
+    def getAdminPrivileges(self, exp: Any, current: Ice.Current) -> list[Any]:
+        user = self.ctx.store.user(exp.id.val)
+        if user is None or not user.admin:
+            return []
+        out = []
+        for name in ADMIN_PRIVILEGES:
+            p = omero.model.AdminPrivilegeI()
+            p.value = omero.rtypes.rstring(name)
+            out.append(p)
+        return out
+
+    def getCurrentAdminPrivileges(self, current: Ice.Current) -> list[Any]:
+        caller = self.caller(current)
+        return self.getAdminPrivileges(omero.model.ExperimenterI(rlong(caller.user.id), False),
+                                       current)
+
+    def canUpdate(self, obj: Any, current: Ice.Current) -> bool:
+        caller = self.caller(current)
+        stored = self.ctx.store.get(obj.id.val)
+        if stored is None:
+            return False
+        return caller.user.admin or stored.owner_id == caller.user.id
+
+
+#: What IConfig answers; ``omero.router.insecure`` is filled in by the server at start.
+DEFAULT_CONFIG = {
+    "omero.db.name": "omero",
+    "omero.pixeldata.max_plane_width": "3192",
+    "omero.pixeldata.max_plane_height": "3192",
+    "omero.pixeldata.tile_width": "256",
+    "omero.pixeldata.tile_height": "256",
+    "omero.sessions.timeout": "600000",
+    "omero.sessions.max_user_time_to_idle": "6000000",
+    "omero.client.ui.tree.orphans.enabled": "true",
+    "omero.client.ui.tree.orphans.name": "Orphaned Images",
+    "omero.client.viewer.roi_limit": "2000",
+    "omero.client.viewer.initial_zoom_level": "0",
+    "omero.client.viewer.interpolate_pixels": "true",
+    "omero.client.download_as.max_size": "144000000",
+    "omero.client.web.host": "",
+    "omero.mail.config": "false",
+    "omero.policy.binary_access": "+read,+write,+image,+plate",
+    "omero.version": "5.6.10-emulator",
+}
+
+
+@servant(omero.api.IConfig)
+class ConfigI(SessionServant):
+    """IConfig: the configuration values clients read."""
+
+    open_ops = frozenset({"getVersion", "getConfigValue", "getClientConfigValues",
+                          "getClientConfigDefaults", "getPublicConfigValues"})
+
+    def getConfigValue(self, key: str, current: Ice.Current) -> str:
+        return self.ctx.config.get(key, "")
+
+    def getConfigValues(self, regex: str, current: Ice.Current) -> dict[str, str]:
+        import re
+
+        pattern = re.compile(regex)
+        return {k: v for k, v in self.ctx.config.items() if pattern.search(k)}
+
+    def getClientConfigValues(self, current: Ice.Current) -> dict[str, str]:
+        return {k: v for k, v in self.ctx.config.items() if k.startswith("omero.client.")}
+
+    def getClientConfigDefaults(self, current: Ice.Current) -> dict[str, str]:
+        return self.getClientConfigValues(current)
+
+    def getPublicConfigValues(self, current: Ice.Current) -> dict[str, str]:
+        return dict(self.ctx.config)
+
+    def getVersion(self, current: Ice.Current) -> str:
+        return self.ctx.config["omero.version"]
+
+    def getDatabaseUuid(self, current: Ice.Current) -> str:
+        return self.ctx.store.get_meta("uuid") or ""
+
+    def getDatabaseTime(self, current: Ice.Current) -> Any:
+        import time
+
+        return omero.rtypes.rtime(int(time.time() * 1000))
+
+    def getServerTime(self, current: Ice.Current) -> Any:
+        return self.getDatabaseTime(current)

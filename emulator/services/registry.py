@@ -1,0 +1,39 @@
+"""Service name → servant class, for the services the emulator implements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SERVICES: dict[str, Any] = {}
+
+
+def _load() -> None:
+    from cellprofiler_omero.emulator.services import (
+        admin,
+        container,
+        files,
+        pixels,
+        query,
+        rendering,
+        sessions,
+        tables,
+        update,
+    )
+
+    SERVICES.update({
+        "IAdmin": admin.AdminI,
+        "IConfig": admin.ConfigI,
+        "ISession": sessions.SessionServiceI,
+        "IQuery": query.QueryI,
+        "IContainer": container.ContainerI,
+        "IUpdate": update.UpdateI,
+        "IPixels": pixels.PixelsServiceI,
+        "RawPixelsStore": pixels.RawPixelsStoreI,
+        "RawFileStore": files.RawFileStoreI,
+        "RenderingEngine": rendering.RenderingEngineI,
+        "ThumbnailStore": rendering.ThumbnailStoreI,
+        "SharedResources": tables.SharedResourcesI,
+    })
+
+
+_load()

@@ -1,0 +1,201 @@
+"""IUpdate: save new containers, annotations, files and links; rename; delete.
+
+Model objects arrive as omero-py sends them: new objects without ids, existing
+ones as (possibly unloaded) references. Links are saved with both ends, and
+collections of links on a saved object are followed (``linkDataset`` …).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import Ice
+import omero
+import omero.api
+from omero.rtypes import unwrap
+
+from cellprofiler_omero.emulator import modelmap
+from cellprofiler_omero.emulator.icebase import api_usage, security_violation, servant
+from cellprofiler_omero.emulator.services.common import Caller, SessionServant
+
+log = logging.getLogger(__name__)
+
+CONTAINERS = ("Project", "Dataset", "Screen", "Plate")
+SAVABLE = (*CONTAINERS, "Image", "OriginalFile", "FileAnnotation", "MapAnnotation",
+           "CommentAnnotation", "TagAnnotation")
+_COLLECTIONS = {  # kind → (attribute holding links, link kind)
+    "Project": [("_datasetLinksSeq", "ProjectDatasetLink")],
+    "Dataset": [("_imageLinksSeq", "DatasetImageLink")],
+    "Screen": [("_plateLinksSeq", "ScreenPlateLink")],
+}
+
+
+def kind_of(obj: Any) -> str:
+    name = type(obj).__name__
+    return name[:-1] if name.endswith("I") else name
+
+
+def _get(obj: Any, attr: str) -> Any:
+    value = getattr(obj, f"_{attr}", None)
+    return unwrap(value)
+
+
+@servant(omero.api.IUpdate)
+class UpdateI(SessionServant):
+    """IUpdate over the emulator's store."""
+
+    # -- saving ----------------------------------------------------------------------------
+
+    def _ref(self, caller: Caller, obj: Any) -> tuple[str, int]:
+        """Save ``obj`` if new, else check it exists; return (kind, id)."""
+        if obj is None:
+            raise api_usage("A link end is missing.")
+        if obj.id is None or unwrap(obj.id) is None:
+            return self._save(caller, obj)
+        kind = kind_of(obj)
+        oid = unwrap(obj.id)
+        stored = self.ctx.store.get(oid)
+        if stored is None or not self.visible(caller, stored):
+            raise api_usage(f"{kind}:{oid} does not exist.")
+        if obj.isLoaded() and kind in SAVABLE:
+            self._update(caller, stored.kind, oid, obj)
+        return stored.kind, oid
+
+    def _save(self, caller: Caller, obj: Any) -> tuple[str, int]:
+        kind = kind_of(obj)
+        store = self.ctx.store
+        if kind in modelmap.LINK_ENDS:
+            pkind, pid = self._ref(caller, obj.parent)
+            _ckind, cid = self._ref(caller, obj.child)
+            parent = store.get(pid)
+            assert parent is not None
+            annotation = kind.endswith("AnnotationLink")
+            allowed = (store.can_annotate if annotation else store.can_link)(
+                caller.user, parent.owner_id, parent.group_id)
+            if not allowed:
+                raise security_violation(
+                    f"{caller.user.omename} may not link to {pkind}:{pid} "
+                    f"(owned by another user in a group that does not allow it).")
+            link = store.link(kind, pid, cid, caller.user.id, parent.group_id)
+            return kind, link.id
+        if obj.id is not None and unwrap(obj.id) is not None:
+            return self._ref(caller, obj)
+        if kind not in SAVABLE or kind == "Image":
+            raise api_usage(f"The emulator cannot create {kind} objects through IUpdate.")
+        group_id = self.write_group(caller)
+        data: dict[str, Any] = {}
+        name = _get(obj, "name") or ""
+        description = _get(obj, "description") or ""
+        if kind == "OriginalFile":
+            data = {"path": _get(obj, "path") or "", "mimetype": _get(obj, "mimetype") or "",
+                    "size": _get(obj, "size") or 0, "hash": _get(obj, "hash") or ""}
+        elif kind in modelmap.ANNOTATION_KINDS:
+            data = {"ns": _get(obj, "ns")}
+            if kind == "FileAnnotation" and getattr(obj, "_file", None) is not None:
+                data["file"] = self._ref(caller, obj._file)[1]
+            elif kind == "MapAnnotation":
+                data["map"] = [[nv.name, nv.value] for nv in (obj.getMapValue() or [])]
+            elif kind in ("CommentAnnotation", "TagAnnotation"):
+                data["text"] = _get(obj, "textValue") or ""
+        elif kind == "Plate":
+            data = {"rows": _get(obj, "rows") or 0, "columns": _get(obj, "columns") or 0}
+        stored = store.create(kind, name, caller.user.id, group_id, data=data,
+                              description=description)
+        if kind == "OriginalFile":
+            self.ctx.file_path(stored.id).touch()
+        self._collections(caller, kind, stored.id, obj)
+        return kind, stored.id
+
+    def _update(self, caller: Caller, kind: str, oid: int, obj: Any) -> None:
+        stored = self.ctx.store.get(oid)
+        assert stored is not None
+        if stored.owner_id != caller.user.id and not caller.user.admin:
+            # Links to another user's object are allowed; changing it is not.
+            if _get(obj, "name") not in (None, stored.name):
+                raise security_violation(f"{kind}:{oid} belongs to another user.")
+            self._collections(caller, kind, oid, obj)
+            return
+        name = _get(obj, "name")
+        description = _get(obj, "description")
+        self.ctx.store.update(oid, name=name if name is not None else None,
+                              description=description if description is not None else None)
+        self._collections(caller, kind, oid, obj)
+
+    def _collections(self, caller: Caller, kind: str, oid: int, obj: Any) -> None:
+        pairs = list(_COLLECTIONS.get(kind, []))
+        if kind in ("Project", "Dataset", "Image", "Screen", "Plate"):
+            pairs.append(("_annotationLinksSeq", f"{kind}AnnotationLink"))
+        for attr, _link_kind in pairs:
+            links = getattr(obj, attr, None)
+            if not links:
+                continue
+            for link in links:
+                if link.parent is None or unwrap(link.parent.id) is None:
+                    link.parent = modelmap.unloaded(kind, oid)
+                self._save(caller, link)
+
+    def _model(self, caller: Caller, kind: str, oid: int) -> Any:
+        store = self.ctx.store
+        if kind in modelmap.LINK_ENDS:
+            link = store.get_link(oid)
+            assert link is not None
+            parent, child = store.get(link.parent_id), store.get(link.child_id)
+            assert parent is not None and child is not None
+            return modelmap.link_model(
+                store, caller.user, kind, oid,
+                modelmap.to_model(store, caller.user, parent, deep=False),
+                modelmap.to_model(store, caller.user, child, deep=False),
+                link.owner_id, link.group_id, link.created)
+        obj = store.get(oid)
+        assert obj is not None
+        return modelmap.to_model(store, caller.user, obj)
+
+    def saveObject(self, obj: Any, current: Ice.Current) -> None:
+        self._save(self.caller(current), obj)
+
+    def saveAndReturnObject(self, obj: Any, current: Ice.Current) -> Any:
+        caller = self.caller(current)
+        kind, oid = self._save(caller, obj)
+        return self._model(caller, kind, oid)
+
+    def saveCollection(self, objs: list[Any], current: Ice.Current) -> None:
+        caller = self.caller(current)
+        for obj in objs:
+            self._save(caller, obj)
+
+    def saveArray(self, objs: list[Any], current: Ice.Current) -> None:
+        self.saveCollection(objs, current)
+
+    def saveAndReturnArray(self, objs: list[Any], current: Ice.Current) -> list[Any]:
+        caller = self.caller(current)
+        return [self._model(caller, *self._save(caller, obj)) for obj in objs]
+
+    def saveAndReturnIds(self, objs: list[Any], current: Ice.Current) -> list[int]:
+        caller = self.caller(current)
+        return [self._save(caller, obj)[1] for obj in objs]
+
+    def deleteObject(self, obj: Any, current: Ice.Current) -> None:
+        caller = self.caller(current)
+        kind = kind_of(obj)
+        oid = unwrap(obj.id)
+        store = self.ctx.store
+        if kind in modelmap.LINK_ENDS:
+            link = store.get_link(oid)
+            if link is None:
+                return
+            if link.owner_id != caller.user.id and not caller.user.admin:
+                raise security_violation("The link belongs to another user.")
+            store.delete_link(oid)
+            return
+        stored = store.get(oid)
+        if stored is None or not self.visible(caller, stored):
+            raise api_usage(f"{kind}:{oid} does not exist.")
+        if stored.owner_id != caller.user.id and not caller.user.admin:
+            raise security_violation(f"{kind}:{oid} belongs to another user.")
+        store.delete(oid)
+        if stored.kind == "Image":
+            self.ctx.pixels.remove(oid)
+
+    def indexObject(self, obj: Any, current: Ice.Current) -> None:
+        return None
