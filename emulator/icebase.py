@@ -10,10 +10,14 @@ session check.
 
 from __future__ import annotations
 
+import ast
+import functools
+import re
 import logging
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import Ice
@@ -25,13 +29,48 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def operations(skeleton: type) -> dict[str, bool]:
-    """Operation names of a generated skeleton (with bases) → whether dispatch is AMD."""
-    ops: dict[str, bool] = {}
+@functools.cache
+def _result_counts() -> dict[tuple[str, str], int]:
+    """``(interface, op) → number of results`` (return value + out parameters).
+
+    Read from the slice-generated ``*_ice.py`` files, because an AMD callback must be
+    answered with exactly that many values: ``ice_response()`` for an operation that
+    returns a value crashes the interpreter inside IcePy.
+    """
+    import omero as omero_pkg
+
+    folders = {Path(Ice.__file__).parent, Path(omero_pkg.__file__).parent.parent}
+    pattern = re.compile(r"^\s*(?:_M_[\w.]+\.)?(\w+)\._op_(\w+) = IcePy\.Operation\(")
+    counts: dict[tuple[str, str], int] = {}
+    for folder in folders:
+        for path in folder.glob("*_ice.py"):
+            for line in path.read_text(errors="replace").splitlines():
+                match = pattern.match(line)
+                if not match:
+                    continue
+                call = ast.parse(line.strip()).body[0]
+                assert isinstance(call, ast.Assign) and isinstance(call.value, ast.Call)
+                args = call.value.args
+                outs, returns = args[7], args[8]
+                n_out = len(outs.elts) if isinstance(outs, ast.Tuple) else 0
+                has_return = not (isinstance(returns, ast.Constant) and returns.value is None)
+                counts[(match.group(1), match.group(2))] = n_out + int(has_return)
+    return counts
+
+
+def operations(skeleton: type) -> dict[str, tuple[bool, int]]:
+    """Operation names of a generated skeleton (with bases) → (AMD?, number of results)."""
+    counts = _result_counts()
+    ops: dict[str, tuple[bool, int]] = {}
     for attr in dir(skeleton):
-        if attr.startswith("_op_"):
-            name = attr[4:]
-            ops[name] = hasattr(skeleton, name + "_async")
+        if not attr.startswith("_op_") or attr.startswith("_op_ice_"):
+            continue
+        name = attr[4:]
+        n_results = next((counts[(k.__name__, name)] for k in skeleton.__mro__
+                          if (k.__name__, name) in counts), None)
+        if n_results is None:
+            raise RuntimeError(f"No generated signature for {skeleton.__name__}.{name}")
+        ops[name] = (hasattr(skeleton, name + "_async"), n_results)
     return ops
 
 
@@ -105,7 +144,8 @@ def _sync(service: str, op: str, impl: Callable[..., Any] | None) -> Callable[..
     return dispatch
 
 
-def _amd(service: str, op: str, impl: Callable[..., Any] | None) -> Callable[..., Any]:
+def _amd(service: str, op: str, impl: Callable[..., Any] | None, n_results: int
+         ) -> Callable[..., Any]:
     def dispatch(self: Servant, cb: Any, *args: Any) -> None:
         current = args[-1]
         try:
@@ -118,12 +158,12 @@ def _amd(service: str, op: str, impl: Callable[..., Any] | None) -> Callable[...
         except BaseException as exc:
             cb.ice_exception(_convert(exc, service, op))
             return
-        if isinstance(result, tuple):
-            cb.ice_response(*result)
-        elif result is None:
+        if n_results == 0:
             cb.ice_response()
-        else:
+        elif n_results == 1:
             cb.ice_response(result)
+        else:
+            cb.ice_response(*result)
 
     dispatch.__name__ = op + "_async"
     return dispatch
@@ -140,7 +180,7 @@ def servant(skeleton: type) -> Callable[[type], type]:
     def decorate(impl: type) -> type:
         service = skeleton.__name__
         namespace: dict[str, Any] = {}
-        for op, is_amd in operations(skeleton).items():
+        for op, (is_amd, n_results) in operations(skeleton).items():
             method = impl.__dict__.get(op)
             if method is None:
                 for base in impl.__mro__[1:]:
@@ -150,7 +190,7 @@ def servant(skeleton: type) -> Callable[[type], type]:
                         method = base.__dict__[op]
                         break
             if is_amd:
-                namespace[op + "_async"] = _amd(service, op, method)
+                namespace[op + "_async"] = _amd(service, op, method, n_results)
             else:
                 namespace[op] = _sync(service, op, method)
         cls = type(impl.__name__, (impl, skeleton), namespace)

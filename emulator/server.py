@@ -295,8 +295,13 @@ class IceServer:
         import omero.ObjectFactoryRegistrar as registrar
         import omero.rtypes
 
+        import omero.columns
+
         registrar.registerObjectFactory(self.communicator, None)
         for factory in omero.rtypes.ObjectFactories.values():
+            factory.register(self.communicator)
+        # Table columns must arrive as omero.columns' implementations (with descriptors).
+        for factory in omero.columns.ObjectFactories.values():
             factory.register(self.communicator)
         insecure = opts.insecure_port
         endpoints = f"ssl -h {opts.host} -p {opts.port}:tcp -h {opts.host} -p {insecure}"

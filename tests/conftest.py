@@ -1,0 +1,72 @@
+"""Shared fixtures: emulators (real servers in child processes) and omero-py clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cellprofiler_omero.emulator import Emulator, SeedOptions
+
+# Small but complete demo data: every kind of object, a pyramid (4096² over a 2048
+# threshold), every pixel type, a plate. Deterministic from seed 1.
+TEST_SEED = SeedOptions(seed=1, fields=3, field_size=512, large_size=4096, plate_rows=2,
+                        plate_columns=3, plate_fields=2, plate_field_size=128)
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """One seeded emulator for the whole run (tests that change faults restore them)."""
+    data = tmp_path_factory.mktemp("emulator")
+    with Emulator(data, seed_options=TEST_SEED, pyramid_threshold=2048) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="session")
+def seeded(emulator: Emulator) -> dict[str, Any]:
+    return emulator.seeded
+
+
+@pytest.fixture
+def faults(emulator: Emulator) -> Iterator[Emulator]:
+    """The shared emulator, with faults cleared again after the test."""
+    yield emulator
+    emulator.clear_faults()
+
+
+@pytest.fixture
+def blitz(emulator: Emulator) -> Iterator[Any]:
+    """A factory of BlitzGateway connections that are closed after the test."""
+    from omero.gateway import BlitzGateway
+
+    made: list[Any] = []
+
+    def connect(user: str = "demo", password: str | None = None, **kw: Any) -> Any:
+        conn = BlitzGateway(user, password or user, host=emulator.host, port=emulator.port,
+                            **kw)
+        assert conn.connect(), conn.getLastError()
+        made.append(conn)
+        return conn
+
+    yield connect
+    for conn in made:
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def token_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private omero-user-token folder for the test."""
+    folder = tmp_path / "tokens"
+    monkeypatch.setenv("OMERO_USER_TOKEN_DIR", str(folder))
+    return folder
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Never let a developer's own settings or token leak into the tests.
+    os.environ.setdefault("CELLPROFILER_OMERO_CONFIG", "/nonexistent/cellprofiler-omero.toml")
