@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import ast
 import functools
-import re
 import logging
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -153,8 +153,11 @@ def _amd(service: str, op: str, impl: Callable[..., Any] | None, n_results: int
             if impl is None:
                 raise api_usage(f"{service}.{op} is not implemented by the emulator.")
             result = impl(self, *args)
-        except Ice.ConnectionLostException:
-            return  # the connection is gone: there is nobody to answer
+        except Ice.ConnectionLostException as exc:
+            # Nobody will receive the answer, but the dispatch must complete or the
+            # communicator waits for it forever at shutdown.
+            cb.ice_exception(exc)
+            return
         except BaseException as exc:
             cb.ice_exception(_convert(exc, service, op))
             return

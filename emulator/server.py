@@ -292,10 +292,9 @@ class IceServer:
         self.communicator = Ice.initialize(init)
         # Servants receive model objects and rtypes: register omero-py's factories, as
         # omero.client does for its own communicator.
+        import omero.columns
         import omero.ObjectFactoryRegistrar as registrar
         import omero.rtypes
-
-        import omero.columns
 
         registrar.registerObjectFactory(self.communicator, None)
         for factory in omero.rtypes.ObjectFactories.values():

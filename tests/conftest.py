@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,10 +54,8 @@ def blitz(emulator: Emulator) -> Iterator[Any]:
 
     yield connect
     for conn in made:
-        try:
+        with contextlib.suppress(Exception):
             conn.close()
-        except Exception:
-            pass
 
 
 @pytest.fixture
