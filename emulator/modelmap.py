@@ -216,14 +216,17 @@ def to_model(store: Store, viewer: User | None, obj: Obj, *, deep: bool = True) 
         m.columns = rint(d.get("columns", 0))
     elif obj.kind == "Well":
         m.row, m.column = rint(d["row"]), rint(d["column"])
-        if obj.parent_id is not None:
-            m.plate = unloaded("Plate", obj.parent_id)
+        plate = store.get(obj.parent_id) if obj.parent_id is not None else None
+        if plate is not None:
+            # Loaded (shallow), as "join fetch w.plate" gives it.
+            m.plate = to_model(store, viewer, plate, deep=False)
         if deep:
             for ws in store.by_parent("WellSample", obj.id):
                 m.addWellSample(to_model(store, viewer, ws, deep=True))
     elif obj.kind == "WellSample":
-        if obj.parent_id is not None:
-            m.well = unloaded("Well", obj.parent_id)
+        well = store.get(obj.parent_id) if obj.parent_id is not None else None
+        if well is not None:
+            m.well = to_model(store, viewer, well, deep=False)
         image = store.get(d["image"], "Image")
         if image is not None:
             m.image = to_model(store, viewer, image, deep=deep) if deep \

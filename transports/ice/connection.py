@@ -1,0 +1,437 @@
+"""An Ice session with one server (``omero.client``) and the metadata it answers.
+
+Blocking omero-py calls run in worker threads through ``call``, which bounds how
+many run at once and translates Ice and omero exceptions into the core's errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import Ice
+import omero
+import omero.clients
+import omero.sys
+from omero.model.enums import UnitsLength
+from omero.rtypes import unwrap
+
+from cellprofiler_omero.core.config import Settings
+from cellprofiler_omero.core.errors import AuthError, NotFound
+from cellprofiler_omero.core.model import (
+    Channel,
+    ImageMeta,
+    Node,
+    Page,
+    PhysicalSize,
+    PixelType,
+    PlatePosition,
+)
+from cellprofiler_omero.core.refs import Kind, ObjectRef
+from cellprofiler_omero.core.roles import Credentials, ServerAddress, SessionInfo
+from cellprofiler_omero.transports.ice.errors import translate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ALL_GROUPS = {"omero.group": "-1"}
+
+
+def params(**values: Any) -> omero.sys.ParametersI:
+    p = omero.sys.ParametersI()
+    for key, value in values.items():
+        if isinstance(value, list | tuple):
+            p.addLongs(key, list(value))
+        else:
+            p.addLong(key, value)
+    return p
+
+
+def _microns(length: Any) -> float | None:
+    if length is None:
+        return None
+    try:
+        return float(omero.model.LengthI(length, UnitsLength.MICROMETER).getValue())
+    except Exception:  # units OMERO cannot convert (pixels, reference frame)
+        return None
+
+
+class IceConnection:
+    """The Ice transport's ``Connection``: an ``omero.client`` with a live session."""
+
+    transport = "ice"
+
+    def __init__(self, client: Any, info: SessionInfo, settings: Settings) -> None:
+        self.client = client
+        self._info = info
+        self.settings = settings
+        self.limiter = anyio.CapacityLimiter(settings.ice.concurrency)
+        self._key = client.getSessionId()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, address: ServerAddress, credentials: Credentials, settings: Settings
+             ) -> IceConnection:
+        """Log in or join (blocking). Raises ``AuthError``/``ServerError``."""
+        props = {
+            "omero.host": address.host,
+            "omero.port": str(address.port),
+            "Ice.MessageSizeMax": str(settings.ice.message_limit_kib),
+            "Ice.Override.ConnectTimeout": "10000",
+            "Ice.ThreadPool.Client.SizeMax": str(max(4, settings.ice.concurrency)),
+        }
+        where = str(address)
+        client = omero.client(pmap=[f"--{k}={v}" for k, v in props.items()])
+        client.setAgent("cellprofiler-omero")
+        try:
+            if credentials.session_key is not None:
+                client.joinSession(credentials.session_key)
+            else:
+                assert credentials.user is not None and credentials.password is not None
+                client.createSession(credentials.user, credentials.password)
+            if not settings.server.secure:
+                client = cls._insecure(client)
+            ec = client.getSession().getAdminService().getEventContext()
+        except (Ice.Exception, omero.ServerError, omero.ClientError) as exc:
+            _discard(client)
+            if isinstance(exc, omero.ClientError):
+                raise AuthError(f"OMERO on {where} refused the session: {exc}.") from None
+            raise translate(exc, "logging in", where) from None
+        info = SessionInfo(server=address, user=ec.userName, user_id=ec.userId,
+                           group=ec.groupName, group_id=ec.groupId, source=credentials.source,
+                           is_admin=ec.isAdmin)
+        return cls(client, info, settings)
+
+    @staticmethod
+    def _insecure(client: Any) -> Any:
+        """Move to the server's plain-TCP router, as BlitzGateway does unless secure."""
+        insecure = client.getSession().getConfigService().getConfigValue(
+            "omero.router.insecure")
+        if not insecure:
+            return client
+        other = client.createClient(secure=False)
+        # The secure client only served to log in; its reference goes, the session stays.
+        client.closeSession()
+        return other
+
+    # -- Connection protocol --------------------------------------------------------------
+
+    @property
+    def info(self) -> SessionInfo:
+        return self._info
+
+    @property
+    def session_key(self) -> str:
+        return str(self._key)
+
+    @property
+    def sf(self) -> Any:
+        return self.client.getSession()
+
+    async def call(self, func: Callable[..., T], *args: Any, what: str) -> T:
+        """Run a blocking omero-py call in a worker thread, translating its errors."""
+
+        def run() -> T:
+            try:
+                return func(*args)
+            except (Ice.Exception, omero.ServerError) as exc:
+                raise translate(exc, what, str(self._info.server)) from None
+            except omero.UnloadedEntityException:
+                raise  # a bug in this package's queries, not a session problem
+            except omero.ClientError as exc:
+                raise AuthError(f"The OMERO client has no session while {what} ({exc}).",
+                                hint="Log in again.") from None
+
+        return await anyio.to_thread.run_sync(run, limiter=self.limiter)
+
+    async def ping(self) -> None:
+        await self.call(lambda: self.sf.keepAlive(None), what="keeping the session alive")
+
+    async def close(self, *, detach: bool) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+
+        def run() -> None:
+            try:
+                if detach:
+                    self.client.getSession().detachOnDestroy()
+                    self.client.closeSession()
+                else:
+                    self.client.killSession()
+            finally:
+                _discard(self.client)
+
+        await anyio.to_thread.run_sync(run)
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def _query(self) -> Any:
+        return self.sf.getQueryService()
+
+    async def image_meta(self, image_id: int) -> ImageMeta:
+        return await self.call(self._image_meta, image_id, what=f"reading image {image_id}")
+
+    def _image_meta(self, image_id: int) -> ImageMeta:
+        query = self._query()
+        image = query.findByQuery(
+            "select i from Image i join fetch i.pixels p join fetch p.pixelsType "
+            "left outer join fetch p.channels c left outer join fetch c.logicalChannel "
+            "join fetch i.details.owner join fetch i.details.group where i.id = :id",
+            params(id=image_id), ALL_GROUPS)
+        if image is None:
+            raise NotFound(
+                f"Image {image_id} does not exist on {self._info.server.host}, or "
+                f"{self._info.user} may not read it.",
+                hint="Check the id, and that the image's group is one of yours.")
+        pixels = image.getPrimaryPixels()
+        channels = []
+        for index, ch in enumerate(pixels.copyChannels()):
+            lc = ch.getLogicalChannel()
+            name = unwrap(lc.getName()) if lc is not None and lc.isLoaded() else None
+            color = None
+            if ch.getRed() is not None:
+                color = (unwrap(ch.getRed()), unwrap(ch.getGreen()), unwrap(ch.getBlue()),
+                         unwrap(ch.getAlpha()) if ch.getAlpha() is not None else 255)
+            emission = None
+            if lc is not None and lc.isLoaded() and lc.getEmissionWave() is not None:
+                emission = float(lc.getEmissionWave().getValue())
+            channels.append(Channel(name or f"C{index}", color, emission))
+        group = image.details.group
+        meta = ImageMeta(
+            id=image_id, name=unwrap(image.getName()) or f"Image {image_id}",
+            size_x=unwrap(pixels.getSizeX()), size_y=unwrap(pixels.getSizeY()),
+            size_z=unwrap(pixels.getSizeZ()), size_c=unwrap(pixels.getSizeC()),
+            size_t=unwrap(pixels.getSizeT()),
+            pixel_type=PixelType.from_name(unwrap(pixels.getPixelsType().getValue())),
+            channels=tuple(channels),
+            physical_size=PhysicalSize(_microns(pixels.getPhysicalSizeX()),
+                                       _microns(pixels.getPhysicalSizeY()),
+                                       _microns(pixels.getPhysicalSizeZ())),
+            levels=self._levels(unwrap(pixels.getId()), unwrap(group.getId())),
+            owner=unwrap(image.details.owner.getOmeName()),
+            group=unwrap(group.getName()), group_id=unwrap(group.getId()),
+            plate=self._plate_position(image_id),
+            description=unwrap(image.getDescription()),
+        )
+        return meta
+
+    def _levels(self, pixels_id: int, group_id: int) -> tuple[tuple[int, int], ...]:
+        ctx = {"omero.group": str(group_id)}
+        store = self.sf.createRawPixelsStore(ctx)
+        try:
+            store.setPixelsId(pixels_id, True, ctx)
+            return tuple((d.sizeX, d.sizeY) for d in store.getResolutionDescriptions(ctx))
+        finally:
+            store.close()
+
+    def _plate_position(self, image_id: int) -> PlatePosition | None:
+        query = self._query()
+        ws = query.findByQuery(
+            "select ws from WellSample ws join fetch ws.well w join fetch w.plate p "
+            "where ws.image.id = :id", params(id=image_id), ALL_GROUPS)
+        if ws is None:
+            return None
+        well = ws.getWell()
+        plate = well.getPlate()
+        siblings = query.projection(
+            "select ws.id from WellSample ws where ws.well.id = :id order by ws.id",
+            params(id=unwrap(well.getId())), ALL_GROUPS)
+        ids = [unwrap(row[0]) for row in siblings]
+        screen = query.findByQuery(
+            "select l.parent from ScreenPlateLink l where l.child.id = :id",
+            params(id=unwrap(plate.getId())), ALL_GROUPS)
+        return PlatePosition(
+            plate_id=unwrap(plate.getId()), plate_name=unwrap(plate.getName()) or "",
+            well_id=unwrap(well.getId()), row=unwrap(well.getRow()),
+            column=unwrap(well.getColumn()),
+            field=ids.index(unwrap(ws.getId())) if unwrap(ws.getId()) in ids else 0,
+            screen_id=unwrap(screen.getId()) if screen is not None else None,
+            screen_name=unwrap(screen.getName()) if screen is not None else None)
+
+    # -- containers -----------------------------------------------------------------------
+
+    async def images_in(self, ref: ObjectRef) -> list[ObjectRef]:
+        ids = await self.call(self._image_ids, ref, what=f"listing the images of {ref}")
+        return [ObjectRef(Kind.IMAGE, i, ref.host, ref.port, ref.web_base) for i in ids]
+
+    def _ids(self, hql: str, **values: Any) -> list[int]:
+        rows = self._query().projection(hql, params(**values), ALL_GROUPS)
+        return [int(unwrap(row[0])) for row in rows]
+
+    def _exists(self, kind: Kind, object_id: int) -> None:
+        if not self._ids(f"select o.id from {kind.value} o where o.id = :id", id=object_id):
+            raise NotFound(
+                f"{kind.value} {object_id} does not exist on {self._info.server.host}, or "
+                f"{self._info.user} may not read it.")
+
+    def _image_ids(self, ref: ObjectRef) -> list[int]:
+        self._exists(ref.kind, ref.id)
+        kind, oid = ref.kind, ref.id
+        if kind is Kind.IMAGE:
+            return [oid]
+        if kind is Kind.DATASET:
+            return self._ids("select l.child.id from DatasetImageLink l where l.parent.id = :id"
+                             " order by lower(l.child.name), l.child.id", id=oid)
+        if kind is Kind.PROJECT:
+            out: list[int] = []
+            for ds in self._ids("select l.child.id from ProjectDatasetLink l where "
+                                "l.parent.id = :id order by lower(l.child.name), l.child.id",
+                                id=oid):
+                out.extend(self._image_ids(ObjectRef(Kind.DATASET, ds)))
+            return list(dict.fromkeys(out))
+        if kind is Kind.SCREEN:
+            out = []
+            for plate in self._ids("select l.child.id from ScreenPlateLink l where "
+                                   "l.parent.id = :id order by lower(l.child.name), "
+                                   "l.child.id", id=oid):
+                out.extend(self._image_ids(ObjectRef(Kind.PLATE, plate)))
+            return out
+        where = {Kind.PLATE: "ws.well.plate.id", Kind.WELL: "ws.well.id",
+                 Kind.ACQUISITION: "ws.plateAcquisition.id"}[kind]
+        return self._ids(f"select ws.image.id from WellSample ws where {where} = :id "
+                         "order by ws.well.row, ws.well.column, ws.id", id=oid)
+
+    async def children(self, ref: ObjectRef | None, offset: int, limit: int) -> Page:
+        return await self.call(self._children, ref, offset, limit,
+                               what=f"listing {ref or 'your projects and screens'}")
+
+    def _count(self, hql: str, **values: Any) -> int:
+        rows = self._query().projection(hql, params(**values), ALL_GROUPS)
+        return int(unwrap(rows[0][0])) if rows else 0
+
+    def _page(self, hql: str, offset: int, limit: int, **values: Any) -> list[Any]:
+        p = params(**values)
+        p.page(offset, limit)
+        return list(self._query().findAllByQuery(hql, p, ALL_GROUPS))
+
+    def _image_node(self, image: Any, name: str | None = None) -> Node:
+        px = image.getPrimaryPixels()
+        size = tuple(unwrap(getattr(px, f"getSize{a}")()) for a in "XYZCT")
+        return Node("Image", unwrap(image.getId()), name or unwrap(image.getName()),
+                    None, size, unwrap(px.getPixelsType().getValue()))
+
+    def _children(self, ref: ObjectRef | None, offset: int, limit: int) -> Page:
+        uid = self._info.user_id
+        if ref is None:
+            n_projects = self._count("select count(p) from Project p where "
+                                     "p.details.owner.id = :uid", uid=uid)
+            n_screens = self._count("select count(s) from Screen s where "
+                                    "s.details.owner.id = :uid", uid=uid)
+            items: list[Node] = []
+            if offset < n_projects:
+                for p in self._page("select p from Project p where p.details.owner.id = :uid "
+                                    "order by lower(p.name), p.id", offset, limit, uid=uid):
+                    pid = unwrap(p.getId())
+                    items.append(Node("Project", pid, unwrap(p.getName()), self._count(
+                        "select count(l) from ProjectDatasetLink l where l.parent.id = :id",
+                        id=pid)))
+            rest = limit - len(items)
+            if rest > 0:
+                for s in self._page("select s from Screen s where s.details.owner.id = :uid "
+                                    "order by lower(s.name), s.id",
+                                    max(0, offset - n_projects), rest, uid=uid):
+                    sid = unwrap(s.getId())
+                    items.append(Node("Screen", sid, unwrap(s.getName()), self._count(
+                        "select count(l) from ScreenPlateLink l where l.parent.id = :id",
+                        id=sid)))
+            return Page(tuple(items), offset, n_projects + n_screens)
+        self._exists(ref.kind, ref.id)
+        oid = ref.id
+        if ref.kind is Kind.PROJECT:
+            total = self._count("select count(l) from ProjectDatasetLink l where "
+                                "l.parent.id = :id", id=oid)
+            nodes = []
+            for ds in self._page("select d from Dataset d join d.projectLinks l where "
+                                 "l.parent.id = :id order by lower(d.name), d.id",
+                                 offset, limit, id=oid):
+                did = unwrap(ds.getId())
+                nodes.append(Node("Dataset", did, unwrap(ds.getName()), self._count(
+                    "select count(l) from DatasetImageLink l where l.parent.id = :id",
+                    id=did)))
+            return Page(tuple(nodes), offset, total)
+        if ref.kind is Kind.DATASET:
+            total = self._count("select count(l) from DatasetImageLink l where "
+                                "l.parent.id = :id", id=oid)
+            images = self._page("select i from Image i join fetch i.pixels p join fetch "
+                                "p.pixelsType join i.datasetLinks l where l.parent.id = :id "
+                                "order by lower(i.name), i.id", offset, limit, id=oid)
+            return Page(tuple(self._image_node(i) for i in images), offset, total)
+        if ref.kind is Kind.SCREEN:
+            total = self._count("select count(l) from ScreenPlateLink l where "
+                                "l.parent.id = :id", id=oid)
+            nodes = []
+            for pl in self._page("select p from Plate p join p.screenLinks l where "
+                                 "l.parent.id = :id order by lower(p.name), p.id",
+                                 offset, limit, id=oid):
+                plid = unwrap(pl.getId())
+                nodes.append(Node("Plate", plid, unwrap(pl.getName()), self._count(
+                    "select count(w) from Well w where w.plate.id = :id", id=plid)))
+            return Page(tuple(nodes), offset, total)
+        if ref.kind is Kind.PLATE:
+            total = self._count("select count(w) from Well w where w.plate.id = :id", id=oid)
+            nodes = []
+            for well in self._page("select w from Well w where w.plate.id = :id "
+                                   "order by w.row, w.column", offset, limit, id=oid):
+                wid = unwrap(well.getId())
+                pos = PlatePosition(oid, "", wid, unwrap(well.getRow()),
+                                    unwrap(well.getColumn()), 0)
+                nodes.append(Node("Well", wid, pos.well_name, self._count(
+                    "select count(ws) from WellSample ws where ws.well.id = :id", id=wid),
+                    extra={"row": pos.row, "column": pos.column}))
+            return Page(tuple(nodes), offset, total)
+        if ref.kind is Kind.WELL:
+            total = self._count("select count(ws) from WellSample ws where ws.well.id = :id",
+                                id=oid)
+            samples = self._page("select ws from WellSample ws join fetch ws.image i join "
+                                 "fetch i.pixels p join fetch p.pixelsType where "
+                                 "ws.well.id = :id order by ws.id", offset, limit, id=oid)
+            return Page(tuple(self._image_node(ws.getImage(), f"Field {offset + n + 1}: "
+                                               f"{unwrap(ws.getImage().getName())}")
+                              for n, ws in enumerate(samples)), offset, total)
+        if ref.kind is Kind.IMAGE:
+            return Page((), offset, 0)
+        raise NotFound(f"Cannot list the children of {ref}.")
+
+    # -- permissions and tokens -----------------------------------------------------------
+
+    async def can_write(self, kind: str, object_id: int) -> bool:
+        def run() -> bool:
+            obj = self._query().findByQuery(f"select o from {kind} o where o.id = :id",
+                                            params(id=object_id), ALL_GROUPS)
+            if obj is None:
+                raise NotFound(f"{kind} {object_id} does not exist, or "
+                               f"{self._info.user} may not read it.")
+            return bool(obj.details.permissions.canLink())
+
+        return await self.call(run, what=f"checking write access to {kind} {object_id}")
+
+    async def create_user_session(self, time_to_idle_ms: int) -> str:
+        def run() -> str:
+            sf = self.sf
+            limit = sf.getConfigService().getConfigValue(
+                "omero.sessions.max_user_time_to_idle")
+            tti = time_to_idle_ms
+            if limit and int(limit) > 0:
+                tti = min(tti, int(limit))
+            group = sf.getAdminService().getEventContext().groupName
+            session = sf.getSessionService().createUserSession(0, tti, group)
+            return str(unwrap(session.getUuid()))
+
+        return await self.call(run, what="creating a session for a token")
+
+
+def _discard(client: Any) -> None:
+    """Destroy a client's communicator without raising (it may be half-open)."""
+    try:
+        client.__del__()
+    except Exception as exc:  # nothing useful to do about a failing cleanup
+        log.debug("discarding client failed: %s", type(exc).__name__)

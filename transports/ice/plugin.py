@@ -1,0 +1,44 @@
+"""The Ice transport's hook implementations (registered as ``ice``)."""
+
+from __future__ import annotations
+
+from cellprofiler_omero.core.config import Settings
+from cellprofiler_omero.core.hookspecs import hookimpl
+from cellprofiler_omero.core.model import ImageMeta, TableSchema, TableTarget
+from cellprofiler_omero.core.refs import ObjectRef
+from cellprofiler_omero.core.roles import Connection, Credentials, ServerAddress
+from cellprofiler_omero.transports.ice.connection import IceConnection
+from cellprofiler_omero.transports.ice.reader import IcePixelSource
+
+
+@hookimpl
+def omero_connect(address: ServerAddress, credentials: Credentials, settings: Settings
+                  ) -> IceConnection:
+    return IceConnection.open(address, credentials, settings)
+
+
+@hookimpl
+def omero_open_reader(connection: Connection, image: ObjectRef, meta: ImageMeta,
+                      settings: Settings) -> IcePixelSource | None:
+    if not isinstance(connection, IceConnection):
+        return None
+    return IcePixelSource(connection, meta, settings)
+
+
+@hookimpl
+def omero_open_uploader(connection: Connection, settings: Settings) -> object | None:
+    if not isinstance(connection, IceConnection):
+        return None
+    from cellprofiler_omero.transports.ice.uploader import IceImageSink
+
+    return IceImageSink(connection, settings)
+
+
+@hookimpl
+def omero_open_table_writer(connection: Connection, target: TableTarget, schema: TableSchema,
+                            settings: Settings, file_id: int | None) -> object | None:
+    if not isinstance(connection, IceConnection):
+        return None
+    from cellprofiler_omero.transports.ice.tables import IceTableSink
+
+    return IceTableSink(connection, target, schema, settings, file_id)

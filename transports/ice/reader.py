@@ -1,0 +1,142 @@
+"""Pixels over Ice: a bounded pool of RawPixelsStore handles per image, tiles in parallel.
+
+Each requested plane is split into tiles under ``ice.max_tile_bytes`` (far below the
+message limit); every (plane, tile) becomes one ``getTile`` call on a free store;
+the bytes are decoded straight into one preallocated array. Stores are reused across
+reads and closed with the source.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import numpy as np
+
+from cellprofiler_omero.core.config import Settings
+from cellprofiler_omero.core.model import ImageMeta, PixelRequest, Region
+from cellprofiler_omero.core.pixels import decode_into, plan_tiles
+from cellprofiler_omero.transports.ice.connection import IceConnection
+
+log = logging.getLogger(__name__)
+
+
+class StorePool:
+    """Up to ``size`` RawPixelsStore handles bound to one image, lent one at a time."""
+
+    def __init__(self, conn: IceConnection, meta: ImageMeta, size: int) -> None:
+        self.conn = conn
+        self.meta = meta
+        self.ctx = {"omero.group": str(meta.group_id if meta.group_id is not None else -1)}
+        self._size = size
+        self._idle: list[tuple[Any, int]] = []  # (store, its RawPixelsStore level)
+        self._count = 0
+        self._slots = anyio.Semaphore(size)
+        self._lock = anyio.Lock()
+        self.tile_size: tuple[int, int] | None = None
+
+    def _open(self) -> tuple[Any, int]:
+        store = self.conn.sf.createRawPixelsStore(self.ctx)
+        store.setPixelsId(self.meta.id, True, self.ctx)
+        if self.tile_size is None:
+            w, h = store.getTileSize(self.ctx)
+            self.tile_size = (int(w), int(h))
+        return store, len(self.meta.levels or ((0, 0),)) - 1
+
+    async def borrow(self) -> tuple[Any, int]:
+        await self._slots.acquire()
+        async with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            self._count += 1
+        try:
+            return await self.conn.call(self._open, what=f"opening image {self.meta.id}")
+        except BaseException:
+            async with self._lock:
+                self._count -= 1
+            self._slots.release()
+            raise
+
+    async def give_back(self, store: Any, level: int, *, healthy: bool = True) -> None:
+        async with self._lock:
+            if healthy:
+                self._idle.append((store, level))
+            else:
+                self._count -= 1
+        self._slots.release()
+
+    async def close(self) -> None:
+        async with self._lock:
+            stores, self._idle = self._idle, []
+
+        def run() -> None:
+            for store, _ in stores:
+                try:
+                    store.close(self.ctx)
+                except Exception as exc:  # the session may already be gone
+                    log.debug("closing a store failed: %s", type(exc).__name__)
+
+        if stores:
+            await anyio.to_thread.run_sync(run)
+
+
+class IcePixelSource:
+    """The Ice transport's ``PixelSource`` for one image."""
+
+    transport = "ice"
+
+    def __init__(self, conn: IceConnection, meta: ImageMeta, settings: Settings) -> None:
+        self.conn = conn
+        self.meta = meta
+        self.settings = settings
+        self.pool = StorePool(conn, meta, settings.ice.stores_per_image)
+
+    async def metadata(self) -> ImageMeta:
+        return self.meta
+
+    async def read(self, request: PixelRequest) -> np.ndarray:
+        meta = self.meta
+        size_x, size_y = meta.level_size(request.level)
+        region = request.region or Region(0, 0, size_x, size_y)
+        out = np.empty((len(request.z), len(request.c), region.h, region.w),
+                       dtype=meta.pixel_type.dtype)
+        # The server numbers levels the other way round: n-1 is full resolution.
+        native_level = len(meta.levels or ((0, 0),)) - 1 - request.level
+        if self.pool.tile_size is None:
+            store, level = await self.pool.borrow()
+            await self.pool.give_back(store, level)
+        tiles = plan_tiles(region, meta.pixel_type.bytes_per_pixel,
+                           self.settings.ice.max_tile_bytes,
+                           self.pool.tile_size if len(meta.levels) > 1 else None)
+        what = f"reading image {meta.id}"
+
+        async def fetch(zi: int, ci: int, tile: Any) -> None:
+            z, c = request.z[zi], request.c[ci]
+            r = tile.region
+            store, level = await self.pool.borrow()
+            healthy = False
+            try:
+                def get() -> bytes:
+                    if level != native_level:
+                        store.setResolutionLevel(native_level, self.pool.ctx)
+                    data: bytes = store.getTile(z, c, request.t, r.x, r.y, r.w, r.h,
+                                                self.pool.ctx)
+                    return data
+
+                data = await self.conn.call(get, what=what)
+                decode_into(out[zi, ci], data, meta.pixel_type, tile)
+                healthy = True
+            finally:
+                await self.pool.give_back(store, native_level if healthy else level,
+                                          healthy=healthy)
+
+        async with anyio.create_task_group() as tg:
+            for zi in range(len(request.z)):
+                for ci in range(len(request.c)):
+                    for tile in tiles:
+                        tg.start_soon(fetch, zi, ci, tile)
+        return out
+
+    async def aclose(self) -> None:
+        await self.pool.close()
