@@ -30,6 +30,8 @@ class FaultSettings:
     http_drop_probability: float = 0.0
     #: Answer HTTP OPTIONS with 500 (the service looks absent).
     http_options_fail: bool = False
+    #: Drop after the call has run (its reply is lost) instead of before.
+    drop_after_reply: bool = False
     ops: list[str] = field(default_factory=list)
     seed: int = 0
 

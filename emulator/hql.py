@@ -498,7 +498,8 @@ class Graph:
         elif obj.kind in ANNOTATION_KINDS:
             f.update(ns=d.get("ns"), textValue=d.get("text"))
             lazy["file"] = lambda: self._one(d.get("file"))
-            lazy["mapValue"] = lambda: d.get("map", [])
+            lazy["mapValue"] = lambda: [View("NamedValue", {"id": None, "name": k, "value": v})
+                                        for k, v in d.get("map", [])]
         view = View(obj.kind, f, lazy, obj, model=lambda: self.to_model(obj))
         self._cache[obj.id] = view
         return view

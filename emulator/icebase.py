@@ -105,12 +105,16 @@ class Servant:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def before_call(self, op: str, current: Ice.Current) -> None:
+    def before_call(self, op: str, current: Ice.Current) -> bool:
+        """Latency, faults and the session check; True when the reply must be dropped."""
         faults = self.ctx.faults
         delay = faults.ice_latency(op)
         if delay:
             time.sleep(delay)
-        if faults.ice_drop(op):
+        drop = faults.ice_drop(op)
+        if drop and faults.settings.drop_after_reply:
+            return True
+        if drop:
             log.info("fault: dropping connection on %s", op)
             if current.con is not None:
                 current.con.close(True)
@@ -120,6 +124,15 @@ class Servant:
             self.ctx.forget_session(self.session_uuid)
             raise Ice.ObjectNotExistException(id=current.id, facet=current.facet,
                                               operation=current.operation)
+        return False
+
+
+def drop_reply(current: Ice.Current) -> None:
+    """Close the client's connection after a call ran, so its reply is lost."""
+    log.info("fault: dropping the reply of %s", current.operation)
+    if current.con is not None:
+        current.con.close(True)
+    raise Ice.ConnectionLostException()
 
 
 def _convert(exc: BaseException, service: str, op: str) -> BaseException:
@@ -133,10 +146,13 @@ def _sync(service: str, op: str, impl: Callable[..., Any] | None) -> Callable[..
     def dispatch(self: Servant, *args: Any) -> Any:
         current = args[-1]
         try:
-            self.before_call(op, current)
+            lose_reply = self.before_call(op, current)
             if impl is None:
                 raise api_usage(f"{service}.{op} is not implemented by the emulator.")
-            return impl(self, *args)
+            result = impl(self, *args)
+            if lose_reply:
+                drop_reply(current)
+            return result
         except BaseException as exc:
             raise _convert(exc, service, op) from None
 
@@ -149,10 +165,12 @@ def _amd(service: str, op: str, impl: Callable[..., Any] | None, n_results: int
     def dispatch(self: Servant, cb: Any, *args: Any) -> None:
         current = args[-1]
         try:
-            self.before_call(op, current)
+            lose_reply = self.before_call(op, current)
             if impl is None:
                 raise api_usage(f"{service}.{op} is not implemented by the emulator.")
             result = impl(self, *args)
+            if lose_reply:
+                drop_reply(current)
         except Ice.ConnectionLostException as exc:
             # Nobody will receive the answer, but the dispatch must complete or the
             # communicator waits for it forever at shutdown.

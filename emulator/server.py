@@ -95,7 +95,7 @@ class Context:
         self._servants: dict[str, Any] = {}
         self._factories: dict[str, Any] = {}  # identity string → ServiceFactoryI
         self._lock = threading.RLock()
-        self.tables: Any = None  # set by the tables module when hosted
+        self._dirty: set[int] = set()
 
     # -- servant registry ----------------------------------------------------------------
 
@@ -196,6 +196,18 @@ class Context:
         arr = self.pixels.array(image_id, shape, 0, levels, writable=True)
         arr[...] = pixels.astype(shape.dtype, copy=False)
         arr.flush()
+        self.finish_image(image_id)
+
+    def mark_dirty(self, image_id: int) -> None:
+        """Pixels of ``image_id`` were written; finish it on the next save or close."""
+        with self._lock:
+            self._dirty.add(image_id)
+
+    def finish_if_dirty(self, image_id: int) -> None:
+        with self._lock:
+            if image_id not in self._dirty:
+                return
+            self._dirty.discard(image_id)
         self.finish_image(image_id)
 
     def finish_image(self, image_id: int) -> None:

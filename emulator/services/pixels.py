@@ -109,7 +109,6 @@ class RawPixelsStoreI(SessionServant):
         super().__init__(*args)
         self.image: Obj | None = None
         self.level = 0  # RawPixelsStore numbering (n-1 = full)
-        self._dirty = False
         self._lock = threading.Lock()
 
     # -- binding ---------------------------------------------------------------------------
@@ -285,7 +284,7 @@ class RawPixelsStoreI(SessionServant):
                             f"tile, got {len(buf)}.")
         self.ctx.pixels.write(image.id, shape, levels_of(image), buf, z=z, c=c, t=t, x=x,
                               y=y, w=w, h=h)
-        self._dirty = True
+        self.ctx.mark_dirty(image.id)
 
     def setPlane(self, buf: bytes, z: int, c: int, t: int, current: Ice.Current) -> None:
         sx, sy = levels_of(self._image())[0]
@@ -312,9 +311,7 @@ class RawPixelsStoreI(SessionServant):
         caller = self.caller(current)
         image = self._image()
         with self._lock:
-            if self._dirty:
-                self.ctx.finish_image(image.id)
-                self._dirty = False
+            self.ctx.finish_if_dirty(image.id)
         refreshed = self.ctx.store.get(image.id, "Image")
         assert refreshed is not None
         self.image = refreshed
@@ -341,9 +338,8 @@ class RawPixelsStoreI(SessionServant):
         return None
 
     def release(self) -> None:
-        if self._dirty and self.image is not None:
-            self.ctx.finish_image(self.image.id)
-            self._dirty = False
+        if self.image is not None:
+            self.ctx.finish_if_dirty(self.image.id)
 
     def close(self, current: Ice.Current) -> None:
         self.release()

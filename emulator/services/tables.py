@@ -21,7 +21,12 @@ import omero.tables
 from omero.rtypes import rlong, rstring
 
 from cellprofiler_omero.emulator import modelmap
-from cellprofiler_omero.emulator.icebase import api_usage, security_violation, servant
+from cellprofiler_omero.emulator.icebase import (
+    api_usage,
+    drop_reply,
+    security_violation,
+    servant,
+)
 from cellprofiler_omero.emulator.services.common import Caller, SessionServant
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,40 @@ class _Factory:
         return self._identity
 
 
+class _FaultyTable(omero.tables.TableI):  # type: ignore[misc]
+    """omero-py's TableI, passing the emulator's fault injector on writes and reads."""
+
+    def __init__(self, faults: Any, *args: Any, **kwargs: Any) -> None:
+        self._faults = faults
+        super().__init__(*args, **kwargs)
+
+    def _fault(self, op: str, current: Any) -> bool:
+        delay = self._faults.ice_latency(op)
+        if delay:
+            import time
+
+            time.sleep(delay)
+        if not self._faults.ice_drop(op):
+            return False
+        if self._faults.settings.drop_after_reply:
+            return True
+        drop_reply(current)
+        return False
+
+    def addData(self, cols: Any, current: Any = None) -> None:
+        lose = self._fault("addData", current)
+        super().addData(cols, current)
+        if lose:
+            drop_reply(current)
+
+    def getNumberOfRows(self, current: Any = None) -> int:
+        lose = self._fault("getNumberOfRows", current)
+        rows: int = super().getNumberOfRows(current)
+        if lose:
+            drop_reply(current)
+        return rows
+
+
 @servant(omero.grid.SharedResources)
 class SharedResourcesI(SessionServant):
     """Tables only: no processors, no script repository."""
@@ -81,7 +120,7 @@ class SharedResourcesI(SessionServant):
         model = modelmap.to_model(store, caller.user, obj)
         path = self.ctx.file_path(file_id)
         communicator = current.adapter.getCommunicator()
-        table = omero.tables.TableI(_TablesContext(communicator), model, str(path),
+        table = _FaultyTable(self.ctx.faults, _TablesContext(communicator), model, str(path),
                                     _Factory(caller.session.uuid, can_update),
                                     omero.hdfstorageV2.HDFLIST, read_only=False,
                                     uuid=Ice.generateUUID(), call_context=current.ctx,

@@ -55,6 +55,8 @@ class UpdateI(SessionServant):
             return self._save(caller, obj)
         kind = kind_of(obj)
         oid = unwrap(obj.id)
+        if kind in ("Pixels", "LogicalChannel", "Channel"):
+            return self._update_pixels_part(caller, kind, oid, obj)
         stored = self.ctx.store.get(oid)
         if stored is None or not self.visible(caller, stored):
             raise api_usage(f"{kind}:{oid} does not exist.")
@@ -80,6 +82,8 @@ class UpdateI(SessionServant):
             link = store.link(kind, pid, cid, caller.user.id, parent.group_id)
             return kind, link.id
         if obj.id is not None and unwrap(obj.id) is not None:
+            if kind in ("Pixels", "LogicalChannel", "Channel"):
+                return self._update_pixels_part(caller, kind, unwrap(obj.id), obj)
             return self._ref(caller, obj)
         if kind not in SAVABLE or kind == "Image":
             raise api_usage(f"The emulator cannot create {kind} objects through IUpdate.")
@@ -106,6 +110,43 @@ class UpdateI(SessionServant):
             self.ctx.file_path(stored.id).touch()
         self._collections(caller, kind, stored.id, obj)
         return kind, stored.id
+
+    def _update_pixels_part(self, caller: Caller, kind: str, oid: int, obj: Any
+                            ) -> tuple[str, int]:
+        """Pixels (physical sizes), LogicalChannel (name) and Channel (colour) updates.
+
+        The emulator keeps these inside the image, with ids derived from the image's:
+        Pixels ``id``, channels ``id * 1000 + index``.
+        """
+        image_id, index = (oid, -1) if kind == "Pixels" else divmod(oid, 1000)
+        image = self.ctx.store.get(image_id, "Image")
+        if image is None or not self.visible(caller, image):
+            raise api_usage(f"{kind}:{oid} does not exist.")
+        if image.owner_id != caller.user.id and not caller.user.admin:
+            raise security_violation(f"{kind}:{oid} belongs to another user.")
+        if not obj.isLoaded():
+            return kind, oid
+        data = dict(image.data)
+        if kind == "Pixels":
+            for axis in "XYZ":
+                value = getattr(obj, f"_physicalSize{axis}", None)
+                if value is not None:
+                    from omero.model.enums import UnitsLength
+
+                    data[f"phys{axis}"] = float(omero.model.LengthI(
+                        value, UnitsLength.MICROMETER).getValue())
+        else:
+            channels = [dict(c) for c in data["channels"]]
+            if not 0 <= index < len(channels):
+                raise api_usage(f"{kind}:{oid} does not exist.")
+            if kind == "LogicalChannel" and _get(obj, "name") is not None:
+                channels[index]["name"] = _get(obj, "name")
+            if kind == "Channel" and _get(obj, "red") is not None:
+                channels[index]["color"] = [_get(obj, a) or 0 for a in
+                                            ("red", "green", "blue", "alpha")]
+            data["channels"] = channels
+        self.ctx.store.update(image_id, data=data)
+        return kind, oid
 
     def _update(self, caller: Caller, kind: str, oid: int, obj: Any) -> None:
         stored = self.ctx.store.get(oid)
@@ -137,6 +178,14 @@ class UpdateI(SessionServant):
 
     def _model(self, caller: Caller, kind: str, oid: int) -> Any:
         store = self.ctx.store
+        if kind in ("Pixels", "LogicalChannel", "Channel"):
+            image = store.get(oid if kind == "Pixels" else oid // 1000, "Image")
+            assert image is not None
+            pixels = modelmap.pixels(store, caller.user, image)
+            if kind == "Pixels":
+                return pixels
+            channel = pixels.getChannel(oid % 1000)
+            return channel if kind == "Channel" else channel.getLogicalChannel()
         if kind in modelmap.LINK_ENDS:
             link = store.get_link(oid)
             assert link is not None

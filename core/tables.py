@@ -1,0 +1,248 @@
+"""Writing OMERO.tables: schema checks, batching, value handling, exactly-once appends.
+
+Rules (documented for users in the README):
+
+* Columns are fixed when the table is created (OMERO cannot add columns later).
+  Names must be unique, non-empty, must not start with ``__`` (reserved) and must
+  not contain ``/``. More than ``tables.max_columns`` columns is refused up front
+  (HDF5's header limit makes OMERO fail somewhere past ~600, depending on names).
+* Missing values: Double columns store NaN. Long, Bool and id columns (Image,
+  Roi, Well, Plate) have no missing value; a batch with one there is refused,
+  naming the column and row, before anything is sent. Declare such a column
+  Double if it can be missing.
+* Strings longer than their column: with ``tables.long_strings = "truncate"``
+  (default) they are cut at a character boundary to fit and a warning names the
+  column; with ``"error"`` the batch is refused before anything is sent.
+* Rows are buffered and appended in batches (``tables.batch_rows``, and small
+  enough for the message limit). A batch that failed with a dropped connection is
+  checked against the server's row count before it is sent again: no row is lost
+  or written twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cellprofiler_omero.core.errors import OmeroError, UnsupportedData
+from cellprofiler_omero.core.model import (
+    ColumnKind,
+    ColumnSpec,
+    TableInfo,
+    TableSchema,
+    TableTarget,
+)
+from cellprofiler_omero.core.roles import Connection, TableSink
+from cellprofiler_omero.core.session import SessionManager
+
+log = logging.getLogger(__name__)
+
+BULK_ANNOTATION_NS = "openmicroscopy.org/omero/bulk_annotations"
+MEASUREMENTS_NS = "openmicroscopy.org/cellprofiler-omero/measurements"
+
+_INTEGER_KINDS = (ColumnKind.LONG, ColumnKind.IMAGE, ColumnKind.ROI, ColumnKind.WELL,
+                  ColumnKind.PLATE)
+
+
+def check_schema(schema: TableSchema, max_columns: int) -> None:
+    """Raise ``UnsupportedData`` for a schema OMERO.tables would refuse or fail on."""
+    if not schema.columns:
+        raise UnsupportedData(f"Table {schema.name!r} has no columns.")
+    if len(schema.columns) > max_columns:
+        raise UnsupportedData(
+            f"Table {schema.name!r} would have {len(schema.columns)} columns; OMERO.tables "
+            f"fails past a few hundred (the limit here is {max_columns}).",
+            hint="Export fewer measurements (choose them in the module) or split them over "
+                 "several tables; raise tables.max_columns only if your server copes.")
+    seen: set[str] = set()
+    for col in schema.columns:
+        if not col.name:
+            raise UnsupportedData(f"Table {schema.name!r} has a column without a name.")
+        if col.name.startswith("__"):
+            raise UnsupportedData(f"Column name {col.name!r} is reserved by OMERO.tables "
+                                  "(it starts with '__').")
+        if "/" in col.name:
+            raise UnsupportedData(f"Column name {col.name!r} contains '/', which "
+                                  "OMERO.tables does not allow.")
+        if col.name in seen:
+            raise UnsupportedData(f"Column name {col.name!r} appears twice.")
+        seen.add(col.name)
+        if col.kind is ColumnKind.STRING and col.size <= 0:
+            raise UnsupportedData(f"String column {col.name!r} needs a size in bytes.")
+
+
+def _fit(text: str, size: int) -> str:
+    """``text`` cut to at most ``size`` UTF-8 bytes without splitting a character."""
+    data = text.encode("utf-8")
+    if len(data) <= size:
+        return text
+    return data[:size].decode("utf-8", errors="ignore")
+
+
+def normalise_column(col: ColumnSpec, values: Sequence[Any] | np.ndarray, *, first_row: int,
+                     long_strings: str) -> list[Any]:
+    """Python values ready for the wire; refuses (before sending) what cannot be stored."""
+    out: list[Any] = []
+    if col.kind is ColumnKind.DOUBLE:
+        arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64) \
+            if not isinstance(values, np.ndarray) else values.astype(np.float64, copy=False)
+        return [float(v) for v in arr.tolist()]
+    if col.kind in _INTEGER_KINDS or col.kind is ColumnKind.BOOL:
+        for offset, v in enumerate(values):
+            missing = v is None or (isinstance(v, float) and math.isnan(v))
+            if missing:
+                raise ValueError(
+                    f"Row {first_row + offset} has no value in {col.kind.value} column "
+                    f"{col.name!r}, which cannot hold missing values; declare it Double.")
+            out.append(bool(v) if col.kind is ColumnKind.BOOL else int(v))
+        return out
+    if col.kind is ColumnKind.STRING:
+        truncated = 0
+        for offset, v in enumerate(values):
+            text = "" if v is None else str(v)
+            if len(text.encode("utf-8")) > col.size:
+                if long_strings == "error":
+                    raise ValueError(
+                        f"Row {first_row + offset}: a {len(text.encode('utf-8'))}-byte value "
+                        f"does not fit string column {col.name!r} ({col.size} bytes).")
+                text = _fit(text, col.size)
+                truncated += 1
+            out.append(text)
+        if truncated:
+            log.warning("truncated %d value(s) in column %r to %d bytes", truncated, col.name,
+                        col.size)
+        return out
+    raise UnsupportedData(f"Unknown column kind {col.kind}")
+
+
+def _row_bytes(schema: TableSchema) -> int:
+    return sum(col.size + 8 if col.kind is ColumnKind.STRING else 9 for col in schema.columns)
+
+
+class TableWriter:
+    """Buffers rows and appends them to one table in batches, exactly once."""
+
+    def __init__(self, manager: SessionManager, target: TableTarget, schema: TableSchema
+                 ) -> None:
+        settings = manager.settings
+        check_schema(schema, settings.tables.max_columns)
+        self.manager = manager
+        self.target = target
+        self.schema = schema
+        self.batch_rows = max(1, min(settings.tables.batch_rows,
+                                     settings.ice.max_tile_bytes // max(1, _row_bytes(schema))))
+        self.long_strings = settings.tables.long_strings
+        self._sink: TableSink | None = None
+        self._sink_conn: Connection | None = None
+        self._transport: tuple[str, ...] | None = None
+        self._file_id: int | None = None
+        self._buffer: dict[str, list[Any]] = {c.name: [] for c in schema.columns}
+        self._buffered = 0
+        self.rows_written = 0
+
+    @property
+    def file_id(self) -> int | None:
+        return self._file_id
+
+    async def _open(self, conn: Connection) -> TableSink:
+        if self._sink is not None and self._sink_conn is conn:
+            return self._sink
+        if self._sink is not None:
+            with contextlib.suppress(OmeroError):
+                await self._sink.aclose()
+        name, sink = self.manager.registry.open_table_writer(
+            conn, self.target, self.schema, self._file_id, self._transport)
+        self._transport = (name,)
+        info = await sink.info()
+        self._file_id = info.file_id
+        self._sink, self._sink_conn = sink, conn
+        return sink
+
+    async def open(self) -> TableInfo:
+        """Create the table (and its annotation) now; returns where it is."""
+        async def op(conn: Connection) -> TableInfo:
+            sink = await self._open(conn)
+            return await sink.info()
+
+        return await self.manager.call(op)
+
+    def add_rows(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
+        """Buffer rows (every schema column, equal lengths); nothing is sent yet."""
+        lengths = {len(v) for v in columns.values()}
+        missing = set(self._buffer) - set(columns)
+        extra = set(columns) - set(self._buffer)
+        if missing or extra:
+            raise ValueError(f"Rows must have exactly the table's columns "
+                             f"(missing {sorted(missing)}, unknown {sorted(extra)}).")
+        if len(lengths) > 1:
+            raise ValueError(f"All columns need the same number of rows, got {sorted(lengths)}.")
+        n = lengths.pop() if lengths else 0
+        prepared = {col.name: normalise_column(col, columns[col.name],
+                                               first_row=self.rows_written + self._buffered,
+                                               long_strings=self.long_strings)
+                    for col in self.schema.columns}
+        for name, values in prepared.items():
+            self._buffer[name].extend(values)
+        self._buffered += n
+
+    async def append(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
+        """Buffer rows and send full batches."""
+        self.add_rows(columns)
+        if self._buffered >= self.batch_rows:
+            await self.flush(full_batches_only=True)
+
+    async def flush(self, *, full_batches_only: bool = False) -> int:
+        """Send buffered rows; returns the server's row count afterwards."""
+        while self._buffered and (not full_batches_only or self._buffered >= self.batch_rows):
+            n = min(self._buffered, self.batch_rows)
+            batch = {name: values[:n] for name, values in self._buffer.items()}
+            await self._send(batch, n)
+            for values in self._buffer.values():
+                del values[:n]
+            self._buffered -= n
+        return self.rows_written
+
+    async def _send(self, batch: dict[str, list[Any]], n: int) -> None:
+        expected_before = self.rows_written
+
+        async def op(conn: Connection) -> int:
+            sink = await self._open(conn)
+            count = await sink.row_count()
+            if count == expected_before + n:
+                log.info("batch of %d rows already on the server (a retry); not resending", n)
+                return count
+            if count != expected_before:
+                raise OmeroError(
+                    f"Table {self._file_id} has {count} rows where {expected_before} were "
+                    "expected; another writer changed it.",
+                    hint="Write each table from one process (workers send rows to the main "
+                         "process).")
+            await sink.append(batch)
+            return expected_before + n
+
+        self.rows_written = await self.manager.call(op)
+        info = self.manager.info
+        if info is not None and self._sink is not None:
+            self.manager.registry.hook.omero_table_written(
+                session=info, table=await self._sink.info(), rows_added=n)
+
+    async def close(self) -> TableInfo:
+        """Flush everything and close the table; returns its final state."""
+        await self.flush()
+
+        async def op(conn: Connection) -> TableInfo:
+            sink = await self._open(conn)
+            info = await sink.info()
+            return TableInfo(info.file_id, info.annotation_id, await sink.row_count(),
+                             info.name)
+
+        info = await self.manager.call(op)
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            await sink.aclose()
+        return info

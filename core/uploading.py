@@ -1,0 +1,115 @@
+"""Turning numpy arrays into new OMERO images, exactly once, with provenance.
+
+Shapes are normalised to ``(T, Z, C, Y, X)``; dtypes to an OMERO pixel type
+(``bool`` → uint8 0/1; int64/uint64 labels → the smallest integer type that holds
+their range, checked; float16 → float). A client-generated key travels with the
+upload so that a retry finds the image an earlier attempt made.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+
+from cellprofiler_omero.core.errors import UnsupportedData
+from cellprofiler_omero.core.model import NewImage, PhysicalSize, PixelType, UploadedImage
+from cellprofiler_omero.core.roles import Connection
+from cellprofiler_omero.core.session import SessionManager
+
+log = logging.getLogger(__name__)
+
+#: Namespace of the map annotation that records where an uploaded image came from.
+PROVENANCE_NS = "openmicroscopy.org/cellprofiler-omero/provenance"
+
+_AXES_BY_NDIM = {2: "YX", 4: "ZYXC", 5: "TZYXC"}
+
+
+def to_tzcyx(array: np.ndarray, axes: str | None = None) -> np.ndarray:
+    """A view of ``array`` as ``(T, Z, C, Y, X)``.
+
+    ``axes`` names the input's axes (letters T, Z, C, Y, X); it is required for 3-D
+    input, which is ambiguous between ``YXC`` (multichannel) and ``ZYX`` (volume).
+    """
+    if axes is None:
+        if array.ndim == 3:
+            raise ValueError(
+                "A 3-D array is either YXC (one multichannel plane) or ZYX (a volume); "
+                "pass axes='YXC' or axes='ZYX'.")
+        axes = _AXES_BY_NDIM.get(array.ndim)
+        if axes is None:
+            raise ValueError(f"Cannot upload a {array.ndim}-D array; give 2 to 5 axes.")
+    axes = axes.upper()
+    if len(axes) != array.ndim or len(set(axes)) != len(axes) or set(axes) - set("TZCYX") \
+            or not {"Y", "X"} <= set(axes):
+        raise ValueError(f"axes={axes!r} does not describe a {array.ndim}-D array "
+                         "(use distinct letters from T, Z, C, Y, X, with Y and X).")
+    for letter in "TZCYX":
+        if letter not in axes:
+            array = array[..., None]
+            axes += letter
+    return np.transpose(array, [axes.index(letter) for letter in "TZCYX"])
+
+
+def omero_dtype(array: np.ndarray) -> tuple[np.ndarray, PixelType]:
+    """The array in a dtype OMERO stores, and that type (checked, never wrapping)."""
+    dt = array.dtype
+    if dt == np.bool_:
+        return array.astype(np.uint8), PixelType.UINT8
+    if dt == np.float16:
+        return array.astype(np.float32), PixelType.FLOAT
+    if dt.kind in "iu" and dt.itemsize == 8:
+        lo = int(array.min()) if array.size else 0
+        hi = int(array.max()) if array.size else 0
+        for candidate in (np.uint8, np.uint16, np.uint32) if lo >= 0 else (
+                np.int8, np.int16, np.int32):
+            info = np.iinfo(candidate)
+            if info.min <= lo and hi <= info.max:
+                return array.astype(candidate), PixelType.from_dtype(candidate)
+        raise UnsupportedData(
+            f"Values from {lo} to {hi} do not fit any OMERO integer type (32 bits at most).",
+            hint="Relabel the objects or convert to float before saving.")
+    if dt.kind == "c":
+        raise UnsupportedData("Complex arrays cannot be saved to OMERO by this package.")
+    return array, PixelType.from_dtype(dt)
+
+
+def new_key() -> str:
+    """A fresh upload key (callers that may retry pass their own stable key instead)."""
+    return uuid.uuid4().hex
+
+
+async def upload(manager: SessionManager, array: np.ndarray, *, name: str,
+                 axes: str | None = None, dataset_id: int | None = None,
+                 channel_names: Sequence[str] = (), description: str = "",
+                 physical_size: PhysicalSize = PhysicalSize(),
+                 source_image_ids: Sequence[int] = (), source_urls: Sequence[str] = (),
+                 client_key: str | None = None) -> UploadedImage:
+    """Create an image from ``array`` on the connected server and return it."""
+    pixels = to_tzcyx(array, axes)
+    pixels, _ptype = omero_dtype(pixels)
+    size_c = pixels.shape[2]
+    names = tuple(channel_names) or tuple(f"C{i}" for i in range(size_c))
+    if len(names) != size_c:
+        raise ValueError(f"{len(names)} channel names for {size_c} channels.")
+    spec = NewImage(name=name, client_key=client_key or new_key(), channel_names=names,
+                    description=description, dataset_id=dataset_id,
+                    physical_size=physical_size, source_image_ids=tuple(source_image_ids),
+                    source_urls=tuple(source_urls))
+
+    async def op(conn: Connection) -> UploadedImage:
+        sink = manager.registry.open_uploader(conn)
+        try:
+            return await sink.upload(pixels, spec)
+        finally:
+            await sink.aclose()
+
+    result = await manager.call(op)
+    info = manager.info
+    if info is not None:
+        manager.registry.hook.omero_image_uploaded(session=info, image=result, spec=spec)
+    log.info("%s image %s (%s) %s", "found" if result.reused else "uploaded", result.id,
+             name, f"in dataset {dataset_id}" if dataset_id else "without a dataset")
+    return result

@@ -1,0 +1,145 @@
+"""OMERO.tables over Ice: create (initialize + attach as a FileAnnotation), append, count."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import omero
+import omero.grid
+import omero.model
+from omero.rtypes import rlong, rstring, unwrap
+
+from cellprofiler_omero.core.config import Settings
+from cellprofiler_omero.core.errors import NotFound, PermissionDenied
+from cellprofiler_omero.core.model import (
+    ColumnKind,
+    TableInfo,
+    TableSchema,
+    TableTarget,
+)
+from cellprofiler_omero.core.tables import BULK_ANNOTATION_NS, MEASUREMENTS_NS
+from cellprofiler_omero.transports.ice.connection import ALL_GROUPS, IceConnection, params
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = {
+    ColumnKind.LONG: omero.grid.LongColumn, ColumnKind.DOUBLE: omero.grid.DoubleColumn,
+    ColumnKind.BOOL: omero.grid.BoolColumn, ColumnKind.IMAGE: omero.grid.ImageColumn,
+    ColumnKind.ROI: omero.grid.RoiColumn, ColumnKind.WELL: omero.grid.WellColumn,
+    ColumnKind.PLATE: omero.grid.PlateColumn,
+}
+_TARGETS = ("Project", "Dataset", "Screen", "Plate", "Well", "Image")
+
+
+def grid_columns(schema: TableSchema) -> list[Any]:
+    cols = []
+    for spec in schema.columns:
+        if spec.kind is ColumnKind.STRING:
+            cols.append(omero.grid.StringColumn(spec.name, spec.description, spec.size, []))
+        else:
+            cols.append(_COLUMNS[spec.kind](spec.name, spec.description, []))
+    return cols
+
+
+class IceTableSink:
+    """The Ice transport's ``TableSink`` for one table."""
+
+    transport = "ice"
+
+    def __init__(self, conn: IceConnection, target: TableTarget, schema: TableSchema,
+                 settings: Settings, file_id: int | None) -> None:
+        if target.kind not in _TARGETS:
+            raise NotFound(f"Tables can be attached to {', '.join(_TARGETS)}, "
+                           f"not to {target.kind}.")
+        self.conn = conn
+        self.target = target
+        self.schema = schema
+        self.settings = settings
+        self._file_id = file_id
+        self._annotation_id: int | None = None
+        self._table: Any = None
+        self._ctx: dict[str, str] = {}
+
+    def _group(self) -> int:
+        rows = self.conn.sf.getQueryService().projection(
+            f"select o.details.group.id from {self.target.kind} o where o.id = :id",
+            params(id=self.target.id), ALL_GROUPS)
+        if not rows:
+            raise NotFound(f"{self.target.kind} {self.target.id} does not exist, or "
+                           f"{self.conn.info.user} may not read it.")
+        return int(unwrap(rows[0][0]))
+
+    def _ensure(self) -> Any:
+        if self._table is not None:
+            return self._table
+        sf = self.conn.sf
+        self._ctx = {"omero.group": str(self._group())}
+        resources = sf.sharedResources(self._ctx)
+        if self._file_id is not None:
+            self._table = resources.openTable(omero.model.OriginalFileI(rlong(self._file_id),
+                                                                        False), self._ctx)
+            return self._table
+        target = sf.getQueryService().findByQuery(
+            f"select o from {self.target.kind} o where o.id = :id",
+            params(id=self.target.id), ALL_GROUPS)
+        if target is None or not target.details.permissions.canAnnotate():
+            raise PermissionDenied(
+                f"{self.conn.info.user} may not attach a table to {self.target.kind} "
+                f"{self.target.id}.", hint="Choose an object you own or may annotate.")
+        repo = resources.repositories().descriptions[0].getId().getValue()
+        table = resources.newTable(repo, self.schema.name, self._ctx)
+        if table is None:
+            raise NotFound("The server has no OMERO.tables service.")
+        table.initialize(grid_columns(self.schema), self._ctx)
+        ofile = table.getOriginalFile(self._ctx)
+        self._file_id = int(unwrap(ofile.getId()))
+        ns = self.target.namespace or (BULK_ANNOTATION_NS if self.schema.has_image_column
+                                       else MEASUREMENTS_NS)
+        ann = omero.model.FileAnnotationI()
+        ann.setNs(rstring(ns))
+        ann.setFile(omero.model.OriginalFileI(rlong(self._file_id), False))
+        link = getattr(omero.model, f"{self.target.kind}AnnotationLinkI")()
+        link.setParent(getattr(omero.model, f"{self.target.kind}I")(rlong(self.target.id),
+                                                                     False))
+        link.setChild(ann)
+        saved = sf.getUpdateService().saveAndReturnObject(link, self._ctx)
+        self._annotation_id = int(unwrap(saved.getChild().getId()))
+        self._table = table
+        log.info("created table %s (file %s) on %s %s", self.schema.name, self._file_id,
+                 self.target.kind, self.target.id)
+        return table
+
+    async def info(self) -> TableInfo:
+        def run() -> TableInfo:
+            table = self._ensure()
+            return TableInfo(int(self._file_id or 0), self._annotation_id,
+                             int(table.getNumberOfRows(self._ctx)), self.schema.name)
+
+        return await self.conn.call(run, what=f"opening table {self.schema.name!r}")
+
+    async def row_count(self) -> int:
+        return await self.conn.call(lambda: int(self._ensure().getNumberOfRows(self._ctx)),
+                                    what=f"counting rows of table {self.schema.name!r}")
+
+    async def append(self, columns: Mapping[str, Sequence[Any]]) -> None:
+        def run() -> None:
+            table = self._ensure()
+            cols = grid_columns(self.schema)
+            for col in cols:
+                col.values = list(columns[col.name])
+            table.addData(cols, self._ctx)
+
+        await self.conn.call(run, what=f"adding rows to table {self.schema.name!r}")
+
+    async def aclose(self) -> None:
+        table, self._table = self._table, None
+        if table is not None:
+            def run() -> None:
+                try:
+                    table.close(self._ctx)
+                except Exception as exc:  # the connection may already be gone
+                    log.debug("closing table failed: %s", type(exc).__name__)
+
+            await self.conn.call(run, what="closing a table")
