@@ -65,7 +65,7 @@ class _Factory:
         return self._identity
 
 
-class _FaultyTable(omero.tables.TableI):  # type: ignore[misc]
+class _FaultyTable(omero.tables.TableI):
     """omero-py's TableI, passing the emulator's fault injector on writes and reads."""
 
     def __init__(self, faults: Any, *args: Any, **kwargs: Any) -> None:
