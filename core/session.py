@@ -231,12 +231,14 @@ class SessionManager:
             address, credentials = self._address, self._credentials
             if address is None or credentials is None:
                 raise AuthError("Not connected to OMERO.", hint=_RECONNECT_HINT)
+            attempts = [credentials]
+            if credentials.source == "password" and self._conn is not None:
+                # A password session is first rejoined by its key (cheap, same session).
+                attempts.insert(0, Credentials(session_key=self._conn.session_key,
+                                               source="session"))
             if self._conn is not None:
                 old_conn, self._conn = self._conn, None
                 await _quietly_close(old_conn, detach=True)
-            attempts = [credentials]
-            if credentials.source == "password" and self._last_key_credentials is not None:
-                attempts.insert(0, self._last_key_credentials)
             last: Exception | None = None
             for attempt in attempts:
                 try:
@@ -251,13 +253,6 @@ class SessionManager:
                 f"({type(last).__name__}).",
                 hint=_RECONNECT_HINT,
             ) from last
-
-    @property
-    def _last_key_credentials(self) -> Credentials | None:
-        # A password session is first rejoined by its key (cheap, keeps the same session).
-        if self._conn is None:
-            return None
-        return Credentials(session_key=self._conn.session_key, source="session")
 
     def _start_keepalive(self) -> None:
         if self._keepalive_scope is not None:

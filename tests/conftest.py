@@ -69,3 +69,36 @@ def token_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def pytest_configure(config: pytest.Config) -> None:
     # Never let a developer's own settings or token leak into the tests.
     os.environ.setdefault("CELLPROFILER_OMERO_CONFIG", "/nonexistent/cellprofiler-omero.toml")
+
+
+@pytest.fixture
+def settings_for(emulator: Emulator, tmp_path: Path) -> Any:
+    """Settings pointing at the shared emulator (tokens in a private folder)."""
+    from cellprofiler_omero.core.config import Settings
+
+    def make(**overrides: Any) -> Settings:
+        base = {"server.host": emulator.host, "server.port": emulator.port,
+                "auth.token_dir": str(tmp_path / "tokens"), "auth.keepalive_seconds": 3600}
+        base.update({k.replace("__", "."): v for k, v in overrides.items()})
+        return Settings().replace(base)
+
+    return make
+
+
+@pytest.fixture
+def manager(settings_for: Any) -> Iterator[Any]:
+    """A SessionManager logged in as demo on the shared emulator; closed afterwards."""
+    from cellprofiler_omero.core import runtime
+    from cellprofiler_omero.core.session import SessionManager
+
+    mgr = SessionManager(settings_for())
+    runtime.run(lambda: mgr.connect(user="demo", password="demo"))
+    yield mgr
+    runtime.run(mgr.close)
+
+
+def run(func: Any, *args: Any) -> Any:
+    """Run a coroutine function on the process loop (tests are synchronous)."""
+    from cellprofiler_omero.core import runtime
+
+    return runtime.run(func, *args)

@@ -98,6 +98,9 @@ class IceConnection:
                 client.createSession(credentials.user, credentials.password)
             if not settings.server.secure:
                 client = cls._insecure(client)
+            # As BlitzGateway does: a dropped connection must not end the session; it is
+            # ended explicitly by close() (killSession) instead.
+            client.getSession().detachOnDestroy()
             ec = client.getSession().getAdminService().getEventContext()
         except (Ice.Exception, omero.ServerError, omero.ClientError) as exc:
             _discard(client)
@@ -118,6 +121,7 @@ class IceConnection:
             return client
         other = client.createClient(secure=False)
         # The secure client only served to log in; its reference goes, the session stays.
+        client.getSession().closeOnDestroy()
         client.closeSession()
         return other
 
