@@ -103,6 +103,7 @@ def pixels_type(value: str, type_id: int = 0) -> omero.model.PixelsTypeI:
 def pixels(store: Store, viewer: User | None, image: Obj) -> omero.model.PixelsI:
     d = image.data
     px = omero.model.PixelsI(rlong(image.id), True)
+    unload_collections(px)
     px.sizeX, px.sizeY = rint(d["sizeX"]), rint(d["sizeY"])
     px.sizeZ, px.sizeC, px.sizeT = rint(d["sizeZ"]), rint(d["sizeC"]), rint(d["sizeT"])
     px.pixelsType = pixels_type(d["pixelsType"])
@@ -117,6 +118,8 @@ def pixels(store: Store, viewer: User | None, image: Obj) -> omero.model.PixelsI
     px.image = omero.model.ImageI(rlong(image.id), False)
     px._details = details(store, viewer, image.owner_id, image.group_id, image.created)
     for index, ch in enumerate(d.get("channels", [])):
+        if index == 0:
+            loaded(px, "channels")
         px.addChannel(channel(store, viewer, image, index, ch))
     return px
 
@@ -184,6 +187,22 @@ LINK_ENDS: dict[str, tuple[str, str]] = {
 ANNOTATION_KINDS = ("FileAnnotation", "MapAnnotation", "CommentAnnotation", "TagAnnotation")
 
 
+def unload_collections(m: Any) -> None:
+    """Mark every collection of ``m`` unloaded, as a server does unless a query fetched it."""
+    for name in dir(type(m)):
+        if name.startswith("unload") and name not in ("unload", "unloadDetails") and \
+                hasattr(m, f"is{name[6:]}Loaded"):
+            getattr(m, name)()
+
+
+def loaded(m: Any, *collections: str) -> Any:
+    """Mark collections of ``m`` loaded and empty (before adding what a query fetched)."""
+    for name in collections:
+        setattr(m, f"_{name}Seq", [])
+        setattr(m, f"_{name}Loaded", True)
+    return m
+
+
 def unloaded(kind: str, object_id: int) -> Any:
     return _CLASSES[kind](rlong(object_id), False)
 
@@ -192,6 +211,7 @@ def to_model(store: Store, viewer: User | None, obj: Obj, *, deep: bool = True) 
     """``obj`` as its ``omero.model`` class, loaded, with details (and nested parts when deep)."""
     cls = _CLASSES[obj.kind]
     m = cls(rlong(obj.id), True)
+    unload_collections(m)
     d = obj.data
     if obj.kind not in ("Well", "WellSample", "FileAnnotation", "MapAnnotation",
                         "CommentAnnotation", "TagAnnotation"):
@@ -207,6 +227,7 @@ def to_model(store: Store, viewer: User | None, obj: Obj, *, deep: bool = True) 
         m.partial = rbool(False)
         m.series = rint(0)
         if deep:
+            loaded(m, "pixels")
             m.addPixels(pixels(store, viewer, obj))
     elif obj.kind == "Plate":
         m.columnNamingConvention = rstring(d.get("columnNaming", "number"))
@@ -221,6 +242,7 @@ def to_model(store: Store, viewer: User | None, obj: Obj, *, deep: bool = True) 
             # Loaded (shallow), as "join fetch w.plate" gives it.
             m.plate = to_model(store, viewer, plate, deep=False)
         if deep:
+            loaded(m, "wellSamples")
             for ws in store.by_parent("WellSample", obj.id):
                 m.addWellSample(to_model(store, viewer, ws, deep=True))
     elif obj.kind == "WellSample":

@@ -102,3 +102,15 @@ def run(func: Any, *args: Any) -> Any:
     from cellprofiler_omero.core import runtime
 
     return runtime.run(func, *args)
+
+
+@pytest.fixture
+def scratch_dataset(blitz: Any) -> int:
+    """A new empty Dataset owned by demo (so tests that add images stay apart)."""
+    import omero.model
+    from omero.rtypes import rstring
+
+    conn = blitz()
+    ds = omero.model.DatasetI()
+    ds.setName(rstring("scratch"))
+    return int(conn.getUpdateService().saveAndReturnObject(ds).getId().getValue())

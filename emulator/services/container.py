@@ -69,6 +69,8 @@ class ContainerI(SessionServant):
             if not self.visible(caller, root):
                 continue
             m = modelmap.to_model(store, caller.user, root)
+            modelmap.loaded(m, {"Project": "datasetLinks", "Dataset": "imageLinks",
+                                "Screen": "plateLinks"}.get(kind, "annotationLinks"))
             if kind == "Project":
                 for ds in self._children(caller, "ProjectDatasetLink", [root.id]):
                     m.linkDataset(modelmap.to_model(store, caller.user, ds))

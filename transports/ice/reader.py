@@ -17,6 +17,7 @@ import numpy as np
 from cellprofiler_omero.core.config import Settings
 from cellprofiler_omero.core.model import ImageMeta, PixelRequest, Region
 from cellprofiler_omero.core.pixels import decode_into, plan_tiles
+from cellprofiler_omero.core.tasks import task_group
 from cellprofiler_omero.transports.ice.connection import IceConnection
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class IcePixelSource:
                 await self.pool.give_back(store, native_level if healthy else level,
                                           healthy=healthy)
 
-        async with anyio.create_task_group() as tg:
+        async with task_group() as tg:
             for zi in range(len(request.z)):
                 for ci in range(len(request.c)):
                     for tile in tiles:

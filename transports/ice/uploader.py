@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 
-import anyio
 import numpy as np
 import omero
 import omero.model
@@ -31,6 +30,7 @@ from cellprofiler_omero.core.model import (
     UploadedImage,
 )
 from cellprofiler_omero.core.pixels import encode, iter_strips
+from cellprofiler_omero.core.tasks import task_group
 from cellprofiler_omero.core.uploading import PROVENANCE_NS
 from cellprofiler_omero.transports.ice.connection import ALL_GROUPS, IceConnection, params
 from cellprofiler_omero.transports.ice.reader import StorePool
@@ -125,7 +125,7 @@ class IceImageSink:
                 await pool.give_back(store, level, healthy=healthy)
 
         try:
-            async with anyio.create_task_group() as tg:
+            async with task_group() as tg:
                 for tt in range(t):
                     for cc in range(c):
                         for zz in range(z):
