@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # mypy over the package. The top-level folders map into cellprofiler_omero.* only at
-# install time, which mypy cannot see, so it reads a symlinked view of the same files.
+# install time, which mypy cannot see, so it reads a symlinked view of the same files
+# (made in a private temporary folder, so concurrent runs do not collide).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 VENV=${VENV:-.venv}
-view=build/typecheck/cellprofiler_omero
-rm -rf build/typecheck
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+view="$work/cellprofiler_omero"
 mkdir -p "$view"
 for f in __init__.py __main__.py cli.py py.typed; do
-  [ -e "$f" ] && ln -s "../../../$f" "$view/$f"
+  [ -e "$f" ] && ln -s "$root/$f" "$view/$f"
 done
 for d in core transports emulator cp_integration benchmarks; do
-  ln -s "../../../$d" "$view/$d"
+  ln -s "$root/$d" "$view/$d"
 done
-MYPYPATH=build/typecheck "$VENV/bin/mypy" --cache-dir build/mypy-cache -p cellprofiler_omero
+cd "$work"
+MYPYPATH="$work" "$root/$VENV/bin/mypy" --config-file "$root/pyproject.toml" \
+  --cache-dir "${MYPY_CACHE_DIR:-$work/.mypy_cache}" -p cellprofiler_omero \
+  | sed "s#^$work/##"
+exit "${PIPESTATUS[0]}"
