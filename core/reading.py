@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import anyio
 import numpy as np
 
 from cellprofiler_omero.core.errors import UnsupportedData
@@ -33,6 +34,7 @@ class ImageReader:
         self._meta: ImageMeta | None = None
         self._source: FallbackPixelSource | None = None
         self._source_conn: Connection | None = None
+        self._lock: anyio.Lock | None = None
 
     async def metadata(self) -> ImageMeta:
         """The image's metadata (fetched once)."""
@@ -47,13 +49,16 @@ class ImageReader:
         return self._meta
 
     async def _source_for(self, conn: Connection) -> FallbackPixelSource:
-        if self._source is None or self._source_conn is not conn:
-            if self._source is not None:
-                await self._source.aclose()
-            meta = await self.metadata()
-            self._source = self.manager.registry.open_reader(conn, self.ref, meta)
-            self._source_conn = conn
-        return self._source
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:  # concurrent reads must share one source (and its stores)
+            if self._source is None or self._source_conn is not conn:
+                if self._source is not None:
+                    await self._source.aclose()
+                meta = await self.metadata()
+                self._source = self.manager.registry.open_reader(conn, self.ref, meta)
+                self._source_conn = conn
+            return self._source
 
     async def read(self, *, z: Sequence[int] = (0,), c: Sequence[int] | None = None,
                    t: int = 0, region: Region | None = None, level: int = 0) -> np.ndarray:

@@ -23,7 +23,7 @@ from anyio.from_thread import BlockingPortal
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a finaliser may run while it is held
 _portal: BlockingPortal | None = None
 _thread: threading.Thread | None = None
 _pid: int | None = None
@@ -62,6 +62,14 @@ def portal() -> BlockingPortal:
             atexit.register(shutdown)
             _atexit_registered = True
         return _portal
+
+
+def running() -> BlockingPortal | None:
+    """The portal if the loop is already running in this process, else ``None`` (never starts it)."""
+    if _portal is not None and _pid == os.getpid() and _thread is not None \
+            and _thread.is_alive():
+        return _portal
+    return None
 
 
 def in_loop_thread() -> bool:
