@@ -148,6 +148,10 @@ class TableSink(Protocol):
     async def append(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
         """Add one batch; every column has the same length."""
 
+    async def existing_keys(self, key_columns: Sequence[str], range_column: str, low: int,
+                            high: int) -> set[tuple[Any, ...]]:
+        """Key tuples of the rows whose ``range_column`` lies in ``[low, high]``."""
+
     async def info(self) -> TableInfo: ...
 
     async def aclose(self) -> None: ...

@@ -65,7 +65,7 @@ def portal() -> BlockingPortal:
 
 
 def running() -> BlockingPortal | None:
-    """The portal if the loop is already running in this process, else ``None`` (never starts it)."""
+    """The portal if the loop runs in this process already, else ``None`` (never starts it)."""
     if _portal is not None and _pid == os.getpid() and _thread is not None \
             and _thread.is_alive():
         return _portal

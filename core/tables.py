@@ -17,6 +17,10 @@ Rules (documented for users in the README):
   enough for the message limit). A batch that failed with a dropped connection is
   checked against the server's row count before it is sent again: no row is lost
   or written twice.
+* With ``key_columns`` (e.g. ImageNumber, ObjectNumber), several writers may append
+  to one table (CellProfiler's analysis workers): before each batch the rows whose
+  keys the server already holds are dropped, so retries and restarts never
+  duplicate a row, whoever wrote it first.
 """
 
 from __future__ import annotations
@@ -127,8 +131,8 @@ def _row_bytes(schema: TableSchema) -> int:
 class TableWriter:
     """Buffers rows and appends them to one table in batches, exactly once."""
 
-    def __init__(self, manager: SessionManager, target: TableTarget, schema: TableSchema
-                 ) -> None:
+    def __init__(self, manager: SessionManager, target: TableTarget, schema: TableSchema,
+                 *, file_id: int | None = None, key_columns: Sequence[str] = ()) -> None:
         settings = manager.settings
         check_schema(schema, settings.tables.max_columns)
         self.manager = manager
@@ -140,7 +144,11 @@ class TableWriter:
         self._sink: TableSink | None = None
         self._sink_conn: Connection | None = None
         self._transport: tuple[str, ...] | None = None
-        self._file_id: int | None = None
+        self._file_id: int | None = file_id
+        self.key_columns = tuple(key_columns)
+        for name in self.key_columns:
+            if name not in schema.names:
+                raise ValueError(f"Key column {name!r} is not a column of {schema.name!r}.")
         self._buffer: dict[str, list[Any]] = {c.name: [] for c in schema.columns}
         self._buffered = 0
         self.rows_written = 0
@@ -208,6 +216,9 @@ class TableWriter:
         return self.rows_written
 
     async def _send(self, batch: dict[str, list[Any]], n: int) -> None:
+        if self.key_columns:
+            await self._send_keyed(batch, n)
+            return
         expected_before = self.rows_written
 
         async def op(conn: Connection) -> int:
@@ -230,6 +241,31 @@ class TableWriter:
         if info is not None and self._sink is not None:
             self.manager.registry.hook.omero_table_written(
                 session=info, table=await self._sink.info(), rows_added=n)
+
+    async def _send_keyed(self, batch: dict[str, list[Any]], n: int) -> None:
+        keys = list(zip(*(batch[name] for name in self.key_columns), strict=True))
+        ranged = [int(k[0]) for k in keys]
+        low, high = min(ranged), max(ranged)
+
+        async def op(conn: Connection) -> int:
+            sink = await self._open(conn)
+            present = await sink.existing_keys(self.key_columns, self.key_columns[0], low,
+                                               high)
+            keep = [i for i, key in enumerate(keys) if key not in present]
+            if len(keep) < n:
+                log.info("%d of %d rows already on the server; sending the rest",
+                         n - len(keep), n)
+            if keep:
+                await sink.append({name: [values[i] for i in keep]
+                                   for name, values in batch.items()})
+            return len(keep)
+
+        added = await self.manager.call(op)
+        self.rows_written += added
+        info = self.manager.info
+        if info is not None and self._sink is not None and added:
+            self.manager.registry.hook.omero_table_written(
+                session=info, table=await self._sink.info(), rows_added=added)
 
     async def close(self) -> TableInfo:
         """Flush everything and close the table; returns its final state."""

@@ -13,7 +13,7 @@ mkdir -p "$view"
 for f in __init__.py __main__.py cli.py py.typed; do
   [ -e "$f" ] && ln -s "$root/$f" "$view/$f"
 done
-for d in core transports emulator cp_integration benchmarks; do
+for d in core transports emulator cp_integration benchmarks commands; do
   ln -s "$root/$d" "$view/$d"
 done
 cd "$work"

@@ -133,6 +133,25 @@ class IceTableSink:
 
         await self.conn.call(run, what=f"adding rows to table {self.schema.name!r}")
 
+    async def existing_keys(self, key_columns: Sequence[str], range_column: str, low: int,
+                            high: int) -> set[tuple[Any, ...]]:
+        def run() -> set[tuple[Any, ...]]:
+            table = self._ensure()
+            if int(table.getNumberOfRows(self._ctx)) == 0:
+                return set()
+            names = [h.name for h in table.getHeaders(self._ctx)]
+            rows = list(table.getWhereList(f"({range_column}>={int(low)})&"
+                                           f"({range_column}<={int(high)})", {}, 0, 0, 1,
+                                           self._ctx))
+            if not rows:
+                return set()
+            indexes = [names.index(c) for c in key_columns]
+            data = table.slice(indexes, rows, self._ctx)  # only the key columns
+            columns = [list(col.values) for col in data.columns]
+            return set(zip(*columns, strict=True))
+
+        return await self.conn.call(run, what=f"checking rows of table {self.schema.name!r}")
+
     async def aclose(self) -> None:
         table, self._table = self._table, None
         if table is not None:

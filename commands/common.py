@@ -1,0 +1,258 @@
+"""What the subcommands share: settings, the session, progress bars, argument types."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+from cellprofiler_omero.core.errors import AuthError, NoTransport, OmeroError, ServerError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from cellprofiler_omero.core.config import Settings
+    from cellprofiler_omero.core.roles import Connection, SessionInfo
+    from cellprofiler_omero.core.session import SessionManager
+    from cellprofiler_omero.core.tokens import Token
+
+T = TypeVar("T")
+
+
+class UsageError(OmeroError):
+    """The command line cannot be carried out as given (exit status 2, like argparse)."""
+
+
+# -- argument types ------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return value
+
+
+_DURATION_PART = re.compile(r"(\d+)\s*(d|h|m|min|s)?\s*")
+_SECONDS = {"d": 86400, "h": 3600, "m": 60, "min": 60, "s": 1, None: 60}
+
+
+def duration_minutes(text: str) -> int:
+    """An argparse type: ``90m``, ``2h``, ``600s``, ``1h30m``, ``1d`` or plain minutes.
+
+    Returns whole minutes (seconds round up: a token idles out in minutes).
+    """
+    rest = text.strip().lower()
+    seconds = 0
+    position = 0
+    while position < len(rest):
+        match = _DURATION_PART.match(rest, position)
+        if match is None:
+            break
+        seconds += int(match.group(1)) * _SECONDS[match.group(2)]
+        position = match.end()
+    if not rest or position != len(rest):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; use e.g. 90m, 2h, 600s, 1h30m or plain minutes")
+    minutes = math.ceil(seconds / 60)
+    if minutes < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is shorter than a minute")
+    return minutes
+
+
+def format_minutes(minutes: int) -> str:
+    """``100`` → ``1 h 40 min``: how people read idle times."""
+    hours, rest = divmod(minutes, 60)
+    if not hours:
+        return f"{minutes} min"
+    return f"{hours} h" if not rest else f"{hours} h {rest} min"
+
+
+# -- settings and the session ----------------------------------------------------------------
+
+SERVER_HELP = ("OMERO server host name (default: server.host from the settings or "
+               "$CELLPROFILER_OMERO_SERVER_HOST, else the saved token's server)")
+PORT_HELP = ("the server's Ice port (default: server.port from the settings or "
+             "$CELLPROFILER_OMERO_SERVER_PORT, else 4064)")
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """``--server`` and ``--port``, for every command that talks to a server."""
+    group = parser.add_argument_group("server")
+    group.add_argument("--server", metavar="HOST", help=SERVER_HELP)
+    group.add_argument("--port", metavar="N", type=port_number, help=PORT_HELP)
+
+
+def load(args: argparse.Namespace) -> Settings:
+    """The settings (file < environment < ``--server``/``--port``)."""
+    from cellprofiler_omero.core.config import load_settings
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "server", None):
+        overrides["server.host"] = args.server
+    if getattr(args, "port", None) is not None:
+        overrides["server.port"] = args.port
+    return load_settings(overrides)
+
+
+def run(func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    """``await func(*args, **kwargs)`` on the process's event loop."""
+    from cellprofiler_omero.core import runtime
+
+    return runtime.run(functools.partial(func, *args, **kwargs))
+
+
+@contextlib.contextmanager
+def session(args: argparse.Namespace) -> Iterator[SessionManager]:
+    """A session manager for one command; its connection is closed (or detached) after."""
+    from cellprofiler_omero.core.session import SessionManager
+
+    manager = SessionManager(load(args))
+    try:
+        yield manager
+    finally:
+        run(manager.close)
+
+
+def server_label(manager: SessionManager, host: str | None = None,
+                 port: int | None = None) -> str:
+    """``HOST:PORT`` of the server a connection attempt is aimed at, for messages."""
+    from cellprofiler_omero.core import tokens
+
+    settings = manager.settings
+    if host:
+        return f"{host}:{port or settings.server.port}"
+    if settings.server.host:
+        return f"{settings.server.host}:{port or settings.server.port}"
+    with contextlib.suppress(OmeroError):
+        token = tokens.read_token(settings.auth.token_dir)
+        if token is not None:
+            return f"{token.host}:{token.port}"
+    return "the OMERO server"
+
+
+_ICE_EXCEPTION = re.compile(r"\(([A-Za-z]+Exception)\)")
+
+
+def unreachable(where: str, exc: OmeroError) -> ServerError:
+    """One clear error for a server that cannot be reached (instead of the transport list)."""
+    found = _ICE_EXCEPTION.search(exc.message)
+    reason = found.group(1) if found else exc.message.rstrip(".")
+    return ServerError(
+        f"cannot reach {where} ({reason}).",
+        hint="Check the server name and port (--server/--port, or server.host and "
+             "server.port in the settings) and that the server is up and reachable from "
+             "this machine.")
+
+
+def connect(manager: SessionManager, args: argparse.Namespace, *, host: str | None = None,
+            port: int | None = None, **credentials: Any) -> SessionInfo:
+    """Connect to ``--server`` (else ``host``, else the settings/token server).
+
+    Without credentials the saved token or a parent's hand-off is used. An unreachable
+    server becomes one ``cannot reach HOST:PORT`` error, and a saved token whose session
+    has ended says so (the transport only knows that a join was refused).
+    """
+    host = getattr(args, "server", None) or host
+    port = getattr(args, "port", None) or port
+    try:
+        return run(manager.connect, host, port, **credentials)
+    except (NoTransport, ServerError) as exc:
+        raise unreachable(server_label(manager, host, port), exc) from None
+    except AuthError:
+        token = None if credentials else _token_in_use(manager, host, port)
+        if token is None:
+            raise
+        raise AuthError(
+            f"The saved token's session on {token.host}:{token.port} has ended (unused for "
+            "too long, or logged out elsewhere).",
+            hint="Log in again: `cellprofiler-omero login --save-token`.") from None
+
+
+def _token_in_use(manager: SessionManager, host: str | None, port: int | None
+                  ) -> Token | None:
+    """The saved token the manager would have joined for this target, if any."""
+    from cellprofiler_omero.core import tokens
+    from cellprofiler_omero.core.session import HANDOFF_ENV
+
+    if os.environ.get(HANDOFF_ENV):
+        return None  # a parent's hand-off comes first; the token was not what failed
+    try:
+        token = tokens.read_token(manager.settings.auth.token_dir)
+    except AuthError:
+        return None
+    if token is None or not manager.settings.auth.use_token:
+        return None
+    host = host or manager.settings.server.host
+    if not host:
+        return token
+    wanted_port = port or manager.settings.server.port
+    same = token.host.lower() == host.lower() and token.port == wanted_port
+    return token if same else None
+
+
+def call(manager: SessionManager, func: Callable[[Connection], Awaitable[T]],
+         ref: Any = None) -> T:
+    """``await func(connection)`` with the manager's renew-once-on-lapse rule."""
+    return run(manager.call, func, ref)
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def progress(total: int | None, desc: str, unit: str = "it") -> tqdm:
+    """A progress bar on stderr, only on a terminal and only once work takes a while."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
+                disable=not _isatty(sys.stderr), delay=0.5, dynamic_ncols=True)
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams (tests, pipes)
+        return False
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output: one JSON document on stdout."""
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def note(text: str) -> None:
+    """A message for the person at the terminal (stderr, so stdout stays data)."""
+    print(text, file=sys.stderr)

@@ -1,0 +1,228 @@
+"""``urls``: expand images and containers into image URLs, or a LoadData CSV.
+
+The plain list (one URL a line) is what CellProfiler's File ▸ Import ▸ File List and
+``cellprofiler --file-list`` read. The LoadData CSV follows CellProfiler's LoadData
+column conventions: ``URL_<name>`` holds the image URL and ``Frame_<name>`` the plane
+index in OMERO's XYZCT order (``z + size_z * (c + size_c * t)``), which the OMERO
+reader turns back into (z, c, t); every channel column names the same image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cellprofiler_omero.commands import common
+
+if TYPE_CHECKING:
+    from cellprofiler_omero.core.model import ImageMeta
+    from cellprofiler_omero.core.refs import ObjectRef
+    from cellprofiler_omero.core.session import SessionManager
+
+#: Metadata requests in flight at once (the transport bounds its own calls as well).
+META_CONCURRENCY = 8
+
+PLATE_COLUMNS = ("Metadata_Plate", "Metadata_Well", "Metadata_Row", "Metadata_Column",
+                 "Metadata_Field")
+PLANE_COLUMNS = ("Metadata_Z", "Metadata_T")
+IMAGE_COLUMNS = ("Metadata_ImageID", "Metadata_ImageName")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``urls``."""
+    urls = sub.add_parser(
+        "urls", help="expand images and containers into image URLs or a LoadData CSV",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print one URL per image, ready for CellProfiler's File ▸ Import ▸ File "
+                    "List\nor `cellprofiler -c -r --file-list FILE`. Projects, Datasets, "
+                    "Screens, Plates\nand Wells expand into their images, in OMERO's order "
+                    "(plates: row, column,\nfield); an image given twice is listed once.\n\n"
+                    "With --loaddata, write a CSV for CellProfiler's LoadData module "
+                    "instead: per\nchannel a URL_<channel> and a Frame_<channel> column "
+                    "(the plane to read), then\nMetadata_Plate, Metadata_Well (A01), "
+                    "Metadata_Row (A), Metadata_Column (01) and\nMetadata_Field (1-based) "
+                    "for images in plates; Metadata_Z and Metadata_T\n(0-based) when "
+                    "images have several planes (one row per plane); and always\n"
+                    "Metadata_ImageID and Metadata_ImageName. Channel names come from OMERO "
+                    "and\nmust be the same for every image.",
+        epilog="examples:\n"
+               "  cellprofiler-omero urls Dataset:2 -o files.txt\n"
+               "  cellprofiler-omero urls Plate:21 --loaddata -o plate.csv\n"
+               "  cellprofiler-omero urls Screen:20 --form legacy\n"
+               "  cellprofiler-omero urls 'https://omero.example.org/webclient/?show=image-5"
+               "|image-6'")
+    common.add_server_options(urls)
+    urls.add_argument("refs", nargs="+", metavar="REF",
+                      help="images or containers, in any form OMERO shows: Image:5, "
+                           "Dataset:2, plate-21, omero:iid=5, an OMERO.web link")
+    urls.add_argument("--form", choices=("web", "legacy"), default="web",
+                      help="web: OMERO.web links (…/webclient/?show=image-5), which name "
+                           "their server; legacy: omero:iid=5, which use the configured "
+                           "server (default: web)")
+    urls.add_argument("--web-base", metavar="URL",
+                      help="OMERO.web root for web links, e.g. https://omero.example.org/ "
+                           "(default: the link you gave, else server.web_url from the "
+                           "settings, else https://SERVER/)")
+    urls.add_argument("--loaddata", action="store_true",
+                      help="write a LoadData CSV (see above) instead of a list")
+    urls.add_argument("-o", "--output", metavar="FILE", type=Path,
+                      help="write to FILE instead of standard output")
+    urls.set_defaults(handler=cmd_urls)
+
+
+def cmd_urls(args: argparse.Namespace) -> int:
+    """Expand references into image URLs (or a LoadData CSV) on stdout or ``--output``."""
+    from cellprofiler_omero.core import refs
+    from cellprofiler_omero.core.errors import NotFound
+
+    # Parse everything before connecting, so a typo fails fast and names itself.
+    wanted = [ref for text in args.refs for ref in refs.parse(text)]
+    with common.session(args) as manager:
+        info = common.connect(manager, args, host=wanted[0].host, port=wanted[0].port)
+        images = _expand(manager, wanted)
+        if not images:
+            raise NotFound(f"{', '.join(map(str, wanted))} hold(s) no images.",
+                           hint="Check the references with `cellprofiler-omero ls`.")
+        base = args.web_base or manager.settings.server.web_url or f"https://{info.server.host}/"
+
+        def url(image: ObjectRef) -> str:
+            if args.form == "legacy":
+                return refs.legacy_url(image)
+            return refs.web_url(image, args.web_base or image.web_base or base)
+
+        if args.loaddata:
+            metas = _metadata(manager, images)
+            text = loaddata_csv(images, metas, url)
+        else:
+            text = "".join(url(image) + "\n" for image in images)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+        what = "a LoadData CSV of" if args.loaddata else "URLs of"
+        common.note(f"wrote {what} {len(images)} image(s) to {args.output}")
+    return 0
+
+
+def _expand(manager: SessionManager, wanted: Sequence[ObjectRef]) -> list[ObjectRef]:
+    """Every image the references name, in order, each once."""
+    found: dict[ObjectRef, None] = {}
+    with common.progress(len(wanted), "expanding", unit="refs") as bar:
+        for ref in wanted:
+            images = _images_in(manager, ref)
+            if not images:
+                common.note(f"note: {ref} holds no images")
+            found.update(dict.fromkeys(images))
+            bar.update(1)
+    return list(found)
+
+
+def _images_in(manager: SessionManager, ref: ObjectRef) -> list[ObjectRef]:
+    return common.call(manager, lambda c: c.images_in(ref), ref)
+
+
+def _metadata(manager: SessionManager, images: Sequence[ObjectRef]) -> list[ImageMeta]:
+    """``image_meta`` of every image, several at a time, with a progress bar."""
+    import anyio
+
+    results: list[ImageMeta | None] = [None] * len(images)
+
+    async def fetch_all() -> None:
+        limiter = anyio.CapacityLimiter(META_CONCURRENCY)
+        with common.progress(len(images), "reading metadata", unit="images") as bar:
+
+            async def one(index: int, ref: ObjectRef) -> None:
+                async with limiter:
+                    results[index] = await manager.call(lambda c: c.image_meta(ref.id), ref)
+                bar.update(1)
+
+            try:
+                async with anyio.create_task_group() as group:
+                    for index, ref in enumerate(images):
+                        group.start_soon(one, index, ref)
+            except BaseExceptionGroup as failures:
+                # Report the first failure as itself: one clear error, not a group.
+                raise _first_leaf(failures) from None
+
+    common.run(fetch_all)
+    return [meta for meta in results if meta is not None]
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+# -- LoadData --------------------------------------------------------------------------------
+
+
+def channel_columns(names: Sequence[str]) -> list[str]:
+    """Channel names as CellProfiler image names: letters, digits, ``_``; unique."""
+    columns: list[str] = []
+    for index, name in enumerate(names):
+        column = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_") or f"C{index}"
+        if column[0].isdigit():
+            column = f"Channel_{column}"
+        unique, n = column, 2
+        while unique in columns:
+            unique, n = f"{column}_{n}", n + 1
+        columns.append(unique)
+    return columns
+
+
+def _check_channels(images: Sequence[ObjectRef], metas: Sequence[ImageMeta]) -> None:
+    from cellprofiler_omero.core.errors import UnsupportedData
+
+    names = metas[0].channel_names
+    for image, meta in zip(images, metas, strict=True):
+        if meta.channel_names != names:
+            raise UnsupportedData(
+                f"The images disagree on channel names: {images[0]} has "
+                f"{', '.join(names)} but {image} has {', '.join(meta.channel_names)}.",
+                hint="A LoadData CSV has one column per channel; list images with the same "
+                     "channels (e.g. one plate or dataset at a time), or drop --loaddata.")
+
+
+def loaddata_csv(images: Sequence[ObjectRef], metas: Sequence[ImageMeta],
+                 url: Callable[[ObjectRef], str]) -> str:
+    """The LoadData CSV text: one row per image (per plane when images have several)."""
+    _check_channels(images, metas)
+    channels = channel_columns(metas[0].channel_names)
+    in_plates = any(meta.plate is not None for meta in metas)
+    stacks = any(meta.size_z > 1 or meta.size_t > 1 for meta in metas)
+    header = [f"{prefix}_{name}" for name in channels for prefix in ("URL", "Frame")]
+    header += list(PLATE_COLUMNS if in_plates else ()) + list(PLANE_COLUMNS if stacks else ())
+    header += list(IMAGE_COLUMNS)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for image, meta in zip(images, metas, strict=True):
+        link = url(image)
+        for t in range(meta.size_t):
+            for z in range(meta.size_z):
+                row: list[str | int] = []
+                for c in range(len(channels)):
+                    row += [link, z + meta.size_z * (c + meta.size_c * t)]
+                if in_plates:
+                    row += _plate_values(meta)
+                if stacks:
+                    row += [z, t]
+                row += [meta.id, meta.name]
+                writer.writerow(row)
+    return out.getvalue()
+
+
+def _plate_values(meta: ImageMeta) -> list[str | int]:
+    pos = meta.plate
+    if pos is None:
+        return ["", "", "", "", ""]  # an image outside any plate, listed beside plate images
+    well = pos.well_name
+    row_letters = well.rstrip("0123456789")
+    return [pos.plate_name or str(pos.plate_id), well, row_letters, well[len(row_letters):],
+            pos.field + 1]

@@ -1,0 +1,394 @@
+"""ExportToOMEROTable: CellProfiler measurements as OMERO.tables beside the images.
+
+Tables (named ``<prefix>_Image``, ``<prefix>_<object>``, ``<prefix>_Relationships``)
+are attached to the chosen Project, Dataset, Screen, Plate, Well or Image. Every
+table has an ``Image`` column with the OMERO id of the image set's source image
+(0 when it did not come from OMERO) and is annotated in the bulk-annotation
+namespace, so OMERO.web shows rows beside images. ``ImageNumber`` and
+``ObjectNumber`` are kept; measurements and the per-image aggregates of object
+measurements (``Mean_``, ``Median_``, ``StDev_``) are Double, so a measurement
+missing in a cycle is NaN, never a failed write.
+
+Tables are created with all their columns when the run is prepared (OMERO.tables
+cannot add columns later; too many columns are refused then, with advice). Rows
+are buffered and appended every *N* image sets, at the end of each group and of
+the run; CellProfiler's analysis workers append after each image set. Appends
+are keyed by ImageNumber (and ObjectNumber), so retries, restarts and several
+workers never duplicate or lose a row. Test mode writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from cellprofiler_core.constants.measurement import (
+    COLTYPE_INTEGER,
+    MCA_AVAILABLE_POST_RUN,
+)
+from cellprofiler_core.module import Module
+from cellprofiler_core.setting import Binary, ValidationError
+from cellprofiler_core.setting.choice import Choice
+from cellprofiler_core.setting.do_something import DoSomething
+from cellprofiler_core.setting.text import Integer, Text
+
+from cellprofiler_omero.core import runtime
+from cellprofiler_omero.core.errors import OmeroError, UnsupportedData
+from cellprofiler_omero.core.model import (
+    ColumnKind,
+    ColumnSpec,
+    TableSchema,
+    TableTarget,
+)
+from cellprofiler_omero.core.tables import TableWriter, check_schema
+from cellprofiler_omero.cp_integration import session
+from cellprofiler_omero.cp_integration.save_images import _tell, source_images
+from cellprofiler_omero.cp_integration.targets import PARENT_KINDS, parse_target
+
+log = logging.getLogger(__name__)
+
+IMAGE = "Image"
+RELATIONSHIPS = "Relationships"
+AGGREGATES = ("Mean", "Median", "StDev")
+FEATURE_PREFIX = "OMERO_TableFile_"
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """One table: its schema, its key columns, and where each column's values come from."""
+
+    schema: TableSchema
+    keys: tuple[str, ...]
+    object_name: str
+    features: tuple[str, ...]
+    aggregates: tuple[tuple[str, str, str], ...] = ()  # (column, object, feature)
+
+
+def _string_size(coltype: str, default: int) -> int:
+    match = re.match(r"varchar\((\d+)\)", coltype)
+    return int(match.group(1)) if match else default
+
+
+def plan_tables(columns: list[tuple[Any, ...]], prefix: str, string_size: int,
+                relationships: bool) -> list[TablePlan]:
+    """The tables for a pipeline's measurement columns (see the module docstring)."""
+    by_object: dict[str, list[tuple[str, str]]] = {}
+    for col in columns:
+        obj, feature, coltype = col[0], col[1], col[2]
+        attrs = col[3] if len(col) > 3 else {}
+        if obj == "Experiment" or (attrs or {}).get(MCA_AVAILABLE_POST_RUN):
+            continue
+        if feature in ("ImageNumber", "ObjectNumber"):
+            continue
+        by_object.setdefault(obj, []).append((feature, coltype))
+    plans = []
+
+    def spec(feature: str, coltype: str) -> ColumnSpec:
+        if coltype.startswith("varchar"):
+            return ColumnSpec(feature, ColumnKind.STRING, _string_size(coltype, string_size))
+        return ColumnSpec(feature, ColumnKind.DOUBLE)
+
+    image_features = by_object.pop(IMAGE, [])
+    aggregates = []
+    for obj, features in sorted(by_object.items()):
+        for feature, coltype in features:
+            if not coltype.startswith("varchar"):
+                aggregates += [(f"{agg}_{obj}_{feature}", obj, feature) for agg in AGGREGATES]
+    image_columns = [ColumnSpec("ImageNumber", ColumnKind.LONG),
+                     ColumnSpec(IMAGE, ColumnKind.IMAGE)]
+    image_columns += [spec(f, c) for f, c in image_features]
+    image_columns += [ColumnSpec(name, ColumnKind.DOUBLE) for name, _, _ in aggregates]
+    plans.append(TablePlan(TableSchema(f"{prefix}_{IMAGE}", tuple(image_columns)),
+                           ("ImageNumber",), IMAGE, tuple(f for f, _ in image_features),
+                           tuple(aggregates)))
+    for obj, features in sorted(by_object.items()):
+        cols = [ColumnSpec("ImageNumber", ColumnKind.LONG),
+                ColumnSpec("ObjectNumber", ColumnKind.LONG), ColumnSpec(IMAGE, ColumnKind.IMAGE)]
+        cols += [spec(f, c) for f, c in features]
+        plans.append(TablePlan(TableSchema(f"{prefix}_{obj}", tuple(cols)),
+                               ("ImageNumber", "ObjectNumber"), obj,
+                               tuple(f for f, _ in features)))
+    if relationships:
+        cols = [ColumnSpec("ImageNumber1", ColumnKind.LONG),
+                ColumnSpec("ObjectNumber1", ColumnKind.LONG),
+                ColumnSpec("ImageNumber2", ColumnKind.LONG),
+                ColumnSpec("ObjectNumber2", ColumnKind.LONG),
+                ColumnSpec("Module", ColumnKind.LONG),
+                ColumnSpec("Relationship", ColumnKind.STRING, 64),
+                ColumnSpec("Object1", ColumnKind.STRING, 64),
+                ColumnSpec("Object2", ColumnKind.STRING, 64)]
+        plans.append(TablePlan(TableSchema(f"{prefix}_{RELATIONSHIPS}", tuple(cols)),
+                               ("ImageNumber1", "ObjectNumber1", "ImageNumber2",
+                                "ObjectNumber2", "Module", "Relationship"), RELATIONSHIPS, ()))
+    return plans
+
+
+def _number(value: Any) -> float:
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _aggregate(kind: str, values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan
+    if kind == "Mean":
+        return float(values.mean())
+    if kind == "Median":
+        return float(np.median(values))
+    return float(values.std())
+
+
+def in_analysis_worker() -> bool:
+    """True inside a CellProfiler analysis worker (no post_run runs there)."""
+    return "--work-server" in sys.argv
+
+
+class ExportToOMEROTable(Module):
+    """Export measurements to OMERO.tables attached to an OMERO object."""
+
+    module_name = "ExportToOMEROTable"
+    category = "File Processing"
+    variable_revision_number = 1
+
+    def create_settings(self) -> None:
+        self.parent_kind = Choice("Attach the tables to", list(PARENT_KINDS), "Dataset",
+                                  doc="The kind of OMERO object the tables are attached to.")
+        self.parent = Text("Object", "",
+                           doc="Its id, or its OMERO.web link (any form OMERO users copy).")
+        self.table_prefix = Text("Table name prefix", "CellProfiler",
+                                 doc="Tables are named <prefix>_Image, <prefix>_<objects> "
+                                     "and <prefix>_Relationships.")
+        self.flush_every = Integer("Write rows every N image sets", 100, minval=1,
+                                   doc="Buffered rows are written at least this often, and "
+                                       "at the end of every group and of the run: a crash "
+                                       "loses at most this many image sets' rows.")
+        self.string_size = Integer("Maximum text length", 256, minval=1,
+                                   doc="Bytes kept of text measurements without a declared "
+                                       "length (longer text is cut, with a warning).")
+        self.wants_relationships = Binary("Export object relationships?", True,
+                                          doc="A table of relationships between objects.")
+        self.check_parent = DoSomething("Check that the object exists and you may annotate "
+                                        "it", "Check", self.on_check_parent)
+
+    def settings(self) -> list[Any]:
+        return [self.parent_kind, self.parent, self.table_prefix, self.flush_every,
+                self.string_size, self.wants_relationships]
+
+    def visible_settings(self) -> list[Any]:
+        return [*self.settings(), self.check_parent]
+
+    def volumetric(self) -> bool:
+        return True
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def target(self) -> TableTarget:
+        return TableTarget(self.parent_kind.value,
+                           parse_target(self.parent.value, self.parent_kind.value))
+
+    def plans(self, pipeline: Any) -> list[TablePlan]:
+        columns = [c for c in pipeline.get_measurement_columns(self)
+                   if not c[1].startswith(FEATURE_PREFIX)]
+        return plan_tables(columns, self.table_prefix.value, int(self.string_size.value),
+                           bool(self.wants_relationships.value))
+
+    def validate_module(self, pipeline: Any) -> None:
+        try:
+            self.target()
+        except OmeroError as exc:
+            raise ValidationError(str(exc), self.parent) from None
+        limit = session.manager().settings.tables.max_columns
+        for plan in self.plans(pipeline):
+            try:
+                check_schema(plan.schema, limit)
+            except UnsupportedData as exc:
+                raise ValidationError(str(exc), self.table_prefix) from None
+
+    def check_access(self) -> str:
+        target = self.target()
+        mgr = session.manager()
+
+        async def check() -> bool:
+            conn = await mgr.connection()
+            return await conn.can_write(target.kind, target.id)
+
+        runtime.run(check)  # NotFound when it does not exist or cannot be read
+        session.after_connect(mgr)
+        return f"{target.kind} {target.id} exists; tables will be attached to it."
+
+    def on_check_parent(self) -> None:
+        try:
+            _tell(self.check_access())
+        except OmeroError as exc:
+            _tell(f"Cannot attach tables there: {exc}", error=True)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    _run_state: dict[str, Any] | None = None
+
+    def _state(self) -> dict[str, Any]:
+        state = self._run_state
+        if state is None:
+            state = {"writers": {}, "pending": 0, "plans": None}
+            self._run_state = state
+        return state
+
+    def prepare_run(self, workspace: Any) -> bool:
+        self._run_state = None
+        if workspace.pipeline.test_mode:
+            return True
+        plans = self.plans(workspace.pipeline)
+        limit = session.manager().settings.tables.max_columns
+        for plan in plans:
+            check_schema(plan.schema, limit)
+        target = self.target()
+        mgr = session.manager()
+        state = self._state()
+        state["plans"] = plans
+        for plan in plans:
+            writer = TableWriter(mgr, target, plan.schema, key_columns=plan.keys)
+            info = runtime.run(writer.open)
+            state["writers"][plan.schema.name] = writer
+            workspace.measurements.add_experiment_measurement(
+                FEATURE_PREFIX + plan.object_name, info.file_id)
+        session.after_connect(mgr)
+        return True
+
+    def _writers(self, workspace: Any) -> dict[str, TableWriter]:
+        state = self._state()
+        if state["plans"] is None:  # an analysis worker: open the tables the run made
+            state["plans"] = self.plans(workspace.pipeline)
+        writers: dict[str, TableWriter] = state["writers"]
+        if len(writers) < len(state["plans"]):
+            mgr = session.manager()
+            target = self.target()
+            for plan in state["plans"]:
+                if plan.schema.name in writers:
+                    continue
+                file_id = workspace.measurements.get_experiment_measurement(
+                    FEATURE_PREFIX + plan.object_name)
+                writers[plan.schema.name] = TableWriter(
+                    mgr, target, plan.schema, file_id=int(file_id), key_columns=plan.keys)
+        return writers
+
+    def run(self, workspace: Any) -> None:
+        if workspace.pipeline.test_mode:
+            return
+        m = workspace.measurements
+        image_number = int(m.image_set_number)
+        sources = source_images(m)
+        image_id = sources[0][0] if sources else 0
+        writers = self._writers(workspace)
+        state = self._state()
+        for plan in state["plans"]:
+            rows = self._rows(plan, m, image_number, image_id)
+            if rows and len(next(iter(rows.values()))):
+                writers[plan.schema.name].add_rows(rows)
+        state["pending"] += 1
+        if in_analysis_worker() or state["pending"] >= int(self.flush_every.value):
+            self.flush()
+
+    def _rows(self, plan: TablePlan, m: Any, image_number: int, image_id: int
+              ) -> dict[str, list[Any]]:
+        kinds = {c.name: c.kind for c in plan.schema.columns}
+        if plan.object_name == IMAGE:
+            row: dict[str, list[Any]] = {"ImageNumber": [image_number], IMAGE: [image_id]}
+            for feature in plan.features:
+                value = m.get_current_image_measurement(feature) \
+                    if m.has_feature(IMAGE, feature) else None
+                row[feature] = [self._cell(kinds[feature], value)]
+            for column, obj, feature in plan.aggregates:
+                values = m.get_current_measurement(obj, feature) \
+                    if m.has_feature(obj, feature) else None
+                arr = np.asarray([] if values is None else values, dtype=float).ravel()
+                row[column] = [_aggregate(column.split("_", 1)[0], arr)]
+            return row
+        if plan.object_name == RELATIONSHIPS:
+            return self._relationships(m, image_number)
+        n = 0
+        data: dict[str, Any] = {}
+        for feature in plan.features:
+            values = m.get_current_measurement(plan.object_name, feature) \
+                if m.has_feature(plan.object_name, feature) else None
+            values = [] if values is None else list(np.asarray(values).ravel())
+            data[feature] = values
+            n = max(n, len(values))
+        rows = {"ImageNumber": [image_number] * n, "ObjectNumber": list(range(1, n + 1)),
+                IMAGE: [image_id] * n}
+        for feature in plan.features:
+            values = data[feature]
+            rows[feature] = [self._cell(kinds[feature], values[i] if i < len(values) else None)
+                             for i in range(n)]
+        return rows
+
+    @staticmethod
+    def _cell(kind: ColumnKind, value: Any) -> Any:
+        if kind is ColumnKind.STRING:
+            return "" if value is None else str(value)
+        return _number(value)
+
+    def _relationships(self, m: Any, image_number: int) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {k: [] for k in (
+            "ImageNumber1", "ObjectNumber1", "ImageNumber2", "ObjectNumber2", "Module",
+            "Relationship", "Object1", "Object2")}
+        for module_number, relationship, obj1, obj2 in m.get_relationship_groups():
+            records = m.get_relationships(module_number, relationship, obj1, obj2,
+                                          image_numbers=[image_number])
+            for rec in records:
+                i1, o1, i2, o2 = (int(v) for v in rec)
+                # Recorded once: in the cycle of the later of its two image sets.
+                if max(i1, i2) != image_number:
+                    continue
+                for key, value in (("ImageNumber1", i1), ("ObjectNumber1", o1),
+                                   ("ImageNumber2", i2), ("ObjectNumber2", o2),
+                                   ("Module", int(module_number)),
+                                   ("Relationship", relationship), ("Object1", obj1),
+                                   ("Object2", obj2)):
+                    out[key].append(value)
+        return out
+
+    def flush(self) -> None:
+        state = self._state()
+        for writer in state["writers"].values():
+            runtime.run(writer.flush)
+        state["pending"] = 0
+
+    def post_group(self, workspace: Any, *args: Any) -> None:
+        if not workspace.pipeline.test_mode:
+            self.flush()
+
+    def post_run(self, workspace: Any) -> None:
+        if workspace.pipeline.test_mode:
+            return
+        state = self._state()
+        summary = []
+        for name, writer in state["writers"].items():
+            info = runtime.run(writer.close)
+            summary.append((name, info.file_id, info.rows))
+        state["writers"] = {}
+        self._summary = summary
+        for name, file_id, rows in summary:
+            log.info("table %s (OriginalFile %s) holds %d rows", name, file_id, rows)
+        if self.show_window:
+            workspace.display_data.tables = summary
+
+    def get_measurement_columns(self, pipeline: Any) -> list[tuple[str, str, str]]:
+        objects = {c[0] for c in pipeline.get_measurement_columns(self)}
+        names = [IMAGE, RELATIONSHIPS, *sorted(objects - {IMAGE, "Experiment"})]
+        return [("Experiment", FEATURE_PREFIX + name, COLTYPE_INTEGER) for name in names]
+
+    def display_post_run(self, workspace: Any, figure: Any) -> None:
+        tables = getattr(workspace.display_data, "tables", [])
+        figure.set_subplots((1, 1))
+        figure.subplot_table(0, 0, [[n, str(f), str(r)] for n, f, r in tables],
+                             col_labels=["Table", "OriginalFile", "Rows"])
