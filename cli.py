@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from cellprofiler_omero import __version__
@@ -44,6 +45,17 @@ def _cmd_plugins_dir(args: argparse.Namespace) -> int:
     from cellprofiler_omero.cp_integration import plugins_dir
 
     print(plugins_dir())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cellprofiler_omero.cp_integration.demo import report_json, run_demo
+
+    report = run_demo(args.data, args.output, fields=args.fields, field_size=args.field_size,
+                      large_size=args.large_size, keep_running=args.keep_running,
+                      out=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(report_json(report))
     return 0
 
 
@@ -103,6 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "cellprofiler -c -r -p PIPELINE --plugins-directory "
                     "\"$(cellprofiler-omero plugins-dir)\".")
     pdir.set_defaults(handler=_cmd_plugins_dir)
+
+    demo = sub.add_parser(
+        "demo", help="run a real CellProfiler pipeline against a local OMERO emulator",
+        description="Start an OMERO emulator with demo data (synthetic nuclei and cytoplasm), "
+                    "then run CellProfiler headless: read the images from OMERO, find and "
+                    "measure nuclei, save the nuclei label images back to OMERO and export "
+                    "the measurements as OMERO.tables. Ends with a summary of what was "
+                    "processed, uploaded and written, and how long each phase took.")
+    demo.add_argument("--data", type=Path, help="keep the emulator's data in DIR "
+                      "(default: a temporary folder, removed afterwards)")
+    demo.add_argument("--output", type=Path, help="write the pipeline, file list and "
+                      "CellProfiler's log to DIR (default: ./demo-output)")
+    demo.add_argument("--fields", type=int, default=8, help="number of demo images (8)")
+    demo.add_argument("--field-size", type=int, default=1024, help="their size in pixels")
+    demo.add_argument("--large-size", type=int, default=8192,
+                      help="size of the large pyramid image in the demo data (0: none)")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="leave the emulator running afterwards, to explore it")
+    demo.add_argument("--json", action="store_true",
+                      help="print the report as JSON on stdout (progress goes to stderr)")
+    demo.set_defaults(handler=_cmd_demo)
 
     bench = sub.add_parser(
         "bench", help="run the benchmarks (arguments go to the benchmark harness)",

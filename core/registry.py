@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 import numpy as np
 import pluggy
 
@@ -142,6 +144,7 @@ class FallbackPixelSource:
         self._remaining = list(registry.order("read"))
         self._source: PixelSource | None = None
         self._name = ""
+        self._lock: anyio.Lock | None = None
 
     @property
     def transport(self) -> str:
@@ -168,7 +171,15 @@ class FallbackPixelSource:
 
     async def read(self, request: PixelRequest) -> np.ndarray:
         while True:
-            source = self._source or self._open_next()
+            source: PixelSource | None = self._source
+            if source is None:
+                if self._lock is None:
+                    self._lock = anyio.Lock()
+                async with self._lock:
+                    # Factory hooks may block (the pixel-buffer probe is an HTTP request):
+                    # keep them off the event loop, and open one source for concurrent reads.
+                    source = self._source or await anyio.to_thread.run_sync(self._open_next)
+            assert source is not None
             try:
                 return await source.read(request)
             except OmeroError as exc:
