@@ -105,8 +105,9 @@ def _patch_is_image() -> None:
     is_image._cellprofiler_omero = True  # type: ignore[attr-defined]
     image_utilities.is_image = is_image
     try:
-        import cellprofiler_core.modules.images as images_module
+        import importlib
 
+        images_module = importlib.import_module("cellprofiler_core.modules.images")
         if getattr(images_module, "is_image", None) is original:
             images_module.is_image = is_image
     except ImportError:  # pragma: no cover - the Images module always ships with core

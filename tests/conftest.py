@@ -114,3 +114,27 @@ def scratch_dataset(blitz: Any) -> int:
     ds = omero.model.DatasetI()
     ds.setName(rstring("scratch"))
     return int(conn.getUpdateService().saveAndReturnObject(ds).getId().getValue())
+
+
+@pytest.fixture(scope="session")
+def cellprofiler_plugins() -> None:
+    """CellProfiler (headless) with its modules, readers and this package's plugins loaded,
+    the way ``cellprofiler --plugins-directory`` loads them."""
+    import logging
+
+    import cellprofiler_core.preferences as preferences
+
+    logging.getLogger("cellprofiler.modules.exporttodatabase").setLevel(logging.ERROR)
+    preferences.set_headless()
+    from cellprofiler_omero.cp_integration import plugins_dir
+
+    preferences.set_plugin_directory(str(plugins_dir()), globally=False)
+    from cellprofiler_core.reader import fill_readers
+    from cellprofiler_core.utilities.core.modules import fill_modules
+    from cellprofiler_core.utilities.core.plugins import PLUGIN_STATUS, load_plugins
+
+    fill_modules()
+    fill_readers(check_config=False)
+    load_plugins()
+    failed = {k: v["error"] for k, v in PLUGIN_STATUS.items() if not v["loaded"]}
+    assert not failed, failed
