@@ -63,7 +63,10 @@ fi
 # Keep the venv out of git, ruff and every other tool that honours .gitignore.
 echo '*' > "$VENV_GUI/.gitignore"
 PY="$VENV_GUI/bin/python"
-PIP=("$PY" -m pip --disable-pip-version-check -q)
+PIP=(pip_quiet "$PY" -m pip --disable-pip-version-check -q)
+# pip's site configuration may name index folders that do not exist here; its warnings
+# about them are noise, so they are filtered (every other message passes).
+pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 # zeroc-ice 3.6.5 (no Python 3.11 wheel on PyPI): the cp311 wheel built with pyenv's 3.11.7
 # imports fine under Debian's 3.11.2. The helper finds a supplied or cached wheel, or builds

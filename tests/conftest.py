@@ -129,12 +129,15 @@ def cellprofiler_plugins() -> None:
     from cellprofiler_omero.cp_integration import plugins_dir
 
     preferences.set_plugin_directory(str(plugins_dir()), globally=False)
-    from cellprofiler_core.reader import fill_readers
+    from cellprofiler_core.reader import activate_readers, fill_readers
     from cellprofiler_core.utilities.core.modules import fill_modules
     from cellprofiler_core.utilities.core.plugins import PLUGIN_STATUS, load_plugins
 
-    fill_modules()
+    # Readers first: fill_modules() also loads the plugins (our reader among them), and
+    # fill_readers() would clear every reader registered before it.
     fill_readers(check_config=False)
+    fill_modules()
     load_plugins()
+    activate_readers(check_config=False)
     failed = {k: v["error"] for k, v in PLUGIN_STATUS.items() if not v["loaded"]}
     assert not failed, failed

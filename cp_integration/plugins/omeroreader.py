@@ -1,6 +1,12 @@
-"""CellProfiler plugin file: the OMERO image reader."""
+"""CellProfiler plugin file: the OMERO image reader (and, in the desktop GUI, the OMERO menu).
 
-from cellprofiler_omero.cp_integration import compat
+The menu lives here rather than in a file of its own because CellProfiler registers
+one Module or Reader class per plugin file and warns about files without one.
+``gui.install()`` does nothing (and imports no wx) in headless runs and analysis
+workers.
+"""
+
+from cellprofiler_omero.cp_integration import compat, gui
 from cellprofiler_omero.cp_integration.reader import OMEROReader as _OMEROReader
 
 compat.install()
@@ -8,3 +14,7 @@ compat.install()
 
 class OMEROReader(_OMEROReader):
     """Reads images from OMERO servers: paste OMERO.web image links or omero:iid=N URLs."""
+
+
+# After the class: the loader registers the first class defined in this file.
+gui.install()

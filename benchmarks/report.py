@@ -1,0 +1,496 @@
+"""Goals, figure formatting, the terminal table and the growth plot.
+
+Everything here works on the results dictionary the harness writes as JSON, so a
+saved run can be shown again (``cellprofiler-omero bench --show FILE``) and the
+formatting can be tested without running a benchmark. Nothing here measures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PASS = "PASS"
+MISS = "MISS"
+NOT_MEASURED = "n/a"
+
+# -- numbers ---------------------------------------------------------------------------------
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or ``None`` when either is missing or the divisor is 0."""
+    if numerator is None or denominator is None or not _finite(numerator) \
+            or not _finite(denominator) or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def overhead_percent(seconds: float | None, reference_seconds: float | None) -> float | None:
+    """How much longer ``seconds`` takes than ``reference_seconds``, in percent.
+
+    Positive: slower than the reference; negative: faster.
+    """
+    r = ratio(seconds, reference_seconds)
+    return None if r is None else (r - 1.0) * 100.0
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def fmt_ratio(value: float | None) -> str:
+    """``18.7×``; small ratios keep two decimals so 0.93× and 1.07× stay apart."""
+    if value is None or not _finite(value):
+        return NOT_MEASURED
+    if abs(value) >= 100:
+        return f"{value:.0f}×"
+    if abs(value) >= 10:
+        return f"{value:.1f}×"
+    return f"{value:.2f}×"
+
+
+def fmt_percent(value: float | None) -> str:
+    """``+4.3 %`` (slower) or ``-2.1 %`` (faster): the sign always shows."""
+    if value is None or not _finite(value):
+        return NOT_MEASURED
+    return f"{value:+.1f} %"
+
+
+def fmt_rate(value: float | None, unit: str = "MB/s") -> str:
+    """``412.3 MB/s``; large rates lose their decimals."""
+    if value is None or not _finite(value):
+        return NOT_MEASURED
+    if value >= 1000:
+        return f"{value:,.0f} {unit}"
+    if value >= 10:
+        return f"{value:.1f} {unit}"
+    return f"{value:.2f} {unit}"
+
+
+def fmt_bytes(value: float | None) -> str:
+    """Decimal units, as the MB/s figures use: ``75.5 MB``, ``1.07 GB``."""
+    if value is None or not _finite(value):
+        return NOT_MEASURED
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= size:
+            scaled = value / size
+            return f"{scaled:.2f} {unit}" if scaled < 10 else f"{scaled:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+def fmt_seconds(value: float | None) -> str:
+    """``0.253 s``, ``12.4 s``, ``2 min 03 s``."""
+    if value is None or not _finite(value):
+        return NOT_MEASURED
+    if value < 1:
+        return f"{value:.3f} s"
+    if value < 120:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes} min {seconds:02d} s"
+
+
+# -- goals -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target one figure should meet: ``value op threshold`` (``>=`` or ``<=``)."""
+
+    id: str
+    label: str
+    op: str
+    threshold: float
+    unit: str  # "×" for ratios, "%" for percentages
+
+    def verdict(self, value: float | None) -> str:
+        """``PASS``, ``MISS``, or ``n/a`` when the figure was not measured."""
+        if value is None or not _finite(value):
+            return NOT_MEASURED
+        met = value >= self.threshold if self.op == ">=" else value <= self.threshold
+        return PASS if met else MISS
+
+    def describe(self) -> str:
+        """``≥ 10×`` / ``≤ 10 %``: how the goal reads beside its figure."""
+        sign = "≥" if self.op == ">=" else "≤"
+        number = f"{self.threshold:g}"
+        return f"{sign} {number} %" if self.unit == "%" else f"{sign} {number}{self.unit}"
+
+
+GOALS: dict[str, Goal] = {goal.id: goal for goal in (
+    Goal("read_ice_vs_common", "read via Ice vs the common omero-py way", ">=", 10, "×"),
+    Goal("read_overhead_vs_bare", "framework overhead over the bare client", "<=", 10, "%"),
+    Goal("read_pixelbuffer_vs_ice", "pixel-buffer read vs Ice read", ">=", 1, "×"),
+    Goal("upload_vs_blitz", "upload vs createImageFromNumpySeq", ">=", 3, "×"),
+    Goal("tables_vs_per_image_set", "TableWriter vs one addData per image set", ">=", 20,
+         "×"),
+    Goal("e2e_omero_vs_local", "pipeline from OMERO vs from local files", ">=", 0.8, "×"),
+    Goal("peak_memory_vs_plane", "peak memory reading the largest plane / its size", "<=",
+         1.5, "×"),
+)}
+
+
+def evaluate_goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every goal with the figure it is judged on, where it came from, and its verdict."""
+    out = []
+    for goal_id, (value, where) in _goal_values(results).items():
+        goal = GOALS[goal_id]
+        out.append({"id": goal_id, "label": goal.label, "op": goal.op,
+                    "threshold": goal.threshold, "unit": goal.unit, "value": value,
+                    "where": where, "verdict": goal.verdict(value)})
+    return out
+
+
+def _goal_values(results: Mapping[str, Any]) -> dict[str, tuple[float | None, str]]:
+    sections = results.get("sections", {})
+    read = _ok(sections.get("read"))
+    ratios = read.get("ratios", {})
+    values: dict[str, tuple[float | None, str]] = {
+        "read_ice_vs_common": (ratios.get("ice_vs_common"), "read"),
+        "read_overhead_vs_bare": (ratios.get("ice_overhead_vs_bare_pct"), "read"),
+        "read_pixelbuffer_vs_ice": (ratios.get("pixelbuffer_vs_ice"), "read"),
+    }
+    upload = _ok(sections.get("upload")).get("cases", {})
+    # Each upload shape must meet the goal on its own: judge the worse of them.
+    upload_ratios = [(case.get("ratio"), f"upload, {case.get('label', name)}")
+                     for name, case in upload.items()]
+    measured = [(r, name) for r, name in upload_ratios if r is not None]
+    values["upload_vs_blitz"] = min(measured) if measured else (None, "upload")
+    tables = _ok(sections.get("tables"))
+    case = _goal_case(tables)
+    values["tables_vs_per_image_set"] = (case.get("ratio") if case else None,
+                                         f"tables, {case['rows']:,} rows" if case else "tables")
+    e2e = _ok(sections.get("e2e"))
+    values["e2e_omero_vs_local"] = (e2e.get("ratio"), "e2e")
+    growth = _ok(sections.get("growth"))
+    largest = _largest_read(growth)
+    values["peak_memory_vs_plane"] = (
+        largest.get("peak_vs_plane") if largest else None,
+        f"growth, {largest['size']}² {largest['transport']}" if largest else "growth")
+    return values
+
+
+def _ok(section: Any) -> dict[str, Any]:
+    """A section's figures when it ran, else an empty mapping (so goals read n/a)."""
+    if isinstance(section, dict) and section.get("status") == "ok":
+        return section
+    return {}
+
+
+def _goal_case(tables: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The table case the goal is judged on: 10k rows when measured, else the first."""
+    cases = list(tables.get("cases", {}).values())
+    for case in cases:
+        if case.get("rows") == 10_000:
+            return dict(case)
+    return dict(cases[0]) if cases else None
+
+
+def _largest_read(growth: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Ice read of the largest plane (the memory goal's figure)."""
+    points = [p for p in growth.get("read", []) if p.get("transport") == "ice"
+              and p.get("peak_vs_plane") is not None]
+    return dict(max(points, key=lambda p: p["size"])) if points else None
+
+
+# -- the terminal table ----------------------------------------------------------------------
+
+
+@dataclass
+class Line:
+    """One figure: what it is, its value, an aside (a ratio), and the goal it answers."""
+
+    label: str
+    value: str = ""
+    detail: str = ""
+    goal: str | None = None  # a GOALS id
+    goal_value: float | None = None
+
+
+@dataclass
+class Section:
+    """A titled block of lines; ``status`` other than ok replaces the lines with a note."""
+
+    title: str
+    lines: list[Line] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def render(sections: Sequence[Section]) -> str:
+    """The sections as text: label, value, aside, then the goal and PASS/MISS where one
+    applies. Columns are aligned within each section."""
+    out: list[str] = []
+    for section in sections:
+        lines = section.lines
+        label_w = max([len(line.label) for line in lines] + [0])
+        value_w = max([len(line.value) for line in lines] + [0])
+        detail_w = max([len(line.detail) for line in lines if line.goal] + [0])
+        out += ["", section.title, "-" * min(100, len(section.title))]
+        for line in lines:
+            text = f"  {line.label:<{label_w}}  {line.value:>{value_w}}  "
+            if line.goal is not None:
+                goal = GOALS[line.goal]
+                text += (f"{line.detail:<{detail_w}}  goal {goal.describe():<7} "
+                         f"{goal.verdict(line.goal_value)}")
+            else:
+                text += line.detail
+            out.append(text.rstrip())
+        out += [f"  {note}" for note in section.notes]
+    return "\n".join(out)
+
+
+def build_sections(results: Mapping[str, Any]) -> list[Section]:
+    """The terminal table's sections, from a results dictionary."""
+    sections = results.get("sections", {})
+    builders: list[tuple[str, str, Callable[[dict[str, Any]], Section]]] = [
+        ("read", "Read", _read_section),
+        ("upload", "Upload", _upload_section),
+        ("tables", "Tables", _tables_section),
+        ("e2e", "End to end (CellProfiler headless)", _e2e_section),
+        ("ceilings", "Reference ceilings (this machine)", _ceilings_section),
+        ("growth", "Growth", _growth_section),
+    ]
+    out = []
+    for key, title, builder in builders:
+        data = sections.get(key)
+        if data is None:
+            continue
+        status = data.get("status")
+        if status != "ok":
+            reason = data.get("reason") or data.get("error") or status
+            out.append(Section(title, notes=[f"{str(status).upper()}: {reason}"]))
+            continue
+        section = builder(data)
+        if data.get("warnings"):
+            section.notes.extend(f"warning: {w}" for w in data["warnings"])
+        out.append(section)
+    return out
+
+
+def _rate(timing: Mapping[str, Any] | None, key: str = "median_rate") -> float | None:
+    return None if not timing or "error" in timing else timing.get(key)
+
+
+def _read_section(data: dict[str, Any]) -> Section:
+    w = data["workload"]
+    title = (f"Read: {w['images']} image(s), every channel of plane z=0 t=0, "
+             f"{fmt_bytes(w['bytes_per_pass'])} per pass (median of {w['repetitions']})")
+    section = Section(title)
+    paths = data["paths"]
+    ratios = data["ratios"]
+    labels = {
+        "common": "(a) common omero-py (BlitzGateway getPlane loop)",
+        "bare": "(b) bare omero.client, RawPixelsStore per channel",
+        "ice": "(c) Ice transport (ImageReader)",
+        "pixelbuffer": "(d) pixel-buffer transport (ImageReader)",
+    }
+    vs_common = {"bare": ratios.get("bare_vs_common"), "ice": ratios.get("ice_vs_common"),
+                 "pixelbuffer": ratios.get("pixelbuffer_vs_common")}
+    for key, label in labels.items():
+        timing = paths.get(key)
+        if timing is None:
+            continue
+        if "error" in timing:
+            section.lines.append(Line(label, "ERROR", timing["error"][:60]))
+            continue
+        detail = f"{fmt_ratio(vs_common.get(key))} (a)" if key != "common" else ""
+        line = Line(label, fmt_rate(_rate(timing)), detail)
+        if key == "ice":
+            line.goal, line.goal_value = "read_ice_vs_common", ratios.get("ice_vs_common")
+        section.lines.append(line)
+    section.lines.append(Line("overhead of (c) over (b)",
+                              fmt_percent(ratios.get("ice_overhead_vs_bare_pct")), "",
+                              "read_overhead_vs_bare", ratios.get("ice_overhead_vs_bare_pct")))
+    if "pixelbuffer" in paths:
+        section.lines.append(Line("pixel-buffer (d) / Ice (c)",
+                                  fmt_ratio(ratios.get("pixelbuffer_vs_ice")), "",
+                                  "read_pixelbuffer_vs_ice", ratios.get("pixelbuffer_vs_ice")))
+    warm = data.get("warm", {})
+    if warm:
+        parts = [f"{name} {fmt_rate(_rate(t))}" for name, t in warm.items()]
+        section.notes.append("readers/stores kept open across passes: " + ", ".join(parts)
+                             + f"; overhead (c) over (b) "
+                             f"{fmt_percent(ratios.get('warm_ice_overhead_vs_bare_pct'))}")
+    return section
+
+
+def _upload_section(data: dict[str, Any]) -> Section:
+    section = Section(f"Upload (median of {data['repetitions']}; each pass creates an image)")
+    for case in data["cases"].values():
+        head = f"{case['label']}: {fmt_bytes(case['bytes'])}"
+        blitz, ours = case.get("blitz"), case.get("ours")
+        section.lines.append(Line(f"{head}, createImageFromNumpySeq",
+                                  fmt_rate(_rate(blitz)) if blitz and "error" not in blitz
+                                  else "ERROR"))
+        section.lines.append(Line(f"{head}, core.uploading.upload",
+                                  fmt_rate(_rate(ours)) if ours and "error" not in ours
+                                  else "ERROR",
+                                  f"{fmt_ratio(case.get('ratio'))} createImageFromNumpySeq",
+                                  "upload_vs_blitz", case.get("ratio")))
+    return section
+
+
+def _tables_section(data: dict[str, Any]) -> Section:
+    section = Section(f"Tables: {data['columns']} columns, {data['rows_per_image_set']} rows "
+                      "per image set")
+    judged = _goal_case(data)
+    for case in data["cases"].values():
+        rows = case["rows"]
+        base, ours = case.get("per_image_set"), case.get("table_writer")
+        section.lines.append(Line(f"{rows:,} rows, one addData per image set",
+                                  fmt_rate(_rate(base), "rows/s")))
+        goal = "tables_vs_per_image_set" if judged and judged["rows"] == rows else None
+        section.lines.append(Line(f"{rows:,} rows, TableWriter",
+                                  fmt_rate(_rate(ours), "rows/s"),
+                                  f"{fmt_ratio(case.get('ratio'))} per image set", goal,
+                                  case.get("ratio")))
+    return section
+
+
+def _e2e_section(data: dict[str, Any]) -> Section:
+    section = Section(f"End to end: {data['image_sets']} image set(s) of "
+                      f"{data['channels']} × {data['size']}² uint16, pipeline "
+                      f"{data['pipeline']}")
+    for key, label in (("local", "from local TIFF files"), ("omero", "from OMERO (Ice)")):
+        run = data.get(key, {})
+        detail = (f"run {fmt_seconds(run.get('wall_s'))} incl. start-up "
+                  f"{fmt_seconds(run.get('startup_s'))}") if run else ""
+        section.lines.append(Line(label, fmt_rate(run.get("sets_per_s"), "sets/s"), detail))
+    section.lines.append(Line("OMERO / local", fmt_ratio(data.get("ratio")), "",
+                              "e2e_omero_vs_local", data.get("ratio")))
+    return section
+
+
+def _ceilings_section(data: dict[str, Any]) -> Section:
+    section = Section("Reference ceilings (no OMERO involved)")
+    section.lines.append(Line("loopback socket transfer", fmt_rate(_rate(data["socket"])),
+                              fmt_bytes(data["socket"].get("amount")) + " per pass"))
+    section.lines.append(Line("in-memory big-endian decode", fmt_rate(_rate(data["decode"])),
+                              fmt_bytes(data["decode"].get("amount")) + " per pass"))
+    return section
+
+
+def _growth_section(data: dict[str, Any]) -> Section:
+    section = Section("Growth: one plane read in a fresh process per size; "
+                      "TableWriter as image sets grow")
+    largest = _largest_read(data)
+    for point in data.get("read", []):
+        if "error" in point:
+            section.lines.append(Line(f"{point['size']}² uint16, {point['transport']}",
+                                      "ERROR", point["error"][:60]))
+            continue
+        label = f"{point['size']}² uint16 ({fmt_bytes(point['plane_bytes'])}), " \
+                f"{point['transport']}"
+        detail = (f"peak RSS {fmt_bytes(point['peak_rss'])} = "
+                  f"{fmt_ratio(point['peak_vs_plane'])} plane "
+                  f"(+{fmt_bytes(point['read_rss_delta'])} over idle)")
+        line = Line(label, fmt_seconds(point["seconds"]), detail)
+        if largest and point["transport"] == "ice" and point["size"] == largest["size"]:
+            line.goal, line.goal_value = "peak_memory_vs_plane", point["peak_vs_plane"]
+        section.lines.append(line)
+    for point in data.get("tables", []):
+        section.lines.append(Line(f"TableWriter, {point['image_sets']:,} image sets "
+                                  f"({point['rows']:,} rows)", fmt_seconds(point["seconds"]),
+                                  fmt_rate(point.get("rows_per_s"), "rows/s")))
+    if data.get("plot"):
+        section.notes.append(f"plot: {data['plot']}")
+    return section
+
+
+def header(results: Mapping[str, Any]) -> str:
+    """Two lines: what ran where, and on what machine."""
+    meta = results.get("meta", {})
+    target = meta.get("target", {})
+    machine = meta.get("machine", {})
+    where = (f"emulator at {target.get('host')}:{target.get('port')}"
+             if target.get("kind") == "emulator"
+             else f"OMERO server {target.get('host')}:{target.get('port')}")
+    if target.get("latency_ms"):
+        where += f" (+{target['latency_ms']:g} ms per call)"
+    first = (f"cellprofiler-omero benchmarks — {meta.get('mode', '?')} run against {where}, "
+             f"{fmt_seconds(meta.get('duration_s'))}")
+    packages = machine.get("packages", {})
+    second = (f"{machine.get('cpu_count', '?')} CPU(s) {machine.get('cpu_model', '')}, "
+              f"Python {machine.get('python', '?')}, "
+              + ", ".join(f"{k} {v}" for k, v in packages.items()))
+    lines = [first, second]
+    if meta.get("mode") == "quick":
+        lines.append("--quick: tiny data, so the PASS/MISS verdicts below say nothing about "
+                     "real workloads; run without --quick for figures to judge.")
+    return "\n".join(lines)
+
+
+def summary(results: Mapping[str, Any]) -> str:
+    """The header, every section, then the goals with their verdicts."""
+    text = header(results) + "\n" + render(build_sections(results))
+    goals = results.get("goals") or evaluate_goals(results)
+    lines = ["", "Goals", "-" * 40]
+    for goal in goals:
+        g = GOALS[goal["id"]]
+        value = (fmt_percent(goal["value"]) if g.unit == "%" else fmt_ratio(goal["value"]))
+        lines.append(f"  {goal['verdict']:<4}  {g.label:<52} {value:>9}  goal {g.describe()}"
+                     f"  ({goal['where']})")
+    return text + "\n" + "\n".join(lines)
+
+
+# -- the plot ---------------------------------------------------------------------------------
+
+
+def plot_growth(growth: Mapping[str, Any], path: Path) -> Path:
+    """Read time, peak memory and TableWriter time as the work grows, in one PNG."""
+    # The object-oriented API renders with Agg and never touches pyplot's global state
+    # (no display needed, nothing left open in a long-lived process).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    fig = Figure(figsize=(15, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_time, ax_mem, ax_tab = fig.subplots(1, 3)
+    points = [p for p in growth.get("read", []) if "error" not in p]
+    for transport in sorted({p["transport"] for p in points}):
+        series = sorted((p for p in points if p["transport"] == transport),
+                        key=lambda p: p["size"])
+        mb = [p["plane_bytes"] / 1e6 for p in series]
+        ax_time.plot(mb, [p["seconds"] for p in series], "o-", label=transport)
+        ax_mem.plot(mb, [p["peak_rss"] / 1e6 for p in series], "o-",
+                    label=f"peak RSS, {transport}")
+        if transport == "ice":
+            ax_mem.plot(mb, [p["rss_before"] / 1e6 for p in series], "s:", color="grey",
+                        label="RSS before the read (ice)")
+    sizes = sorted({(p["plane_bytes"] / 1e6, p["size"]) for p in points})
+    if sizes:
+        mbs = [mb for mb, _ in sizes]
+        ax_mem.plot(mbs, mbs, "k:", label="plane size")
+        ax_mem.plot(mbs, [1.5 * mb for mb in mbs], "r--", label="goal: 1.5 × plane")
+    for ax, title, ylabel in ((ax_time, "Read time of one whole plane", "seconds"),
+                              (ax_mem, "Peak memory of the reading process", "MB")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        if sizes:
+            # Name the planes by their side; the axis itself stays in MB.
+            ax.set_xticks([mb for mb, _ in sizes],
+                          [f"{side}²\n{mb:.3g} MB" for mb, side in sizes], fontsize=7)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("plane (uint16)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    tables = growth.get("tables", [])
+    if tables:
+        ax_tab.plot([p["image_sets"] for p in tables], [p["seconds"] for p in tables], "o-",
+                    label="TableWriter")
+    ax_tab.set_xscale("log")
+    ax_tab.set_yscale("log")
+    ax_tab.set_xlabel("image sets (10 rows each)")
+    ax_tab.set_ylabel("seconds")
+    ax_tab.set_title("Writing a 100-column table")
+    ax_tab.grid(True, which="both", alpha=0.3)
+    ax_tab.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

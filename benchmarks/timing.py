@@ -1,0 +1,143 @@
+"""Repeated timing of one benchmark pass, and the figures every path reports.
+
+A pass is a function that does the work once and returns how much it moved (bytes,
+rows, image sets). Warm-up passes run first and are not timed: they open what a
+long-running program would have open already and fill the page cache. The median of
+the timed passes is what the ratios use (robust to one slow pass on a busy two-core
+machine); the best is kept too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timing:
+    """Seconds of each timed pass and the amount one pass moves (bytes, rows…)."""
+
+    amount: float
+    unit: str = "MB/s"
+    seconds: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def rate(self, seconds: float) -> float:
+        """Amount per second; bytes become MB (10⁶) per second."""
+        scale = 1e6 if self.unit == "MB/s" else 1.0
+        return self.amount / scale / seconds if seconds > 0 else float("inf")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"amount": self.amount, "unit": self.unit, "seconds": self.seconds,
+                "best_s": self.best, "median_s": self.median,
+                "best_rate": self.rate(self.best), "median_rate": self.rate(self.median),
+                **self.extra}
+
+
+def repeat(one_pass: Callable[[], float], *, repetitions: int, warmup: int = 1,
+           unit: str = "MB/s") -> Timing:
+    """Run ``one_pass`` ``warmup`` times untimed, then ``repetitions`` times timed."""
+    amount = 0.0
+    for _ in range(warmup):
+        amount = float(one_pass())
+    timing = Timing(amount, unit)
+    for _ in range(repetitions):
+        started = time.perf_counter()
+        amount = float(one_pass())
+        timing.seconds.append(time.perf_counter() - started)
+    timing.amount = amount
+    return timing
+
+
+def measure(path: Callable[[], AbstractContextManager[Callable[[], float]]], *,
+            repetitions: int, warmup: int = 1, unit: str = "MB/s") -> dict[str, Any]:
+    """Open a path (a context manager yielding its pass), time it, close it.
+
+    A failing path gives ``{"error": …}`` instead of raising: one broken path must not
+    cost the figures of the others.
+    """
+    try:
+        with path() as one_pass:
+            return repeat(one_pass, repetitions=repetitions, warmup=warmup,
+                          unit=unit).to_json()
+    except Exception as exc:
+        log.debug("path failed:\n%s", traceback.format_exc())
+        return {"error": describe(exc)}
+
+
+def measure_interleaved(paths: Mapping[str, Callable[[], AbstractContextManager[
+        Callable[[], float]]]], *, repetitions: int, warmup: int = 1,
+        unit: str = "MB/s") -> dict[str, dict[str, Any]]:
+    """Time several paths round-robin: pass 1 of each, then pass 2 of each, …
+
+    Paths compared closely (a framework against the bare client) then share whatever
+    else the machine was doing at the time — on two cores, shared with the server and
+    with other people's work, that drift is larger than the differences measured. A
+    path that fails is recorded with its error and leaves the rotation.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    with contextlib.ExitStack() as stack:
+        passes: dict[str, Callable[[], float]] = {}
+        for name, path in paths.items():
+            try:
+                passes[name] = stack.enter_context(path())
+            except Exception as exc:
+                log.debug("path %s failed to open:\n%s", name, traceback.format_exc())
+                results[name] = {"error": describe(exc)}
+        timings = {name: Timing(0.0, unit) for name in passes}
+        for round_number in range(warmup + repetitions):
+            for name in list(passes):
+                try:
+                    started = time.perf_counter()
+                    amount = float(passes[name]())
+                    elapsed = time.perf_counter() - started
+                except Exception as exc:
+                    log.debug("path %s failed:\n%s", name, traceback.format_exc())
+                    results[name] = {"error": describe(exc)}
+                    del passes[name]
+                    continue
+                timings[name].amount = amount
+                if round_number >= warmup:
+                    timings[name].seconds.append(elapsed)
+        for name in passes:
+            results[name] = timings[name].to_json()
+            results[name]["interleaved_with"] = sorted(set(passes) - {name})
+    return {name: results[name] for name in paths}
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming an exception (its first line of text, no traceback)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+@contextmanager
+def stopwatch() -> Iterator[Callable[[], float]]:
+    """``with stopwatch() as elapsed: …; elapsed()`` — seconds since the block began."""
+    started = time.perf_counter()
+    stopped: list[float] = []
+
+    def elapsed() -> float:
+        return (stopped[0] if stopped else time.perf_counter()) - started
+
+    try:
+        yield elapsed
+    finally:
+        stopped.append(time.perf_counter())

@@ -1,0 +1,211 @@
+"""Real CellProfiler runs (headless, in child processes) against the emulator."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cellprofiler_omero.core.reading import ImageReader
+from cellprofiler_omero.core.refs import parse_image
+from cellprofiler_omero.core.session import SessionManager
+from cellprofiler_omero.cp_integration import plugins_dir
+from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
+from cellprofiler_omero.emulator import Emulator
+from tests.conftest import run
+
+pytestmark = [pytest.mark.cellprofiler, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cp_env(manager: SessionManager, emulator: Emulator, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment of a CellProfiler child process: the session handed over, nothing else."""
+    handoff = manager.export_for_workers()
+    home = tmp_path / "home"
+    home.mkdir()
+    yield {**os.environ, **handoff, "HOME": str(home),
+           "OMERO_USER_TOKEN_DIR": str(tmp_path / "no-tokens"),
+           "CELLPROFILER_OMERO_SERVER_HOST": emulator.host,
+           "CELLPROFILER_OMERO_SERVER_PORT": str(emulator.port)}
+
+
+def run_cellprofiler(pipeline: str, urls: list[str], out: Path, env: dict[str, str]
+                     ) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pipeline.cppipe").write_text(pipeline)
+    (out / "files.txt").write_text("\n".join(urls) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "cellprofiler", "-c", "-r", "-p", str(out / "pipeline.cppipe"),
+         "--file-list", str(out / "files.txt"), "-o", str(out), "--plugins-directory",
+         str(plugins_dir()), "-L", "INFO"], env=env, capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def local_pipeline(dataset: int | None, **kw: Any) -> str:
+    from tests.cp_pipelines import with_local_copies
+
+    return with_local_copies(nuclei_pipeline(dataset, **kw))
+
+
+def test_every_image_link_form_is_read(cp_env: dict[str, str], cellprofiler_plugins: None,
+                                       seeded: dict[str, Any], tmp_path: Path) -> None:
+    f0, f1, f2 = seeded["fields"]
+    well_image = seeded["wells"]["A01"] + 1
+    urls = [f"omero:iid={f0}", f"http://127.0.0.1/webclient/?show=image-{f1}",
+            f"https://127.0.0.1/webclient/img_detail/{f2}/",
+            f"https://127.0.0.1/iviewer/?images={well_image}"]
+    pipeline = local_pipeline(None, save_labels=False, export_tables=False)
+    run_cellprofiler(pipeline, urls, tmp_path / "out", cp_env)
+    rows = read_csv(tmp_path / "out" / "MyExpt_Image.csv")
+    assert len(rows) == 4
+    assert all(int(float(r["Count_Nuclei"])) > 0 for r in rows)
+    assert {r["URL_DNA"] for r in rows} == {u.rstrip("/") for u in urls}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator,
+             cellprofiler_plugins: None) -> dict[str, Any]:
+    """One run of the full demo pipeline (plus local copies) into a fresh dataset."""
+    import omero.model
+    from omero.gateway import BlitzGateway
+    from omero.rtypes import rstring
+
+    from cellprofiler_omero.core.config import Settings
+
+    tmp = tmp_path_factory.mktemp("full")
+    conn = BlitzGateway("demo", "demo", host=emulator.host, port=emulator.port)
+    assert conn.connect()
+    ds = omero.model.DatasetI()
+    ds.setName(rstring("e2e results"))
+    dataset = int(conn.getUpdateService().saveAndReturnObject(ds).getId().getValue())
+    conn.close()
+    mgr = SessionManager(Settings().replace({"server.host": emulator.host,
+                                             "server.port": emulator.port,
+                                             "auth.use_token": False}))
+    run(lambda: mgr.connect(user="demo", password="demo"))
+    env = {**os.environ, **mgr.export_for_workers(), "HOME": str(tmp),
+           "CELLPROFILER_OMERO_SERVER_HOST": emulator.host,
+           "CELLPROFILER_OMERO_SERVER_PORT": str(emulator.port)}
+    urls = [f"omero:iid={i}" for i in emulator.seeded["fields"]]
+    log = run_cellprofiler(local_pipeline(dataset), urls, tmp / "out", env)
+    return {"mgr": mgr, "env": env, "dataset": dataset, "out": tmp / "out", "log": log,
+            "urls": urls, "tmp": tmp}
+
+
+def test_saved_labels_match_cellprofilers_own_pixel_for_pixel(full_run: dict[str, Any]
+                                                              ) -> None:
+    rows = read_csv(full_run["out"] / "MyExpt_Image.csv")
+    assert len(rows) == 3
+    for row in rows:
+        local = np.load(full_run["out"] / f"{row['FileName_DNA']}_labels.npy")
+        image_id = int(float(row["OMERO_ImageID_Nuclei"]))
+        reader = ImageReader(full_run["mgr"], parse_image(f"Image:{image_id}"))
+        remote = run(lambda r=reader: r.read())[0, 0]
+        run(reader.aclose)
+        np.testing.assert_array_equal(remote.astype(np.int64), local.astype(np.int64))
+        assert row["OMERO_URL_Nuclei"].endswith(f"show=image-{image_id}")
+
+
+def test_tables_match_cellprofilers_measurements(full_run: dict[str, Any],
+                                                 emulator: Emulator) -> None:
+    import omero2pandas
+    from omero.gateway import BlitzGateway
+
+    conn = BlitzGateway("demo", "demo", host=emulator.host, port=emulator.port)
+    assert conn.connect()
+    try:
+        dataset = conn.getObject("Dataset", full_run["dataset"])
+        namespaces = {a.getFile().getName(): a.getNs() for a in dataset.listAnnotations()
+                      if a.getFile() is not None}
+        tables = {a.getFile().getName(): a.getFile().getId()
+                  for a in dataset.listAnnotations() if a.getFile() is not None}
+        # Tables with an Image column show beside images in OMERO.web (bulk annotations).
+        bulk = "openmicroscopy.org/omero/bulk_annotations"
+        assert namespaces["CellProfiler_Image"] == namespaces["CellProfiler_Nuclei"] == bulk
+        assert namespaces["CellProfiler_Relationships"] == \
+            "openmicroscopy.org/cellprofiler-omero/measurements"
+        nuclei = omero2pandas.read_table(file_id=tables["CellProfiler_Nuclei"],
+                                         omero_connector=conn)
+        images = omero2pandas.read_table(file_id=tables["CellProfiler_Image"],
+                                         omero_connector=conn)
+    finally:
+        conn.close()
+    cp_nuclei = read_csv(full_run["out"] / "MyExpt_Nuclei.csv")
+    cp_images = read_csv(full_run["out"] / "MyExpt_Image.csv")
+    assert len(nuclei) == len(cp_nuclei)
+    ours = {(int(r.ImageNumber), int(r.ObjectNumber)): r.AreaShape_Area
+            for r in nuclei.itertuples()}
+    theirs = {(int(r["ImageNumber"]), int(r["ObjectNumber"])): float(r["AreaShape_Area"])
+              for r in cp_nuclei}
+    assert ours == pytest.approx(theirs)
+    assert sorted(images["ImageNumber"]) == [1, 2, 3]
+    by_number = {int(r["ImageNumber"]): r for r in cp_images}
+    for row in images.itertuples():
+        expected = by_number[int(row.ImageNumber)]
+        assert row.Count_Nuclei == float(expected["Count_Nuclei"])
+        assert row.Mean_Nuclei_AreaShape_Area == pytest.approx(
+            float(expected["Mean_Nuclei_AreaShape_Area"]))
+        assert row.Image == int(expected["URL_DNA"].split("=")[-1])
+
+
+def test_a_rerun_finds_the_images_it_already_saved(full_run: dict[str, Any]) -> None:
+    first = {r["FileName_DNA"]: r["OMERO_ImageID_Nuclei"]
+             for r in read_csv(full_run["out"] / "MyExpt_Image.csv")}
+    log = run_cellprofiler(local_pipeline(full_run["dataset"]), full_run["urls"],
+                           full_run["tmp"] / "rerun", full_run["env"])
+    again = {r["FileName_DNA"]: r["OMERO_ImageID_Nuclei"]
+             for r in read_csv(full_run["tmp"] / "rerun" / "MyExpt_Image.csv")}
+    assert again == first
+    assert "found image" in log
+
+
+def test_two_analysis_workers_write_one_consistent_table(full_run: dict[str, Any],
+                                                         emulator: Emulator,
+                                                         seeded: dict[str, Any]) -> None:
+    import omero2pandas
+    from omero.gateway import BlitzGateway
+
+    out = full_run["tmp"] / "workers"
+    out.mkdir()
+    pipeline = nuclei_pipeline(full_run["dataset"], save_labels=True,
+                               table_prefix="Workers")
+    (out / "pipeline.cppipe").write_text(pipeline)
+    plate = [f"omero:iid={seeded['wells'][w] + 1 + 2 * k}" for w in ("A01", "A02", "B01")
+             for k in (0, 1)]
+    (out / "files.txt").write_text("\n".join(plate) + "\n")
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "run_with_workers.py"),
+                             str(out / "pipeline.cppipe"), str(out / "files.txt"), str(out),
+                             "2"], env=full_run["env"], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "finished: 6 image sets" in result.stdout
+    conn = BlitzGateway("demo", "demo", host=emulator.host, port=emulator.port)
+    assert conn.connect()
+    try:
+        dataset = conn.getObject("Dataset", full_run["dataset"])
+        files = {a.getFile().getName(): a.getFile().getId()
+                 for a in dataset.listAnnotations()
+                 if a.getFile() is not None and a.getFile().getName().startswith("Workers_")}
+        nuclei = omero2pandas.read_table(file_id=files["Workers_Nuclei"], omero_connector=conn)
+        images = omero2pandas.read_table(file_id=files["Workers_Image"], omero_connector=conn)
+    finally:
+        conn.close()
+    assert sorted(images["ImageNumber"]) == [1, 2, 3, 4, 5, 6]
+    keys = list(zip(nuclei["ImageNumber"], nuclei["ObjectNumber"], strict=True))
+    assert len(keys) == len(set(keys))
+    assert len(keys) == int(images["Count_Nuclei"].sum())
