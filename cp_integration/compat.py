@@ -107,7 +107,7 @@ def _patch_is_image() -> None:
     try:
         import importlib
 
-        images_module = importlib.import_module("cellprofiler_core.modules.images")
+        images_module: Any = importlib.import_module("cellprofiler_core.modules.images")
         if getattr(images_module, "is_image", None) is original:
             images_module.is_image = is_image
     except ImportError:  # pragma: no cover - the Images module always ships with core

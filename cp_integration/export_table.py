@@ -10,7 +10,10 @@ measurements (``Mean_``, ``Median_``, ``StDev_``) are Double, so a measurement
 missing in a cycle is NaN, never a failed write.
 
 Tables are created with all their columns when the run is prepared (OMERO.tables
-cannot add columns later; too many columns are refused then, with advice). Rows
+cannot add columns later). A table that would be wider than ``tables.max_columns``
+(OMERO.tables fails somewhere past ~600 columns) is split into parts —
+``<prefix>_Nuclei``, ``<prefix>_Nuclei_2`` … — each carrying the key columns, so the
+parts join on ImageNumber (and ObjectNumber); the module warns when it does. Rows
 are buffered and appended every *N* image sets, at the end of each group and of
 the run; CellProfiler's analysis workers append after each image set. Appends
 are keyed by ImageNumber (and ObjectNumber), so retries, restarts and several
@@ -67,6 +70,7 @@ class TablePlan:
     object_name: str
     features: tuple[str, ...]
     aggregates: tuple[tuple[str, str, str], ...] = ()  # (column, object, feature)
+    label: str = ""  # the table's name without the prefix: Image, Nuclei, Nuclei_2 …
 
 
 def _string_size(coltype: str, default: int) -> int:
@@ -74,8 +78,17 @@ def _string_size(coltype: str, default: int) -> int:
     return int(match.group(1)) if match else default
 
 
+def _split(prefix: str, label: str, keys: list[ColumnSpec], columns: list[ColumnSpec],
+           max_columns: int) -> list[tuple[str, tuple[ColumnSpec, ...]]]:
+    """``(label, columns)`` per part, each part within ``max_columns`` with the key columns."""
+    room = max(1, max_columns - len(keys))
+    chunks = [columns[i:i + room] for i in range(0, len(columns), room)] or [[]]
+    return [(label if n == 0 else f"{label}_{n + 1}", tuple(keys + chunk))
+            for n, chunk in enumerate(chunks)]
+
+
 def plan_tables(columns: list[tuple[Any, ...]], prefix: str, string_size: int,
-                relationships: bool) -> list[TablePlan]:
+                relationships: bool, max_columns: int = 500) -> list[TablePlan]:
     """The tables for a pipeline's measurement columns (see the module docstring)."""
     by_object: dict[str, list[tuple[str, str]]] = {}
     for col in columns:
@@ -99,22 +112,27 @@ def plan_tables(columns: list[tuple[Any, ...]], prefix: str, string_size: int,
         for feature, coltype in features:
             if not coltype.startswith("varchar"):
                 aggregates += [(f"{agg}_{obj}_{feature}", obj, feature) for agg in AGGREGATES]
-    image_columns = [ColumnSpec("ImageNumber", ColumnKind.LONG),
-                     ColumnSpec(IMAGE, ColumnKind.IMAGE)]
-    image_columns += [spec(f, c) for f, c in image_features]
+    image_keys = [ColumnSpec("ImageNumber", ColumnKind.LONG), ColumnSpec(IMAGE, ColumnKind.IMAGE)]
+    image_columns = [spec(f, c) for f, c in image_features]
     image_columns += [ColumnSpec(name, ColumnKind.DOUBLE) for name, _, _ in aggregates]
-    plans.append(TablePlan(TableSchema(f"{prefix}_{IMAGE}", tuple(image_columns)),
-                           ("ImageNumber",), IMAGE, tuple(f for f, _ in image_features),
-                           tuple(aggregates)))
+    by_column = {name: (obj, feature) for name, obj, feature in aggregates}
+    for label, cols in _split(prefix, IMAGE, image_keys, image_columns, max_columns):
+        names = {c.name for c in cols}
+        plans.append(TablePlan(
+            TableSchema(f"{prefix}_{label}", cols), ("ImageNumber",), IMAGE,
+            tuple(f for f, _ in image_features if f in names),
+            tuple((n, *by_column[n]) for n, _, _ in aggregates if n in names), label))
     for obj, features in sorted(by_object.items()):
-        cols = [ColumnSpec("ImageNumber", ColumnKind.LONG),
+        keys = [ColumnSpec("ImageNumber", ColumnKind.LONG),
                 ColumnSpec("ObjectNumber", ColumnKind.LONG), ColumnSpec(IMAGE, ColumnKind.IMAGE)]
-        cols += [spec(f, c) for f, c in features]
-        plans.append(TablePlan(TableSchema(f"{prefix}_{obj}", tuple(cols)),
-                               ("ImageNumber", "ObjectNumber"), obj,
-                               tuple(f for f, _ in features)))
+        for label, cols in _split(prefix, obj, keys, [spec(f, c) for f, c in features],
+                                  max_columns):
+            names = {c.name for c in cols}
+            plans.append(TablePlan(TableSchema(f"{prefix}_{label}", cols),
+                                   ("ImageNumber", "ObjectNumber"), obj,
+                                   tuple(f for f, _ in features if f in names), (), label))
     if relationships:
-        cols = [ColumnSpec("ImageNumber1", ColumnKind.LONG),
+        links = [ColumnSpec("ImageNumber1", ColumnKind.LONG),
                 ColumnSpec("ObjectNumber1", ColumnKind.LONG),
                 ColumnSpec("ImageNumber2", ColumnKind.LONG),
                 ColumnSpec("ObjectNumber2", ColumnKind.LONG),
@@ -122,9 +140,10 @@ def plan_tables(columns: list[tuple[Any, ...]], prefix: str, string_size: int,
                 ColumnSpec("Relationship", ColumnKind.STRING, 64),
                 ColumnSpec("Object1", ColumnKind.STRING, 64),
                 ColumnSpec("Object2", ColumnKind.STRING, 64)]
-        plans.append(TablePlan(TableSchema(f"{prefix}_{RELATIONSHIPS}", tuple(cols)),
+        plans.append(TablePlan(TableSchema(f"{prefix}_{RELATIONSHIPS}", tuple(links)),
                                ("ImageNumber1", "ObjectNumber1", "ImageNumber2",
-                                "ObjectNumber2", "Module", "Relationship"), RELATIONSHIPS, ()))
+                                "ObjectNumber2", "Module", "Relationship"), RELATIONSHIPS, (),
+                               (), RELATIONSHIPS))
     return plans
 
 
@@ -200,7 +219,8 @@ class ExportToOMEROTable(Module):
         columns = [c for c in pipeline.get_measurement_columns(self)
                    if not c[1].startswith(FEATURE_PREFIX)]
         return plan_tables(columns, self.table_prefix.value, int(self.string_size.value),
-                           bool(self.wants_relationships.value))
+                           bool(self.wants_relationships.value),
+                           session.manager().settings.tables.max_columns)
 
     def validate_module(self, pipeline: Any) -> None:
         try:
@@ -213,6 +233,17 @@ class ExportToOMEROTable(Module):
                 check_schema(plan.schema, limit)
             except UnsupportedData as exc:
                 raise ValidationError(str(exc), self.table_prefix) from None
+
+    def validate_module_warnings(self, pipeline: Any) -> None:
+        split = sorted({p.label.rsplit("_", 1)[0] for p in self.plans(pipeline)
+                        if p.label != p.label.rsplit("_", 1)[0] and p.label[-1].isdigit()})
+        if split:
+            limit = session.manager().settings.tables.max_columns
+            raise ValidationError(
+                f"{', '.join(split)} measurements need more than {limit} columns, which "
+                "OMERO.tables cannot hold in one table: they are written as several tables "
+                "(…_2, …_3) that join on ImageNumber/ObjectNumber. Measure fewer features "
+                "to keep one table.", self.table_prefix)
 
     def check_access(self) -> str:
         target = self.target()
@@ -260,7 +291,7 @@ class ExportToOMEROTable(Module):
             info = runtime.run(writer.open)
             state["writers"][plan.schema.name] = writer
             workspace.measurements.add_experiment_measurement(
-                FEATURE_PREFIX + plan.object_name, info.file_id)
+                FEATURE_PREFIX + plan.label, info.file_id)
         session.after_connect(mgr)
         return True
 
@@ -276,7 +307,7 @@ class ExportToOMEROTable(Module):
                 if plan.schema.name in writers:
                     continue
                 file_id = workspace.measurements.get_experiment_measurement(
-                    FEATURE_PREFIX + plan.object_name)
+                    FEATURE_PREFIX + plan.label)
                 writers[plan.schema.name] = TableWriter(
                     mgr, target, plan.schema, file_id=int(file_id), key_columns=plan.keys)
         return writers
@@ -383,9 +414,8 @@ class ExportToOMEROTable(Module):
             workspace.display_data.tables = summary
 
     def get_measurement_columns(self, pipeline: Any) -> list[tuple[str, str, str]]:
-        objects = {c[0] for c in pipeline.get_measurement_columns(self)}
-        names = [IMAGE, RELATIONSHIPS, *sorted(objects - {IMAGE, "Experiment"})]
-        return [("Experiment", FEATURE_PREFIX + name, COLTYPE_INTEGER) for name in names]
+        return [("Experiment", FEATURE_PREFIX + plan.label, COLTYPE_INTEGER)
+                for plan in self.plans(pipeline)]
 
     def display_post_run(self, workspace: Any, figure: Any) -> None:
         tables = getattr(workspace.display_data, "tables", [])
