@@ -13,23 +13,25 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check -q)
+# Some machines list package folders that do not exist; pip warns about each, every time.
+pip_install() { "${PIP[@]}" install "$@" 2> >(grep -v "^WARNING: Location '" >&2); }
 
 # zeroc-ice 3.6.5 first: omero-py needs it and PyPI has no wheel for Python 3.11.
 if ! "$PY" -c "import Ice, sys; sys.exit(Ice.stringVersion() != '3.6.5')" 2>/dev/null; then
   wheel=$("$PY" scripts/zeroc_ice_wheel.py)
   echo "[setup] installing $wheel"
-  "${PIP[@]}" install --no-deps "$wheel"
+  pip_install --no-deps "$wheel"
 fi
 
 echo "[setup] installing cellprofiler-omero (editable) with CellProfiler 5 and test tools"
-"${PIP[@]}" install -c constraints.txt -e ".[cellprofiler,test,bench]"
+pip_install -c constraints.txt -e ".[cellprofiler,test,bench]"
 
 # CellProfiler's processing modules and command line. cellprofiler-nightly hard-requires
 # wxPython (no Linux wheel on PyPI) and mysqlclient (needs MySQL headers; only for
 # ExportToDatabase with MySQL), so it is installed without dependencies and its other
 # requirements are listed in requirements-cellprofiler.txt.
-"${PIP[@]}" install -c constraints.txt -r requirements-cellprofiler.txt
-"${PIP[@]}" install -c constraints.txt --no-deps "cellprofiler-nightly==5.0.0.dev784"
+pip_install -c constraints.txt -r requirements-cellprofiler.txt
+pip_install -c constraints.txt --no-deps "cellprofiler-nightly==5.0.0.dev784"
 
 touch "$VENV/.setup-done"
 echo "[setup] ready: $VENV"
