@@ -395,3 +395,23 @@ def test_images_survive_a_restart(tmp_path: Path) -> None:
             np.testing.assert_array_equal(plane, expected[0])
         finally:
             client.closeSession()
+
+
+# -- the omero command line ---------------------------------------------------------------
+
+def test_omero_command_line_logs_in_and_queries(emulator: Emulator, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # The `omero` script refuses to run as root (as on this CI machine); its CLI class,
+    # which the script runs, is used directly with the same arguments.
+    from omero.cli import CLI
+
+    monkeypatch.setenv("OMERO_USERDIR", str(tmp_path / "omero-cli"))
+    cli = CLI()
+    cli.loadplugins()
+    cli.invoke(["login", "-s", emulator.host, "-p", str(emulator.port), "-u", "demo", "-w",
+                "demo"], strict=True)
+    cli.invoke(["hql", "-q", "--limit", "2", "select i.id, i.name from Image i"], strict=True)
+    cli.invoke(["logout"], strict=True)
+    out = capsys.readouterr().out
+    assert "field_01" in out and "(2 rows)" in out
