@@ -188,6 +188,8 @@ class ImageMeta:
     plate: PlatePosition | None = None
     dataset_ids: tuple[int, ...] = ()
     description: str | None = None
+    #: The image's Pixels id (not the image id: OMERO numbers them separately).
+    pixels_id: int | None = None
 
     @property
     def channel_names(self) -> tuple[str, ...]:

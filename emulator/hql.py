@@ -23,6 +23,8 @@ from typing import Any
 
 from cellprofiler_omero.emulator.store import Obj, Store, User
 
+PIXELS_ID_OFFSET = 1_000_000  # as modelmap: Pixels ids are image ids plus this
+
 
 class HqlError(Exception):
     """A query the interpreter does not understand."""
@@ -363,6 +365,10 @@ class Graph:
             yield from self._system(cls, ids)
             return
         if cls == "Pixels" or cls == "Channel":
+            if ids is not None and cls == "Pixels":
+                ids = [i - PIXELS_ID_OFFSET for i in ids]
+            elif ids is not None:
+                ids = [i // 1000 for i in ids]
             images = (self.store.get_many(ids) if ids is not None else self.store.all("Image"))
             for img in images:
                 if img.kind == "Image" and self.visible(img):
@@ -553,7 +559,8 @@ class Graph:
             return modelmap.pixels(self.store, self.user, image)
 
         view = View("Pixels", {
-            "id": image.id, "sizeX": d["sizeX"], "sizeY": d["sizeY"], "sizeZ": d["sizeZ"],
+            "id": image.id + PIXELS_ID_OFFSET, "sizeX": d["sizeX"], "sizeY": d["sizeY"],
+            "sizeZ": d["sizeZ"],
             "sizeC": d["sizeC"], "sizeT": d["sizeT"], "pixelsType": pt, "image": iview,
             "dimensionOrder": self.enum_view("DimensionOrder", 1, "XYZCT"),
             "thumbnails": [], "planeInfo": [], "settings": [],

@@ -100,9 +100,22 @@ def pixels_type(value: str, type_id: int = 0) -> omero.model.PixelsTypeI:
     return pt
 
 
+#: Pixels ids are image ids plus this offset: separate numbers, as on a real server, so a
+#: client that confuses the two fails here too instead of only against real OMERO.
+PIXELS_ID_OFFSET = 1_000_000
+
+
+def pixels_id(image_id: int) -> int:
+    return image_id + PIXELS_ID_OFFSET
+
+
+def image_id_of_pixels(pixels: int) -> int:
+    return pixels - PIXELS_ID_OFFSET
+
+
 def pixels(store: Store, viewer: User | None, image: Obj) -> omero.model.PixelsI:
     d = image.data
-    px = omero.model.PixelsI(rlong(image.id), True)
+    px = omero.model.PixelsI(rlong(pixels_id(image.id)), True)
     unload_collections(px)
     px.sizeX, px.sizeY = rint(d["sizeX"]), rint(d["sizeY"])
     px.sizeZ, px.sizeC, px.sizeT = rint(d["sizeZ"]), rint(d["sizeC"]), rint(d["sizeT"])
@@ -139,7 +152,7 @@ def channel(store: Store, viewer: User | None, image: Obj, index: int, ch: dict[
         stats.globalMin = rdouble(float(ch["min"]))
         stats.globalMax = rdouble(float(ch["max"]))
         c.statsInfo = stats
-    c.pixels = omero.model.PixelsI(rlong(image.id), False)
+    c.pixels = omero.model.PixelsI(rlong(pixels_id(image.id)), False)
     c._details = details(store, viewer, image.owner_id, image.group_id, image.created)
     return c
 

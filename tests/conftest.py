@@ -141,3 +141,15 @@ def cellprofiler_plugins() -> None:
     activate_readers(check_config=False)
     failed = {k: v["error"] for k, v in PLUGIN_STATUS.items() if not v["loaded"]}
     assert not failed, failed
+
+
+def pixels_of(sf: Any, image_id: int) -> int:
+    """The Pixels id of an image, looked up as any omero-py client must (ids differ)."""
+    import omero.sys
+    from omero.rtypes import rlong
+
+    params = omero.sys.Parameters()
+    params.map = {"id": rlong(image_id)}
+    pixels = sf.getQueryService().findByQuery(
+        "select p from Pixels p where p.image.id = :id", params, {"omero.group": "-1"})
+    return int(pixels.getId().getValue())

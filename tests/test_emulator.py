@@ -12,7 +12,7 @@ import omero.clients
 import pytest
 
 from cellprofiler_omero.emulator import Emulator, SeedOptions, synthetic
-from tests.conftest import TEST_SEED
+from tests.conftest import TEST_SEED, pixels_of
 
 
 def field_pixels(index: int) -> np.ndarray:
@@ -131,7 +131,7 @@ def test_every_pixel_type_reads_back_exactly(emulator: Emulator, seeded: dict[st
     try:
         sf = client.createSession("demo", "demo")
         store = sf.createRawPixelsStore()
-        store.setPixelsId(seeded["types"][ptype], True)
+        store.setPixelsId(pixels_of(sf, seeded["types"][ptype]), True)
         raw = store.getPlane(0, 0, 0)
         expected = synthetic.every_type(TEST_SEED.seed, 64)[ptype]
         wire = {"bit": np.uint8}.get(ptype, expected.dtype.newbyteorder(">"))
@@ -148,7 +148,7 @@ def test_pyramid_levels_are_served_smallest_first(emulator: Emulator,
     try:
         sf = client.createSession("demo", "demo")
         store = sf.createRawPixelsStore()
-        store.setPixelsId(seeded["large"], True)
+        store.setPixelsId(pixels_of(sf, seeded["large"]), True)
         levels = store.getResolutionLevels()
         descriptions = [(d.sizeX, d.sizeY) for d in store.getResolutionDescriptions()]
         assert levels == len(descriptions) > 1
@@ -272,7 +272,10 @@ def test_other_cannot_open_demos_pixels(emulator: Emulator, seeded: dict[str, An
         sf = client.createSession("other", "other")
         store = sf.createRawPixelsStore()
         with pytest.raises(omero.SecurityViolation):
-            store.setPixelsId(seeded["fields"][0], True, {"omero.group": "-1"})
+            # other cannot even look the Pixels id up, but may guess it.
+            from cellprofiler_omero.emulator.modelmap import pixels_id
+
+            store.setPixelsId(pixels_id(seeded["fields"][0]), True, {"omero.group": "-1"})
     finally:
         client.closeSession()
 
@@ -389,7 +392,7 @@ def test_images_survive_a_restart(tmp_path: Path) -> None:
         try:
             sf = client.createSession("demo", "demo")
             store = sf.createRawPixelsStore()
-            store.setPixelsId(first, True)
+            store.setPixelsId(pixels_of(sf, first), True)
             plane = np.frombuffer(store.getPlane(0, 0, 0), ">u2").reshape(64, 64)
             expected, _ = synthetic.nuclei_and_cells(tiny.seed * 1000, 64)
             np.testing.assert_array_equal(plane, expected[0])

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from cellprofiler_omero.emulator import Emulator
+from tests.conftest import pixels_of
 
 
 def test_latency_is_added_to_ice_calls(faults: Emulator, blitz: Any) -> None:
@@ -38,7 +39,7 @@ def test_connection_drops_with_a_probability(faults: Emulator, emulator: Emulato
     try:
         sf = client.createSession("demo", "demo")
         store = sf.createRawPixelsStore()
-        store.setPixelsId(emulator.seeded["fields"][0], True)
+        store.setPixelsId(pixels_of(sf, emulator.seeded["fields"][0]), True)
         with pytest.raises((Ice.ConnectionLostException, Ice.SocketException)):
             store.getTile(0, 0, 0, 0, 0, 8, 8)
     finally:

@@ -14,6 +14,7 @@ import requests
 import tifffile
 
 from cellprofiler_omero.emulator import Emulator
+from tests.conftest import pixels_of
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_raw_tile_is_byte_identical_to_raw_pixels_store(emulator: Emulator,
     sf, key = ice_session
     image = seeded["types"][ptype]
     store = sf.createRawPixelsStore()
-    store.setPixelsId(image, True)
+    store.setPixelsId(pixels_of(sf, image), True)
     expected = store.getTile(0, 0, 0, 3, 5, 40, 30)
     store.close()
     response = requests.get(tile_url(emulator, image), params={"x": 3, "y": 5, "w": 40,
@@ -53,7 +54,7 @@ def test_pyramid_level_numbering_matches_raw_pixels_store(emulator: Emulator,
                                                           ) -> None:
     sf, key = ice_session
     store = sf.createRawPixelsStore()
-    store.setPixelsId(seeded["large"], True)
+    store.setPixelsId(pixels_of(sf, seeded["large"]), True)
     store.setResolutionLevel(1)
     expected = store.getTile(0, 0, 0, 64, 32, 128, 96)
     store.close()

@@ -62,7 +62,7 @@ class PixelsServiceI(SessionServant):
 
     def retrievePixDescription(self, pixels_id: int, current: Ice.Current) -> Any:
         caller = self.caller(current)
-        image = self.ctx.store.get(pixels_id, "Image")
+        image = self.ctx.store.get(modelmap.image_id_of_pixels(pixels_id), "Image")
         if not self.visible(caller, image):
             raise api_usage(f"No pixels {pixels_id}.")
         assert image is not None
@@ -71,7 +71,7 @@ class PixelsServiceI(SessionServant):
     def setChannelGlobalMinMax(self, pixels_id: int, channel: int, minimum: float,
                                maximum: float, current: Ice.Current) -> None:
         caller = self.caller(current)
-        image = self.ctx.store.get(pixels_id, "Image")
+        image = self.ctx.store.get(modelmap.image_id_of_pixels(pixels_id), "Image")
         if image is None or not self.visible(caller, image):
             raise api_usage(f"No pixels {pixels_id}.")
         if image.owner_id != caller.user.id and not caller.user.admin:
@@ -115,7 +115,7 @@ class RawPixelsStoreI(SessionServant):
 
     def setPixelsId(self, pixels_id: int, bypass: bool, current: Ice.Current) -> None:
         caller = self.caller(current)
-        image = self.ctx.store.get(pixels_id, "Image")
+        image = self.ctx.store.get(modelmap.image_id_of_pixels(pixels_id), "Image")
         if image is None or not self.visible(caller, image):
             # A real server answers with a security violation for others' private images.
             if image is not None:
@@ -137,7 +137,7 @@ class RawPixelsStoreI(SessionServant):
         return self._full() - self.level
 
     def getPixelsId(self, current: Ice.Current) -> int:
-        return self._image().id
+        return modelmap.pixels_id(self._image().id)
 
     def getResolutionLevels(self, current: Ice.Current) -> int:
         return len(levels_of(self._image()))

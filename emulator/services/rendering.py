@@ -68,7 +68,7 @@ class _ImageBound(SessionServant):
         self.image: Obj | None = None
 
     def _bind(self, caller: Caller, pixels_id: int) -> Obj:
-        image = self.ctx.store.get(pixels_id, "Image")
+        image = self.ctx.store.get(modelmap.image_id_of_pixels(pixels_id), "Image")
         if image is None or not self.visible(caller, image):
             raise api_usage(f"Pixels:{pixels_id} does not exist or cannot be read.")
         self.image = image
@@ -118,7 +118,7 @@ class RenderingEngineI(_ImageBound):
 
     def resetDefaultSettings(self, save: bool, current: Ice.Current) -> int:
         self.settings = {}
-        return self._image().id
+        return modelmap.pixels_id(self._image().id)
 
     def load(self, current: Ice.Current) -> None:
         return None
@@ -127,7 +127,7 @@ class RenderingEngineI(_ImageBound):
         return None
 
     def getRenderingDefId(self, current: Ice.Current) -> int:
-        return self._image().id
+        return modelmap.pixels_id(self._image().id)
 
     def getPixels(self, current: Ice.Current) -> Any:
         return modelmap.pixels(self.ctx.store, self.caller(current).user, self._image())
@@ -272,7 +272,7 @@ class ThumbnailStoreI(_ImageBound):
         return None
 
     def getRenderingDefId(self, current: Ice.Current) -> int:
-        return self._image().id
+        return modelmap.pixels_id(self._image().id)
 
     def resetDefaults(self, current: Ice.Current) -> None:
         return None
@@ -298,7 +298,7 @@ class ThumbnailStoreI(_ImageBound):
         caller = self.caller(current)
         out: dict[int, bytes] = {}
         for pid in ids:
-            image = self.ctx.store.get(pid, "Image")
+            image = self.ctx.store.get(modelmap.image_id_of_pixels(pid), "Image")
             if image is not None and self.visible(caller, image):
                 out[pid] = jpeg(render(self.ctx, image, longest))
         return out

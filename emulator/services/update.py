@@ -118,7 +118,8 @@ class UpdateI(SessionServant):
         The emulator keeps these inside the image, with ids derived from the image's:
         Pixels ``id``, channels ``id * 1000 + index``.
         """
-        image_id, index = (oid, -1) if kind == "Pixels" else divmod(oid, 1000)
+        image_id, index = ((modelmap.image_id_of_pixels(oid), -1) if kind == "Pixels"
+                           else divmod(oid, 1000))
         image = self.ctx.store.get(image_id, "Image")
         if image is None or not self.visible(caller, image):
             raise api_usage(f"{kind}:{oid} does not exist.")
@@ -179,7 +180,8 @@ class UpdateI(SessionServant):
     def _model(self, caller: Caller, kind: str, oid: int) -> Any:
         store = self.ctx.store
         if kind in ("Pixels", "LogicalChannel", "Channel"):
-            image = store.get(oid if kind == "Pixels" else oid // 1000, "Image")
+            image = store.get(modelmap.image_id_of_pixels(oid) if kind == "Pixels"
+                              else oid // 1000, "Image")
             assert image is not None
             pixels = modelmap.pixels(store, caller.user, image)
             if kind == "Pixels":

@@ -225,6 +225,7 @@ class IceConnection:
             group=unwrap(group.getName()), group_id=unwrap(group.getId()),
             plate=self._plate_position(image_id),
             description=unwrap(image.getDescription()),
+            pixels_id=unwrap(pixels.getId()),
         )
         return meta
 

@@ -38,8 +38,10 @@ class StorePool:
         self.tile_size: tuple[int, int] | None = None
 
     def _open(self) -> tuple[Any, int]:
+        if self.meta.pixels_id is None:
+            raise ValueError(f"image {self.meta.id}'s metadata has no Pixels id")
         store = self.conn.sf.createRawPixelsStore(self.ctx)
-        store.setPixelsId(self.meta.id, True, self.ctx)
+        store.setPixelsId(self.meta.pixels_id, True, self.ctx)
         if self.tile_size is None:
             w, h = store.getTileSize(self.ctx)
             self.tile_size = (int(w), int(h))

@@ -56,7 +56,7 @@ class IceImageSink:
 
     # -- finding earlier attempts -----------------------------------------------------------
 
-    def _find(self, key: str) -> tuple[int | None, bool]:
+    def _find(self, key: str, name: str) -> tuple[int | None, bool]:
         """``(image id, complete)`` of an earlier upload with this key, if any."""
         query = self.conn.sf.getQueryService()
         p = omero.sys.ParametersI()
@@ -69,10 +69,12 @@ class IceImageSink:
             return int(unwrap(rows[0][0])), True
         p = omero.sys.ParametersI()
         p.add("marker", rstring(f"%{marker(key)}%"))
+        p.add("name", rstring(name))
         p.addLong("uid", self.conn.info.user_id)
+        # Narrowed by owner and name first: a description LIKE alone scans every image.
         rows = query.projection(
-            "select i.id from Image i where i.description like :marker and "
-            "i.details.owner.id = :uid order by i.id", p, ALL_GROUPS)
+            "select i.id from Image i where i.details.owner.id = :uid and i.name = :name "
+            "and i.description like :marker order by i.id", p, ALL_GROUPS)
         if rows:
             return int(unwrap(rows[0][0])), False
         return None, False
@@ -96,12 +98,22 @@ class IceImageSink:
             {"omero.group": str(group_id)})
         return int(unwrap(image_id))
 
+    def _pixels_id(self, image_id: int) -> int:
+        rows = self.conn.sf.getQueryService().projection(
+            "select p.id from Pixels p where p.image.id = :id", params(id=image_id),
+            ALL_GROUPS)
+        if not rows:
+            raise ServerError(f"Image {image_id} has no pixels on the server.")
+        return int(unwrap(rows[0][0]))
+
     async def _write(self, image_id: int, pixels: np.ndarray, ptype: PixelType,
                      group_id: int) -> None:
         t, z, c, y, x = pixels.shape
+        pixels_id = await self.conn.call(self._pixels_id, image_id,
+                                         what=f"finding the pixels of image {image_id}")
         meta = ImageMeta(image_id, "", x, y, z, c, t, ptype,
                          tuple(Channel(str(i)) for i in range(c)), levels=((x, y),),
-                         group_id=group_id)
+                         group_id=group_id, pixels_id=pixels_id)
         pool = StorePool(self.conn, meta, self.settings.ice.stores_per_image)
         limit = self.settings.ice.max_tile_bytes
         what = f"uploading image {image_id}"
@@ -143,7 +155,7 @@ class IceImageSink:
         sf = self.conn.sf
         ctx = {"omero.group": str(group_id)}
         update = sf.getUpdateService()
-        pix = sf.getPixelsService().retrievePixDescription(image_id, ctx)
+        pix = sf.getPixelsService().retrievePixDescription(self._pixels_id(image_id), ctx)
         changed = []
         for index, channel in enumerate(pix.copyChannels()):
             lc = channel.getLogicalChannel()
@@ -157,7 +169,7 @@ class IceImageSink:
                 unwrap(pix.getId()), index, float(values.min()), float(values.max()), ctx)
         size = spec.physical_size
         if size.x is not None or size.y is not None or size.z is not None:
-            pix = sf.getPixelsService().retrievePixDescription(image_id, ctx)
+            pix = sf.getPixelsService().retrievePixDescription(unwrap(pix.getId()), ctx)
             for axis, value in (("X", size.x), ("Y", size.y), ("Z", size.z)):
                 if value is not None:
                     getattr(pix, f"setPhysicalSize{axis}")(
@@ -200,7 +212,7 @@ class IceImageSink:
 
     async def upload(self, pixels: np.ndarray, spec: NewImage) -> UploadedImage:
         ptype = PixelType.from_dtype(pixels.dtype)
-        existing, complete = await self.conn.call(self._find, spec.client_key,
+        existing, complete = await self.conn.call(self._find, spec.client_key, spec.name,
                                                   what="looking for an earlier upload")
         if spec.dataset_id is not None and not complete and not await self.conn.can_write(
                 "Dataset", spec.dataset_id):
