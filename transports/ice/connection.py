@@ -73,6 +73,7 @@ class IceConnection:
         self._key = client.getSessionId()
         self._closed = False
         self._lock = threading.Lock()
+        self._max_plane: tuple[int, int] | None = None
 
     # -- opening --------------------------------------------------------------------------
 
@@ -220,7 +221,8 @@ class IceConnection:
             physical_size=PhysicalSize(_microns(pixels.getPhysicalSizeX()),
                                        _microns(pixels.getPhysicalSizeY()),
                                        _microns(pixels.getPhysicalSizeZ())),
-            levels=self._levels(unwrap(pixels.getId()), unwrap(group.getId())),
+            levels=self._levels(unwrap(pixels.getId()), unwrap(group.getId()),
+                                unwrap(pixels.getSizeX()), unwrap(pixels.getSizeY())),
             owner=unwrap(image.details.owner.getOmeName()),
             group=unwrap(group.getName()), group_id=unwrap(group.getId()),
             plate=self._plate_position(image_id),
@@ -229,7 +231,25 @@ class IceConnection:
         )
         return meta
 
-    def _levels(self, pixels_id: int, group_id: int) -> tuple[tuple[int, int], ...]:
+    def _max_plane_size(self) -> tuple[int, int]:
+        """The size above which the server keeps a resolution pyramid (read once)."""
+        if self._max_plane is None:
+            config = self.sf.getConfigService()
+            try:
+                self._max_plane = (
+                    int(config.getConfigValue("omero.pixeldata.max_plane_width") or 0),
+                    int(config.getConfigValue("omero.pixeldata.max_plane_height") or 0))
+            except (ValueError, omero.ServerError):
+                self._max_plane = (0, 0)
+        return self._max_plane
+
+    def _levels(self, pixels_id: int, group_id: int, size_x: int, size_y: int
+                ) -> tuple[tuple[int, int], ...]:
+        # Planes no larger than the server's maximum have no pyramid: skip the four
+        # calls that asking a RawPixelsStore costs (most images read in a pipeline).
+        max_w, max_h = self._max_plane_size()
+        if max_w and max_h and size_x <= max_w and size_y <= max_h:
+            return ((size_x, size_y),)
         ctx = {"omero.group": str(group_id)}
         store = self.sf.createRawPixelsStore(ctx)
         try:

@@ -42,7 +42,8 @@ class StorePool:
             raise ValueError(f"image {self.meta.id}'s metadata has no Pixels id")
         store = self.conn.sf.createRawPixelsStore(self.ctx)
         store.setPixelsId(self.meta.pixels_id, True, self.ctx)
-        if self.tile_size is None:
+        if self.tile_size is None and len(self.meta.levels) > 1:
+            # Only pyramids need their tiles aligned to the server's.
             w, h = store.getTileSize(self.ctx)
             self.tile_size = (int(w), int(h))
         return store, len(self.meta.levels or ((0, 0),)) - 1
@@ -106,7 +107,7 @@ class IcePixelSource:
                        dtype=meta.pixel_type.dtype)
         # The server numbers levels the other way round: n-1 is full resolution.
         native_level = len(meta.levels or ((0, 0),)) - 1 - request.level
-        if self.pool.tile_size is None:
+        if self.pool.tile_size is None and len(meta.levels) > 1:
             store, level = await self.pool.borrow()
             await self.pool.give_back(store, level)
         tiles = plan_tiles(region, meta.pixel_type.bytes_per_pixel,
