@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from cellprofiler_omero.benchmarks.timing import measure
+from cellprofiler_omero.benchmarks.timing import Pass, measure
 
 CHUNK = 4 * 1024 * 1024
 
@@ -34,7 +34,7 @@ class CeilingsWorkload:
 
 
 @contextlib.contextmanager
-def socket_path(total: int) -> Iterator[Callable[[], float]]:
+def socket_path(total: int) -> Iterator[Pass]:
     """A connected loopback pair; each pass moves ``total`` bytes from sender to receiver."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -78,7 +78,7 @@ def socket_path(total: int) -> Iterator[Callable[[], float]]:
 
 
 @contextlib.contextmanager
-def decode_path(total: int) -> Iterator[Callable[[], float]]:
+def decode_path(total: int) -> Iterator[Pass]:
     """``total`` bytes of big-endian uint16 decoded into a preallocated native array."""
     count = total // 2
     wire = np.arange(count, dtype=np.uint16).astype(">u2").tobytes()

@@ -21,7 +21,7 @@ the channels of one image set, to show the cost of moving bytes alone.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,7 +30,12 @@ import numpy as np
 
 from cellprofiler_omero.benchmarks.report import overhead_percent, ratio
 from cellprofiler_omero.benchmarks.target import Target
-from cellprofiler_omero.benchmarks.timing import measure, measure_interleaved
+from cellprofiler_omero.benchmarks.timing import (
+    Pass,
+    PathFactory,
+    measure,
+    measure_interleaved,
+)
 from cellprofiler_omero.core import runtime
 from cellprofiler_omero.core.reading import ImageReader
 from cellprofiler_omero.core.refs import Kind, ObjectRef
@@ -74,7 +79,7 @@ def upload_images(manager: SessionManager, workload: ReadWorkload) -> list[int]:
 
 
 @contextlib.contextmanager
-def common_path(target: Target, refs: Sequence[ObjectRef]) -> Iterator[Callable[[], float]]:
+def common_path(target: Target, refs: Sequence[ObjectRef]) -> Iterator[Pass]:
     """BlitzGateway, ``getPrimaryPixels().getPlane(z, c, t)`` per channel."""
     with target.blitz() as conn:
         def one_pass() -> float:
@@ -178,7 +183,7 @@ class _BareReader:
 
 @contextlib.contextmanager
 def bare_path(target: Target, refs: Sequence[ObjectRef], *, keep_open: bool = False,
-              threads: int = 8) -> Iterator[Callable[[], float]]:
+              threads: int = 8) -> Iterator[Pass]:
     """``omero.client`` + one RawPixelsStore per channel, in threads."""
     with target.bare_client() as client:
         reader = _BareReader(client, threads, keep_open=keep_open)
@@ -194,7 +199,7 @@ def bare_path(target: Target, refs: Sequence[ObjectRef], *, keep_open: bool = Fa
 @contextlib.contextmanager
 def framework_path(target: Target, refs: Sequence[ObjectRef], transport: str, *,
                    keep_open: bool = False, used: set[str] | None = None
-                   ) -> Iterator[Callable[[], float]]:
+                   ) -> Iterator[Pass]:
     """``ImageReader(...).read(c=None)`` with ``transports.read = [transport]``.
 
     ``used`` collects the transports that actually served (a path must not be
@@ -240,11 +245,11 @@ def run(target: Target, refs: Sequence[ObjectRef], workload: ReadWorkload) -> di
     paths["common"] = measure(lambda: common_path(target, refs),
                               repetitions=workload.common_repetitions, warmup=warm)
     warnings: list[str] = []
-    cold: dict[str, Callable[[], contextlib.AbstractContextManager[Callable[[], float]]]] = {
+    cold: dict[str, PathFactory] = {
         "bare": lambda: bare_path(target, refs),
         "ice": lambda: framework_path(target, refs, "ice", used=transports_used["ice"]),
     }
-    kept: dict[str, Callable[[], contextlib.AbstractContextManager[Callable[[], float]]]] = {
+    kept: dict[str, PathFactory] = {
         "bare": lambda: bare_path(target, refs, keep_open=True),
         "ice": lambda: framework_path(target, refs, "ice", keep_open=True),
     }

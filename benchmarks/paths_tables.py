@@ -27,7 +27,7 @@ import numpy as np
 
 from cellprofiler_omero.benchmarks.report import ratio
 from cellprofiler_omero.benchmarks.target import Target
-from cellprofiler_omero.benchmarks.timing import measure
+from cellprofiler_omero.benchmarks.timing import Pass, measure
 from cellprofiler_omero.core import runtime
 from cellprofiler_omero.core.model import ColumnKind, ColumnSpec, TableSchema, TableTarget
 from cellprofiler_omero.core.tables import TableWriter
@@ -88,7 +88,7 @@ def schema(columns: int, name: str) -> TableSchema:
 
 
 @contextlib.contextmanager
-def per_image_set_path(target: Target, rows: Rows) -> Iterator[Callable[[], float]]:
+def per_image_set_path(target: Target, rows: Rows) -> Iterator[Pass]:
     """omero.grid directly: ``newTable``, ``initialize``, one ``addData`` per image set."""
     import omero.grid
 
@@ -144,7 +144,7 @@ def table_writer_pass(manager: Any, parent: TableTarget, rows: Rows) -> float:
 
 @contextlib.contextmanager
 def table_writer_path(target: Target, parent: TableTarget, rows: Rows
-                      ) -> Iterator[Callable[[], float]]:
+                      ) -> Iterator[Pass]:
     with target.session() as manager:
         yield lambda: table_writer_pass(manager, parent, rows)
 
@@ -174,9 +174,9 @@ def run(target: Target, parent: TableTarget, workload: TablesWorkload) -> dict[s
             "workload": asdict(workload), "cases": cases}
 
 
-def _measure_with_small_warmup(path: Callable[[Rows], contextlib.AbstractContextManager[
-        Callable[[], float]]], rows: Rows, warm_rows: Rows, repetitions: int,
-        warmup: int) -> dict[str, Any]:
+def _measure_with_small_warmup(path: Callable[[Rows], contextlib.AbstractContextManager[Pass]],
+                               rows: Rows, warm_rows: Rows, repetitions: int,
+                               warmup: int) -> dict[str, Any]:
     """Warm up on a small table, then time ``repetitions`` passes on the real one."""
     if warmup:
         warm = measure(lambda: path(warm_rows), repetitions=1, warmup=warmup - 1,

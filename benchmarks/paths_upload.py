@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from cellprofiler_omero.benchmarks.report import ratio
 from cellprofiler_omero.benchmarks.target import Target
-from cellprofiler_omero.benchmarks.timing import measure
+from cellprofiler_omero.benchmarks.timing import Pass, measure
 from cellprofiler_omero.core import runtime
 from cellprofiler_omero.core.uploading import upload
 
@@ -50,7 +50,7 @@ _names = itertools.count()
 
 
 @contextlib.contextmanager
-def blitz_path(target: Target, pixels: np.ndarray) -> Iterator[Callable[[], float]]:
+def blitz_path(target: Target, pixels: np.ndarray) -> Iterator[Pass]:
     """``conn.createImageFromNumpySeq`` with planes in its Z, C, T order."""
     z_size, c_size = pixels.shape[:2]
     with target.blitz() as conn:
@@ -66,7 +66,7 @@ def blitz_path(target: Target, pixels: np.ndarray) -> Iterator[Callable[[], floa
 
 
 @contextlib.contextmanager
-def ours_path(target: Target, pixels: np.ndarray) -> Iterator[Callable[[], float]]:
+def ours_path(target: Target, pixels: np.ndarray) -> Iterator[Pass]:
     """``core.uploading.upload(manager, array, axes="ZCYX")``."""
     with target.session() as manager:
         def one_pass() -> float:

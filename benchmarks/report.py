@@ -212,7 +212,7 @@ class Line:
 
 @dataclass
 class Section:
-    """A titled block of lines; ``status`` other than ok replaces the lines with a note."""
+    """A titled block of figures, and notes printed under them."""
 
     title: str
     lines: list[Line] = field(default_factory=list)

@@ -14,12 +14,17 @@ import logging
 import statistics
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+#: One pass of a path: does the work once, returns how much it moved.
+Pass = Callable[[], float]
+#: Opens a path (sessions, clients) and yields its pass; closes it on exit.
+PathFactory = Callable[[], AbstractContextManager[Pass]]
 
 
 @dataclass
@@ -51,7 +56,7 @@ class Timing:
                 **self.extra}
 
 
-def repeat(one_pass: Callable[[], float], *, repetitions: int, warmup: int = 1,
+def repeat(one_pass: Pass, *, repetitions: int, warmup: int = 1,
            unit: str = "MB/s") -> Timing:
     """Run ``one_pass`` ``warmup`` times untimed, then ``repetitions`` times timed."""
     amount = 0.0
@@ -66,7 +71,7 @@ def repeat(one_pass: Callable[[], float], *, repetitions: int, warmup: int = 1,
     return timing
 
 
-def measure(path: Callable[[], AbstractContextManager[Callable[[], float]]], *,
+def measure(path: PathFactory, *,
             repetitions: int, warmup: int = 1, unit: str = "MB/s") -> dict[str, Any]:
     """Open a path (a context manager yielding its pass), time it, close it.
 
@@ -82,9 +87,8 @@ def measure(path: Callable[[], AbstractContextManager[Callable[[], float]]], *,
         return {"error": describe(exc)}
 
 
-def measure_interleaved(paths: Mapping[str, Callable[[], AbstractContextManager[
-        Callable[[], float]]]], *, repetitions: int, warmup: int = 1,
-        unit: str = "MB/s") -> dict[str, dict[str, Any]]:
+def measure_interleaved(paths: Mapping[str, PathFactory], *, repetitions: int,
+                        warmup: int = 1, unit: str = "MB/s") -> dict[str, dict[str, Any]]:
     """Time several paths round-robin: pass 1 of each, then pass 2 of each, …
 
     Paths compared closely (a framework against the bare client) then share whatever
@@ -94,7 +98,7 @@ def measure_interleaved(paths: Mapping[str, Callable[[], AbstractContextManager[
     """
     results: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
-        passes: dict[str, Callable[[], float]] = {}
+        passes: dict[str, Pass] = {}
         for name, path in paths.items():
             try:
                 passes[name] = stack.enter_context(path())
@@ -126,18 +130,3 @@ def describe(exc: BaseException) -> str:
     """One line naming an exception (its first line of text, no traceback)."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
-
-
-@contextmanager
-def stopwatch() -> Iterator[Callable[[], float]]:
-    """``with stopwatch() as elapsed: …; elapsed()`` — seconds since the block began."""
-    started = time.perf_counter()
-    stopped: list[float] = []
-
-    def elapsed() -> float:
-        return (stopped[0] if stopped else time.perf_counter()) - started
-
-    try:
-        yield elapsed
-    finally:
-        stopped.append(time.perf_counter())
