@@ -142,17 +142,23 @@ def _convert(exc: BaseException, service: str, op: str) -> BaseException:
     return internal(f"{service}.{op} failed in the emulator: {type(exc).__name__}: {exc}")
 
 
+def _call(self: Servant, service: str, op: str, impl: Callable[..., Any] | None,
+          args: tuple[Any, ...]) -> Any:
+    """Faults and session check, the implementation, and a lost reply if one is due."""
+    current = args[-1]
+    lose_reply = self.before_call(op, current)
+    if impl is None:
+        raise api_usage(f"{service}.{op} is not implemented by the emulator.")
+    result = impl(self, *args)
+    if lose_reply:
+        drop_reply(current)
+    return result
+
+
 def _sync(service: str, op: str, impl: Callable[..., Any] | None) -> Callable[..., Any]:
     def dispatch(self: Servant, *args: Any) -> Any:
-        current = args[-1]
         try:
-            lose_reply = self.before_call(op, current)
-            if impl is None:
-                raise api_usage(f"{service}.{op} is not implemented by the emulator.")
-            result = impl(self, *args)
-            if lose_reply:
-                drop_reply(current)
-            return result
+            return _call(self, service, op, impl, args)
         except BaseException as exc:
             raise _convert(exc, service, op) from None
 
@@ -163,14 +169,8 @@ def _sync(service: str, op: str, impl: Callable[..., Any] | None) -> Callable[..
 def _amd(service: str, op: str, impl: Callable[..., Any] | None, n_results: int
          ) -> Callable[..., Any]:
     def dispatch(self: Servant, cb: Any, *args: Any) -> None:
-        current = args[-1]
         try:
-            lose_reply = self.before_call(op, current)
-            if impl is None:
-                raise api_usage(f"{service}.{op} is not implemented by the emulator.")
-            result = impl(self, *args)
-            if lose_reply:
-                drop_reply(current)
+            result = _call(self, service, op, impl, args)
         except Ice.ConnectionLostException as exc:
             # Nobody will receive the answer, but the dispatch must complete or the
             # communicator waits for it forever at shutdown.

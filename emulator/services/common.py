@@ -68,5 +68,28 @@ class SessionServant(Servant):
         return caller.session.group_id
 
 
+class StatefulServant(SessionServant):
+    """What every stateful service (RawPixelsStore, RawFileStore …) answers alike."""
+
+    def release(self) -> None:
+        """Called when the service closes or its session ends: finish pending work."""
+
+    def close(self, current: Ice.Current) -> None:
+        self.release()
+        if self.factory is not None:
+            self.factory.release_stateful(current.id)
+
+    def getCurrentEventContext(self, current: Ice.Current) -> Any:
+        from cellprofiler_omero.emulator.services.admin import event_context
+
+        return event_context(self, current)
+
+    def activate(self, current: Ice.Current) -> None:
+        return None
+
+    def passivate(self, current: Ice.Current) -> None:
+        return None
+
+
 def unwrap(value: Any) -> Any:
     return omero.rtypes.unwrap(value)

@@ -12,12 +12,12 @@ import omero.api
 
 from cellprofiler_omero.emulator import modelmap
 from cellprofiler_omero.emulator.icebase import api_usage, security_violation, servant
-from cellprofiler_omero.emulator.services.common import SessionServant
+from cellprofiler_omero.emulator.services.common import StatefulServant
 from cellprofiler_omero.emulator.store import Obj
 
 
 @servant(omero.api.RawFileStore)
-class RawFileStoreI(SessionServant):
+class RawFileStoreI(StatefulServant):
     """RawFileStore over ``DATA/files/<id>`` (tables keep their HDF5 file there too)."""
 
     def __init__(self, *args: Any) -> None:
@@ -82,18 +82,3 @@ class RawFileStoreI(SessionServant):
         data["hash"] = hashlib.sha1(path.read_bytes()).hexdigest() if path.exists() else ""
         self.file = self.ctx.store.update(self.file.id, data=data)
         return modelmap.to_model(self.ctx.store, caller.user, self.file)
-
-    def close(self, current: Ice.Current) -> None:
-        if self.factory is not None:
-            self.factory.release_stateful(current.id)
-
-    def getCurrentEventContext(self, current: Ice.Current) -> Any:
-        from cellprofiler_omero.emulator.services.admin import event_context
-
-        return event_context(self, current)
-
-    def activate(self, current: Ice.Current) -> None:
-        return None
-
-    def passivate(self, current: Ice.Current) -> None:
-        return None

@@ -18,7 +18,7 @@ from omero.rtypes import rlong, unwrap
 from cellprofiler_omero.emulator import modelmap
 from cellprofiler_omero.emulator.icebase import api_usage, security_violation, servant
 from cellprofiler_omero.emulator.pixels import BIT_SIZES, PixelsShape
-from cellprofiler_omero.emulator.services.common import SessionServant
+from cellprofiler_omero.emulator.services.common import SessionServant, StatefulServant
 from cellprofiler_omero.emulator.store import Obj
 
 #: Largest answer the emulator sends, as a real server's Ice.MessageSizeMax.
@@ -102,7 +102,7 @@ class PixelsServiceI(SessionServant):
 
 
 @servant(omero.api.RawPixelsStore)
-class RawPixelsStoreI(SessionServant):
+class RawPixelsStoreI(StatefulServant):
     """RawPixelsStore: tiles, planes and stacks of one image, at any resolution level."""
 
     def __init__(self, *args: Any) -> None:
@@ -326,22 +326,6 @@ class RawPixelsStoreI(SessionServant):
     def prepare(self, pixels_ids: list[int], current: Ice.Current) -> None:
         return None
 
-    def getCurrentEventContext(self, current: Ice.Current) -> Any:
-        from cellprofiler_omero.emulator.services.admin import event_context
-
-        return event_context(self, current)
-
-    def activate(self, current: Ice.Current) -> None:
-        return None
-
-    def passivate(self, current: Ice.Current) -> None:
-        return None
-
     def release(self) -> None:
         if self.image is not None:
             self.ctx.finish_if_dirty(self.image.id)
-
-    def close(self, current: Ice.Current) -> None:
-        self.release()
-        if self.factory is not None:
-            self.factory.release_stateful(current.id)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from cellprofiler_omero.emulator import modelmap
 from cellprofiler_omero.emulator.icebase import api_usage, servant
-from cellprofiler_omero.emulator.services.common import Caller, SessionServant
+from cellprofiler_omero.emulator.services.common import Caller, StatefulServant
 from cellprofiler_omero.emulator.services.pixels import levels_of, shape_of
 from cellprofiler_omero.emulator.store import Obj
 
@@ -62,7 +62,7 @@ def jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-class _ImageBound(SessionServant):
+class _ImageBound(StatefulServant):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.image: Obj | None = None
@@ -78,21 +78,6 @@ class _ImageBound(SessionServant):
         if self.image is None:
             raise api_usage("Set the pixels first.")
         return self.image
-
-    def close(self, current: Ice.Current) -> None:
-        if self.factory is not None:
-            self.factory.release_stateful(current.id)
-
-    def getCurrentEventContext(self, current: Ice.Current) -> Any:
-        from cellprofiler_omero.emulator.services.admin import event_context
-
-        return event_context(self, current)
-
-    def activate(self, current: Ice.Current) -> None:
-        return None
-
-    def passivate(self, current: Ice.Current) -> None:
-        return None
 
 
 @servant(omero.api.RenderingEngine)
