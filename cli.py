@@ -38,7 +38,7 @@ class Parser(argparse.ArgumentParser):
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from cellprofiler_omero.emulator.runner import run
 
-    return run(args)
+    return run(args, say=lambda line: print(line, flush=True))
 
 
 def _cmd_plugins_dir(args: argparse.Namespace) -> int:
@@ -53,7 +53,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(args.data, args.output, fields=args.fields, field_size=args.field_size,
                       large_size=args.large_size, keep_running=args.keep_running,
-                      out=sys.stderr if args.json else sys.stdout)
+                      say=lambda line: print(line, file=sys.stderr if args.json else sys.stdout,
+                                             flush=True))
     if args.json:
         print(report_json(report))
     return 0

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from cellprofiler_omero.core import refs, runtime
 from cellprofiler_omero.core.config import Settings
@@ -85,8 +85,8 @@ class DemoReport:
 
 
 @contextmanager
-def _phase(report: DemoReport, name: str, out: TextIO) -> Iterator[None]:
-    print(f"[demo] {name}…", file=out, flush=True)
+def _phase(report: DemoReport, name: str, say: Callable[[str], None]) -> Iterator[None]:
+    say(f"[demo] {name}…")
     started = time.monotonic()
     yield
     report.phases.append((name, time.monotonic() - started))
@@ -95,8 +95,11 @@ def _phase(report: DemoReport, name: str, out: TextIO) -> Iterator[None]:
 def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
              fields: int = 8, field_size: int = 1024, large_size: int = 8192,
              keep_running: bool = False, progress: bool | None = None,
-             out: TextIO = sys.stdout) -> DemoReport:
-    """Run the whole demo and return its report (raises ``OmeroError`` on failure)."""
+             say: Callable[[str], None] = log.info) -> DemoReport:
+    """Run the whole demo and return its report (raises ``OmeroError`` on failure).
+
+    ``say`` receives the progress lines and the summary (the CLI prints them).
+    """
     from cellprofiler_omero.emulator import Emulator, SeedOptions
 
     report = DemoReport()
@@ -110,7 +113,7 @@ def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
                         seed_options=SeedOptions(fields=fields, field_size=field_size,
                                                  large_size=large_size))
     try:
-        with _phase(report, "start the OMERO emulator (demo data)", out):
+        with _phase(report, "start the OMERO emulator (demo data)", say):
             emulator.start()
         report.server = f"{emulator.host}:{emulator.port}"
         seeded = emulator.seeded
@@ -119,17 +122,17 @@ def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
                                        "server.port": emulator.port,
                                        "auth.use_token": False})
         manager = SessionManager(settings)
-        with _phase(report, "log in as demo", out):
+        with _phase(report, "log in as demo", say):
             runtime.run(lambda: manager.connect(user="demo", password="demo"))
             handoff = manager.export_for_workers()
-        with _phase(report, "write the pipeline and the file list", out):
+        with _phase(report, "write the pipeline and the file list", say):
             urls, truth = _file_list(manager, report.dataset_id)
             report.ground_truth = truth
             pipeline = report.output_dir / "demo.cppipe"
             pipeline.write_text(nuclei_pipeline(report.dataset_id))
             file_list = report.output_dir / "files.txt"
             file_list.write_text("\n".join(urls) + "\n")
-        with _phase(report, "run CellProfiler headless", out):
+        with _phase(report, "run CellProfiler headless", say):
             env = {**os.environ, **handoff,
                    "CELLPROFILER_OMERO_SERVER_HOST": emulator.host,
                    "CELLPROFILER_OMERO_SERVER_PORT": str(emulator.port)}
@@ -140,10 +143,10 @@ def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
         if report.exit_code != 0:
             raise OmeroError(f"CellProfiler failed (exit {report.exit_code}).",
                              hint=f"See {report.output_dir / 'cellprofiler.log'}.")
-        print(report.summary(), file=out, flush=True)
+        say(report.summary())
         if keep_running:
-            print(f"\nThe emulator keeps running on {report.server} (data in "
-                  f"{report.data_dir}); press Ctrl-C to stop it.", file=out, flush=True)
+            say(f"\nThe emulator keeps running on {report.server} (data in "
+                f"{report.data_dir}); press Ctrl-C to stop it.")
             try:
                 while emulator.process is not None and emulator.process.poll() is None:
                     time.sleep(1)

@@ -2,4 +2,4 @@
 
 from cellprofiler_omero.emulator.runner import main
 
-raise SystemExit(main())
+raise SystemExit(main(say=lambda line: print(line, flush=True)))

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cellprofiler_omero.emulator.faults import FaultSettings
@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Start, print where it listens, serve until a signal, stop cleanly."""
+def run(args: argparse.Namespace, say: Callable[[str], None] = log.warning) -> int:
+    """Start, say where it listens, serve until a signal, stop cleanly (``say`` prints)."""
     options = ServerOptions(
         data_dir=args.data.resolve(), host=args.host, port=args.port,
         insecure_port=args.insecure_port, http_port=args.http_port,
@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
         partial = args.ready_file.with_suffix(".partial")
         partial.write_text(json.dumps(info))
         partial.replace(args.ready_file)
-    print(f"cellprofiler-omero emulator listening: Ice ssl {options.host}:{options.port} "
-          f"(tcp {ice.insecure_port}), pixel-buffer http://{options.host}:{http.port}/tile, "
-          f"data {options.data_dir}", flush=True)
+    say(f"cellprofiler-omero emulator listening: Ice ssl {options.host}:{options.port} "
+        f"(tcp {ice.insecure_port}), pixel-buffer http://{options.host}:{http.port}/tile, "
+        f"data {options.data_dir}")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -100,16 +100,16 @@ def run(args: argparse.Namespace) -> int:
     http.stop()
     ice.stop()
     ctx.store.close()
-    print("cellprofiler-omero emulator stopped", flush=True)
+    say("cellprofiler-omero emulator stopped")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, say: Callable[[str], None] = log.warning) -> int:
     parser = argparse.ArgumentParser(prog="python -m cellprofiler_omero.emulator",
                                      description="A local OMERO-compatible server.")
     add_arguments(parser)
     logging.basicConfig(level=os.environ.get("CELLPROFILER_OMERO_EMULATOR_LOG", "WARNING"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return run(parser.parse_args(argv))
+    return run(parser.parse_args(argv), say=say)
 
 
