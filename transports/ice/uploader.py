@@ -106,11 +106,9 @@ class IceImageSink:
             raise ServerError(f"Image {image_id} has no pixels on the server.")
         return int(unwrap(rows[0][0]))
 
-    async def _write(self, image_id: int, pixels: np.ndarray, ptype: PixelType,
-                     group_id: int) -> None:
+    async def _write(self, image_id: int, pixels_id: int, pixels: np.ndarray,
+                     ptype: PixelType, group_id: int) -> None:
         t, z, c, y, x = pixels.shape
-        pixels_id = await self.conn.call(self._pixels_id, image_id,
-                                         what=f"finding the pixels of image {image_id}")
         meta = ImageMeta(image_id, "", x, y, z, c, t, ptype,
                          tuple(Channel(str(i)) for i in range(c)), levels=((x, y),),
                          group_id=group_id, pixels_id=pixels_id)
@@ -150,12 +148,12 @@ class IceImageSink:
         finally:
             await pool.close()
 
-    def _finish(self, image_id: int, pixels: np.ndarray, spec: NewImage, group_id: int
-                ) -> None:
+    def _finish(self, image_id: int, pixels_id: int, pixels: np.ndarray, spec: NewImage,
+                group_id: int) -> None:
         sf = self.conn.sf
         ctx = {"omero.group": str(group_id)}
         update = sf.getUpdateService()
-        pix = sf.getPixelsService().retrievePixDescription(self._pixels_id(image_id), ctx)
+        pix = sf.getPixelsService().retrievePixDescription(pixels_id, ctx)
         changed = []
         for index, channel in enumerate(pix.copyChannels()):
             lc = channel.getLogicalChannel()
@@ -233,8 +231,10 @@ class IceImageSink:
         else:
             image_id = existing
             log.info("resuming upload %s into image %s", spec.client_key[:8], image_id)
-        await self._write(image_id, pixels, ptype, group_id)
-        await self.conn.call(self._finish, image_id, pixels, spec, group_id,
+        pixels_id = await self.conn.call(self._pixels_id, image_id,
+                                         what=f"finding the pixels of image {image_id}")
+        await self._write(image_id, pixels_id, pixels, ptype, group_id)
+        await self.conn.call(self._finish, image_id, pixels_id, pixels, spec, group_id,
                              what=f"finishing image {image_id}")
         return UploadedImage(image_id, spec.name, spec.dataset_id, reused=existing is not None)
 
