@@ -126,9 +126,20 @@ class SessionManager:
         return await self._open(address, credentials, reason="connect")
 
     def _resolve_address(self, host: str | None, port: int | None) -> ServerAddress:
-        if host:
-            return ServerAddress(host, port or self.settings.server.port)
         handoff = _read_handoff()
+        if host:
+            if port is None and self.settings.server.host and \
+                    ServerAddress(self.settings.server.host).same_host(host):
+                return ServerAddress(host, self.settings.server.port)
+            if port is None:
+                # A web link names the host but not the Ice port: take the port of a
+                # session or token for that very host before the configured default.
+                if handoff is not None and handoff[0].same_host(host):
+                    return handoff[0]
+                token = self._token() if self._use_token(None) else None
+                if token is not None and ServerAddress(token.host, token.port).same_host(host):
+                    return ServerAddress(host, token.port)
+            return ServerAddress(host, port or self.settings.server.port)
         if handoff is not None:
             return handoff[0]
         if self.settings.server.host:

@@ -208,3 +208,18 @@ def test_session_key_never_appears_in_logs(settings_for: Any,
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert key not in text and "demo\x00" not in text
     assert "password" not in text.replace("via password", "")
+
+
+def test_web_link_without_port_joins_the_handed_over_session(manager: Any, emulator: Emulator,
+                                                             seeded: dict[str, Any],
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from cellprofiler_omero.core.config import Settings
+
+    env = manager.export_for_workers()
+    monkeypatch.setenv(HANDOFF_ENV, env[HANDOFF_ENV])
+    worker = SessionManager(Settings().replace({"auth.use_token": False}))
+    ref = parse_image(f"https://{emulator.host}/webclient/?show=image-{seeded['fields'][0]}")
+    conn = run(lambda: worker.connection(ref))
+    assert conn.info.server.port == emulator.port and conn.info.source == "environment"
+    run(worker.close)

@@ -139,6 +139,7 @@ class ConnectDialog(wx.Dialog):
         self.manager = manager()
         self.info: SessionInfo | None = self.manager.info
         self._busy = False
+        self._status_text = ""
 
         outer = wx.BoxSizer(wx.VERTICAL)
         intro = wx.StaticText(self, label="Log in to an OMERO server to read its images "
@@ -216,13 +217,15 @@ class ConnectDialog(wx.Dialog):
         """Put ``text`` on the status line: red for errors, green for success."""
         self.status.SetForegroundColour(_RED if error else _GREEN if ok else
                                         wx.SystemSettings.GetColour(wx.SYS_COLOUR_WINDOWTEXT))
+        self._status_text = text
         self.status.SetLabel(text)
         self.status.Wrap(STATUS_WIDTH)
         self.Layout()
 
     @property
     def status_text(self) -> str:
-        return str(self.status.GetLabel())
+        """The status line as set (without the line breaks wrapping added)."""
+        return self._status_text
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy
@@ -265,9 +268,9 @@ class ConnectDialog(wx.Dialog):
 
     def _connected(self, info: SessionInfo | None, error: BaseException | None, host: str,
                    port: int, user: str) -> None:
-        if not self:  # the dialog was closed while connecting
+        if not self:  # the dialog was closed while connecting; the session still counts
             if error is None:
-                publish(self.manager)
+                publish(manager())
             return
         self._set_busy(False)
         if error is not None or info is None:
@@ -328,12 +331,11 @@ class TokenMessageDialog(wx.Dialog):
         row = wx.BoxSizer(wx.HORIZONTAL)
         icon = wx.ArtProvider.GetBitmap(wx.ART_INFORMATION, wx.ART_MESSAGE_BOX)
         row.Add(wx.StaticBitmap(self, bitmap=icon), 0, wx.ALL, 6)
-        text = wx.StaticText(
-            self, name="message",
-            label=f"Connected to OMERO server {info.server.host} (port {info.server.port}) "
-                  f"as {info.user}, using your saved token.\n\n"
-                  "To log in as someone else or to another server, use Plugins ▸ Connect "
-                  "to OMERO (no token).")
+        self.message = (f"Connected to OMERO server {info.server.host} (port "
+                        f"{info.server.port}) as {info.user}, using your saved token.\n\n"
+                        "To log in as someone else or to another server, use Plugins ▸ "
+                        "Connect to OMERO (no token).")
+        text = wx.StaticText(self, name="message", label=self.message)
         text.Wrap(380)
         row.Add(text, 1, wx.ALL, 6)
         outer.Add(row, 1, wx.EXPAND | wx.ALL, 6)

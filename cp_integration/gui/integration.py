@@ -90,7 +90,11 @@ def on_browse(event: Any = None) -> None:
     if connect.manager().connected:
         browser.open_browser()
         return
-    connect.connect(use_token=True, then=lambda ok: browser.open_browser() if ok else None)
+    def then(ok: bool) -> None:
+        if ok:
+            browser.open_browser()
+
+    connect.connect(use_token=True, then=then)
 
 
 def on_disconnect(event: Any = None) -> None:
@@ -202,7 +206,11 @@ def _session_changed(old: SessionInfo | None, new: SessionInfo | None) -> None:
 
 
 def _observe() -> None:
-    registry = connect.manager().registry
+    try:
+        registry = connect.manager().registry
+    except Exception as exc:  # e.g. a broken settings file: the menu says so when used
+        log.warning("cellprofiler-omero: cannot follow the OMERO session: %s", exc)
+        return
     name = "cellprofiler-omero-gui"
     if registry.pm.get_plugin(name) is None:
         registry.register(_Observer(), name)
@@ -212,6 +220,7 @@ def _observe() -> None:
 
 def login_for(ref: refs.ObjectRef, error: AuthError) -> bool:
     """Ask the user to log in for ``ref`` (any thread); True when connected afterwards."""
+    log.info("reading %s needs a login: %s", ref, error)
     global _declined_at
     on_main = wx.IsMainThread()
     # Worker threads queue up here so only one dialog shows; the main thread never waits
@@ -224,7 +233,9 @@ def login_for(ref: refs.ObjectRef, error: AuthError) -> bool:
             return True  # another thread logged in meanwhile
         if time.monotonic() - _declined_at < DECLINED_QUIET_SECONDS:
             return False
-        why = f"CellProfiler needs to read {ref} from OMERO. {error.message}"
+        where = f" on {ref.host}" if ref.host else ""
+        why = (f"To read image {ref.id}{where}, CellProfiler needs an OMERO session: "
+               "log in to continue.")
         try:
             ok = bridge.on_gui_thread(lambda: connect.ensure_connected(ref.host, ref.port,
                                                                        why=why))
@@ -267,7 +278,8 @@ def _install_reader_login() -> None:
 
 def omero_host_needed(pipeline: Any) -> tuple[bool, str | None]:
     """Whether ``pipeline`` needs OMERO (its file list or modules), and which host if known."""
-    for url in getattr(pipeline, "file_list", None) or ():
+    for entry in getattr(pipeline, "file_list", None) or ():
+        url = getattr(entry, "url", entry)  # CellProfiler's file list holds ImageFiles
         if isinstance(url, str) and url.startswith(("omero:", "http:", "https:")):
             try:
                 ref = refs.parse_image(url)
@@ -297,9 +309,9 @@ def _install_prepare_run() -> None:
         if end_module is None and wx.GetApp() is not None and wx.IsMainThread():
             needed, host = omero_host_needed(self)
             if needed and not connect.ensure_connected(
-                    host, why="This pipeline uses OMERO: log in to run it."):
+                    host, why="This pipeline uses OMERO: log in to continue."):
                 return False
         return original(self, workspace, end_module)
 
     prepare_run._cellprofiler_omero_gui = True  # type: ignore[attr-defined]
-    Pipeline.prepare_run = prepare_run  # type: ignore[method-assign]
+    Pipeline.prepare_run = prepare_run

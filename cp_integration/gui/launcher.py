@@ -2,14 +2,16 @@
 
     python -m cellprofiler_omero.cp_integration.gui.launcher [CellProfiler arguments]
 
-It runs CellProfiler's own ``main`` after two fixes for Python 3.11 that CellProfiler
-5.0.0.dev784 needs under wxPython 4.2 (float sizes where wx wants integers, which
-garble the window's layout):
+It runs CellProfiler's own ``main`` after three fixes for Python 3.11 that CellProfiler
+5.0.0.dev784 needs under wxPython 4.2 (floats where wx wants integers, which garble the
+window's layout or break analysis):
 
 * the module-settings sizer (``ModuleSizer.RecalcSizes``) computes positions and wrap
   widths with ``/``; the same function, compiled with ``//``, gives a correct layout;
 * the main window gives sash windows a float default height
-  (``SashLayoutWindow.SetDefaultSize``); sizes are rounded to integers.
+  (``SashLayoutWindow.SetDefaultSize``); sizes are rounded to integers;
+* the analysis progress bar is given a float percentage (``Gauge.SetValue``), which
+  stops "Analyze Images" before any worker starts; values are rounded to integers.
 
 Unless ``--plugins-directory`` is given, this package's plugins folder is used (the
 analysis workers get it from CellProfiler too). When CellProfiler's window closes,
@@ -83,6 +85,7 @@ def patch_layout() -> list[str]:
     else:
         applied += _patch_module_sizer()
     applied += _patch_sash()
+    applied += _patch_gauge()
     return applied
 
 
@@ -118,6 +121,21 @@ def _patch_sash() -> list[str]:
         sash.SetDefaultSize = set_default_size
         return ["SashLayoutWindow.SetDefaultSize"]
     return []
+
+
+def _patch_gauge() -> list[str]:
+    import wx
+
+    if getattr(wx.Gauge.SetValue, "_cellprofiler_omero", False):
+        return []
+    original = wx.Gauge.SetValue
+
+    def set_value(self: Any, value: Any) -> Any:
+        return original(self, round(value))
+
+    set_value._cellprofiler_omero = True  # type: ignore[attr-defined]
+    wx.Gauge.SetValue = set_value
+    return ["Gauge.SetValue"]
 
 
 def cellprofiler_arguments(argv: Sequence[str]) -> list[str]:

@@ -13,13 +13,15 @@ shows a "load more…" entry while ``Page.has_more``, so a 1536-well plate is ne
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cellprofiler_omero.core import refs
-from cellprofiler_omero.core.errors import OmeroError
+from cellprofiler_omero.core.errors import NoTransport, OmeroError
 from cellprofiler_omero.core.model import Node, Page
 from cellprofiler_omero.core.refs import Kind, ObjectRef
 from cellprofiler_omero.core.session import SessionManager
@@ -71,10 +73,15 @@ class Entry:
         return self.node.child_count is None or self.node.child_count > 0
 
 
+def _xyzct(node: Node) -> tuple[int, ...]:
+    """An image node's sizes in X, Y, Z, C, T order (missing trailing sizes are 1)."""
+    return (*(node.size or ()), 1, 1, 1, 1, 1)[:5]
+
+
 def describe(node: Node) -> str:
     """One line for the tree: the name, and sizes for images or a count for containers."""
     if node.kind == Kind.IMAGE.value and node.size:
-        x, y, z, c, t = (tuple(node.size) + (1, 1, 1, 1, 1))[:5]
+        x, y, z, c, t = _xyzct(node)
         dims = f"{x}×{y}"
         extra = ", ".join(f"{axis}{n}" for axis, n in (("Z", z), ("C", c), ("T", t)) if n > 1)
         ptype = f", {node.pixel_type}" if node.pixel_type else ""
@@ -90,7 +97,7 @@ def details(node: Node) -> list[tuple[str, str]]:
     if node.kind not in (GROUP, MY_DATA):
         rows.append(("ID", str(node.id)))
     if node.size:
-        x, y, z, c, t = (tuple(node.size) + (1, 1, 1, 1, 1))[:5]
+        x, y, z, c, t = _xyzct(node)
         rows += [("Size", f"{x} × {y} pixels"), ("Planes", f"Z {z} · C {c} · T {t}")]
     if node.pixel_type:
         rows.append(("Pixel type", node.pixel_type))
@@ -252,10 +259,8 @@ class BrowseSource:
             found = store.getThumbnailByLongestSideSet(rint(size), list(by_pixels),
                                                        ALL_GROUPS)
         finally:
-            try:
+            with contextlib.suppress(Exception):  # a failed close must not lose thumbnails
                 store.close()
-            except Exception:  # a failed close must not lose the thumbnails
-                pass
         return {by_pixels[int(pid)]: bytes(data) for pid, data in found.items()
                 if int(pid) in by_pixels and data}
 
@@ -277,18 +282,32 @@ class BrowseSource:
                 page = await self.children(entry, 0, 1_000_000)
                 out += await self.image_urls(Entry(n, entry.group_id) for n in page.items)
                 continue
-            if ref.kind is Kind.IMAGE:
-                images = [ref]
-            else:
-                images = await self.manager.call(lambda c, r=ref: c.images_in(r))
+            images = [ref] if ref.kind is Kind.IMAGE else await self._images_in(ref)
             for image in images:
                 out.append(refs.web_url(ObjectRef(Kind.IMAGE, image.id, info.server.host),
                                         base))
         return list(dict.fromkeys(out))
 
+    async def _images_in(self, ref: ObjectRef) -> list[ObjectRef]:
+        async def images(conn: Any) -> list[ObjectRef]:
+            result: list[ObjectRef] = await conn.images_in(ref)
+            return result
+
+        return await self.manager.call(images)
+
 
 def error_text(exc: BaseException) -> str:
-    """A one-paragraph message for the user (our errors carry a hint on what to do)."""
+    """A one-paragraph message for the user (our errors carry a hint on what to do).
+
+    When the only transport tried failed, its own message is the one that says what to
+    do (the registry's wrapper adds a hint about transport settings that a user who
+    mistyped a server name does not need).
+    """
+    if isinstance(exc, NoTransport):
+        single = re.fullmatch(r"No transport could [^:]+: [\w.-]+: (.*)\.", exc.message,
+                              re.DOTALL)
+        if single and "; " not in single.group(1):
+            return single.group(1)
     if isinstance(exc, OmeroError):
         return f"{exc.message} {exc.hint}" if exc.hint else exc.message
     return f"{type(exc).__name__}: {exc}"

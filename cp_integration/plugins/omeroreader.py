@@ -6,8 +6,16 @@ one Module or Reader class per plugin file and warns about files without one.
 workers.
 """
 
-from cellprofiler_omero.cp_integration import compat, gui
+from types import ModuleType
+
+from cellprofiler_omero.cp_integration import compat
 from cellprofiler_omero.cp_integration.reader import OMEROReader as _OMEROReader
+
+_gui: ModuleType | None
+try:
+    from cellprofiler_omero.cp_integration import gui as _gui
+except ImportError:  # an installation without the GUI parts: the reader works alone
+    _gui = None
 
 compat.install()
 
@@ -17,4 +25,5 @@ class OMEROReader(_OMEROReader):
 
 
 # After the class: the loader registers the first class defined in this file.
-gui.install()
+if _gui is not None:
+    _gui.install()

@@ -73,7 +73,7 @@ def display(gui_python: Path) -> Iterator[str]:
     """A private Xvfb display (Xvfb picks a free number and reports it)."""
     read_fd, write_fd = os.pipe()
     xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0",
-                             "1600x1000x24", "-nolisten", "tcp"], pass_fds=(write_fd,),
+                             "1600x1000x24", "-nolisten", "tcp", "-noreset"], pass_fds=(write_fd,),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(write_fd)
     number = b""
@@ -84,11 +84,18 @@ def display(gui_python: Path) -> Iterator[str]:
             if not chunk:
                 break
             number += chunk
-    if not number.strip():
+    name = f":{int(number)}" if number.strip() else ""
+    # Ready means a client can connect (asked with xdotool, which needs the server).
+    while name and time.monotonic() < deadline and subprocess.run(
+            ["xdotool", "getdisplaygeometry"], env={**os.environ, "DISPLAY": name},
+            capture_output=True).returncode != 0:
+        time.sleep(0.1)
+    if not name or xvfb.poll() is not None:
         xvfb.kill()
         pytest.fail("Xvfb did not start")
+    print(f"\n[gui] Xvfb on display {name}", file=sys.stderr)
     try:
-        yield f":{int(number)}"
+        yield name
     finally:
         xvfb.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -145,15 +152,20 @@ class GuiUser:
 
 
 def run_driver(gui_python: Path, display: str, user: GuiUser, scenario: str, *,
-               port: int, cellprofiler_args: list[str] | None = None,
-               timeout: float = 900, **env: str) -> dict[str, Any]:
-    """Run one scenario in a fresh CellProfiler and return its results (and timings)."""
+               port: int, cellprofiler_args: list[str] | None = None, label: str = "",
+               shot_name: str = "", timeout: float = 600, **env: str) -> dict[str, Any]:
+    """Run one scenario in a fresh CellProfiler and return its results (and timings).
+
+    ``label`` names the run's result and log files (default: the scenario's name).
+    """
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    out = user.home / f"{scenario}.json"
-    log = ARTIFACTS / f"{scenario}.log"
+    label = label or scenario
+    out = user.home / f"{label}.json"
+    log = ARTIFACTS / f"{label}.log"
     command = [str(gui_python), str(DRIVER), scenario, "--out", str(out), "--shots",
                str(ARTIFACTS), "--port", str(port), "--closed-port", str(free_port()),
-               "--", *(cellprofiler_args or [])]
+               "--timeout", str(timeout - 60), "--shot-name", shot_name, "--",
+               *(cellprofiler_args or [])]
     started = time.monotonic()
     with log.open("w") as log_file:
         proc = subprocess.run(command, cwd=ROOT, env=user.env(display, **env),

@@ -40,6 +40,10 @@ class Wait:
         self.predicate, self.timeout, self.what = predicate, timeout, what
 
 
+class Abort(Exception):
+    """Raised by a wait's predicate to fail the scenario at once (an error dialog)."""
+
+
 class Sleep:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -77,7 +81,7 @@ class Driver:
         except BaseException as exc:
             self.results["error"] = "".join(traceback.format_exception(exc))
             self.log(f"scenario failed: {exc!r}")
-            self.shot(None, f"{self.args.scenario}-failure")
+            self.shot(None, f"{Path(self.args.out).stem}-failure")
             self._quit()
             return
         if isinstance(request, Sleep):
@@ -90,6 +94,9 @@ class Driver:
     def _poll(self, wait: Wait, deadline: float) -> None:
         try:
             value = wait.predicate()
+        except Abort as exc:
+            self._resume(None, exc)
+            return
         except Exception as exc:  # a window vanished while looking at it: try again
             value = None
             last = exc
@@ -259,18 +266,21 @@ class Driver:
         return wx.Rect(origin.x, origin.y, rect.width, rect.height)
 
     def drag(self, source: Any, target: Any, *, rect: Any = None) -> Step:
-        """Press on ``source`` (or ``rect``), move in steps onto ``target``, release."""
+        """Press on ``source`` (or ``rect``), move in steps onto ``target``, release.
+
+        The pointer is moved by xdotool, another X client: while the drag runs, GTK's
+        drag loop holds this thread, and the release must still arrive.
+        """
         x0, y0 = self.point(source, rect)
         x1, y1 = self.point(target)
-        self.sim.MouseMove(x0, y0)
-        yield Sleep(0.2)
-        self.sim.MouseDown()
-        yield Sleep(0.2)
+        command = ["xdotool", "mousemove", str(x0), str(y0), "sleep", "0.2", "mousedown",
+                   "1", "sleep", "0.2"]
         for i in range(1, 21):
-            self.sim.MouseMove(x0 + (x1 - x0) * i // 20, y0 + (y1 - y0) * i // 20)
-            yield Sleep(0.05)
-        yield Sleep(0.3)
-        self.sim.MouseUp()
+            command += ["mousemove", str(x0 + (x1 - x0) * i // 20),
+                        str(y0 + (y1 - y0) * i // 20), "sleep", "0.05"]
+        command += ["sleep", "0.3", "mouseup", "1"]
+        process = subprocess.Popen(command)
+        yield Wait(lambda: process.poll() is not None, 30, "the drag to end")
         yield Sleep(0.5)
 
     # -- screenshots -------------------------------------------------------------------------------
@@ -289,7 +299,18 @@ class Driver:
         return path
 
 
-# -- helpers for the OMERO parts -------------------------------------------------------------------
+def analysis_finished(d: Driver, controller: Any) -> bool:
+    """True once the analysis has stopped; ``Abort`` when CellProfiler reports an error."""
+    for window in wx.GetTopLevelWindows():
+        if isinstance(window, wx.Dialog) and window.IsShown() and window.IsModal():
+            texts = [c.GetLabel() for c in window.GetChildren()
+                     if isinstance(c, wx.StaticText)]
+            d.shot(window, f"{Path(d.args.out).stem}-unexpected-dialog")
+            raise Abort(f"dialog {window.GetTitle()!r} during the analysis: {texts}")
+    return not controller.is_running()
+
+
+# -- helpers for the OMERO parts ----------------------------------------------------------
 
 def manager() -> Any:
     from cellprofiler_omero.cp_integration import session
@@ -302,7 +323,7 @@ def connected() -> bool:
 
 
 def file_list(d: Driver) -> list[str]:
-    return list(d.frame.get_pipeline().file_list)
+    return [getattr(f, "url", f) for f in d.frame.get_pipeline().file_list]
 
 
 def connect_with_password(d: Driver, dlg: Any, port: int, password: str) -> Step:
@@ -314,7 +335,7 @@ def connect_with_password(d: Driver, dlg: Any, port: int, password: str) -> Step
                  and not dlg.status_text.startswith("Connecting"), 40, "the login's outcome")
 
 
-# -- scenarios ---------------------------------------------------------------------------------------
+# -- scenarios ------------------------------------------------------------------------------
 
 def first_run(d: Driver) -> Step:
     """Connect with a password (after an unreachable server and a wrong password), Set Token."""
@@ -325,8 +346,24 @@ def first_run(d: Driver) -> Step:
     d.check("title_before", frame.GetTitle())
     d.check("plugins_menu", d.menu_labels("Plugins"))
     d.shot(None, "01-main-window")
-
-    d.menu("Plugins", "Connect to OMERO")
+    # The Plugins menu as a user opens it: F10 opens the menu bar, → moves to Plugins.
+    d.sim.MouseMove(*d.point(frame))
+    yield d.sleep(0.2)
+    d.sim.Char(wx.WXK_F10)
+    yield d.sleep(0.3)
+    for _ in range(3):
+        d.sim.Char(wx.WXK_RIGHT)
+        yield d.sleep(0.2)
+    yield d.sleep(0.5)
+    rect = frame.GetScreenRect()
+    subprocess.run(["import", "-window", "root", "-crop",
+                    f"{rect.width // 2}x{rect.height // 2}+{rect.x}+{rect.y}", "+repage",
+                    str(d.shots / "01-plugins-menu.png")], check=False)
+    d.results["shots"].append("01-plugins-menu.png")
+    # ↓ and Enter choose the first entry, Connect to OMERO (no token saved yet: the dialog).
+    d.sim.Char(wx.WXK_DOWN)
+    yield d.sleep(0.2)
+    d.sim.Char(wx.WXK_RETURN)
     dlg = yield d.wait_window("omero_connect_dialog")
     yield d.sleep(0.5)
     d.shot(dlg, "02-connect-dialog")
@@ -336,18 +373,21 @@ def first_run(d: Driver) -> Step:
     yield from connect_with_password(d, dlg, closed, "demo")
     d.check("unreachable_status", dlg.status_text)
     d.check("open_after_unreachable", bool(dlg.IsShown()))
+    yield d.sleep(0.4)  # let GTK repaint the changed state
     d.shot(dlg, "03-unreachable-server")
 
     yield from connect_with_password(d, dlg, port, "not-the-password")
     d.check("wrong_password_status", dlg.status_text)
     d.check("open_after_wrong_password", bool(dlg.IsShown()))
     d.check("password_masked", bool(dlg.password.GetWindowStyle() & wx.TE_PASSWORD))
+    yield d.sleep(0.4)  # let GTK repaint the changed state
     d.shot(dlg, "04-wrong-password")
 
     yield from connect_with_password(d, dlg, port, "demo")
     d.check("connected_status", dlg.status_text)
     d.check("set_token_enabled", bool(dlg.set_token.IsEnabled()))
     d.check("token_warning", dlg.FindWindowByName("token_warning").GetLabel())
+    yield d.sleep(0.4)  # let GTK repaint the changed state
     d.shot(dlg, "05-connected")
     yield d.wait(lambda: "OMERO: demo@" in frame.GetTitle(), 10, "the title naming the server")
     d.check("title_connected", frame.GetTitle())
@@ -357,6 +397,7 @@ def first_run(d: Driver) -> Step:
     yield d.wait(lambda: dlg.status_text.startswith(("Token saved", "Could not")), 20,
                  "the token")
     d.check("token_status", dlg.status_text)
+    yield d.sleep(0.4)  # let GTK repaint the changed state
     d.shot(dlg, "06-token-saved")
     yield from d.click(dlg.close_button)
     yield d.wait(lambda: d.window("omero_connect_dialog") is None, 10, "the dialog to close")
@@ -374,7 +415,7 @@ def second_run(d: Driver) -> Step:
     d.menu("Plugins", "Connect to OMERO")
     msg = yield d.wait_window("omero_token_message", timeout=30)
     yield d.sleep(0.5)
-    d.check("token_message", msg.FindWindowByName("message").GetLabel())
+    d.check("token_message", msg.message)
     d.shot(msg, "07-token-message")
     yield from d.click(msg.dont_show)
     d.check("dont_show_ticked", bool(msg.dont_show.GetValue()))
@@ -403,6 +444,7 @@ def second_run(d: Driver) -> Step:
                        rect=_list_item_rect(readers.active_readers, index))
     yield d.wait(lambda: _reader_settings(readers), 10, "the OMERO reader's settings")
     d.check("reader_settings", _reader_settings(readers))
+    yield d.sleep(0.4)  # let GTK repaint the changed state
     d.shot(readers, "08-configure-readers")
     readers.Destroy()
 
@@ -432,6 +474,7 @@ def second_run(d: Driver) -> Step:
     yield from d.click(tree, rect=d.item_rect(tree, first_image))
     yield d.sleep(0.5)
     d.check("image_details", browser.details.GetLabel())
+    yield d.sleep(0.4)  # let GTK repaint the changed state
     d.shot(browser, "09-browser-dataset")
 
     screen = d.tree_item(tree, group, "Demo screen")
@@ -458,6 +501,7 @@ def second_run(d: Driver) -> Step:
     yield d.wait(lambda: tree.GetItemImage(field) >= 5, 30, "the field thumbnails")
     yield from d.click(tree, rect=d.item_rect(tree, field))
     yield d.sleep(0.5)
+    yield d.sleep(0.4)  # let GTK repaint the changed state
     d.shot(browser, "10-browser-plate")
 
     # Add a Dataset and a Well (5 images) with the button.
@@ -468,10 +512,15 @@ def second_run(d: Driver) -> Step:
     yield d.wait(lambda: len(file_list(d)) == 5, 30, "five images in the file list")
     d.check("file_list_after_add", file_list(d))
 
-    # Drag a second well onto the file list.
+    # Drag a second well onto the file list (the browser moved off the file list first,
+    # as a user would: without a window manager it opens at the screen's corner).
+    path_list = _find(frame, "PathListCtrl")
+    target = path_list.GetScreenRect()
+    browser.SetSize(900, 520)
+    browser.Move(target.x + 40, target.y + target.height + 20)
+    yield d.sleep(0.8)
     well2 = d.tree_item(tree, plate, "A02")
     yield from d.click(tree, rect=d.item_rect(tree, well2))
-    path_list = _find(frame, "PathListCtrl")
     yield from d.drag(tree, path_list, rect=d.item_rect(tree, well2))
     try:
         yield d.wait(lambda: len(file_list(d)) == 7, 20, "the dropped well's images")
@@ -490,7 +539,7 @@ def second_run(d: Driver) -> Step:
     d.check("handoff_file", os.environ.get("CELLPROFILER_OMERO_SESSION_FILE", ""))
     yield d.sleep(2.0)
     d.shot(None, "12-analysis-running")
-    yield d.wait(lambda: not controller.is_running(), 600, "the analysis to finish")
+    yield d.wait(lambda: analysis_finished(d, controller), 600, "the analysis to finish")
     yield d.sleep(1.0)
     d.shot(None, "13-analysis-done")
 
@@ -522,7 +571,7 @@ def auto_dialog_run(d: Driver) -> Step:
     yield d.sleep(0.5)
     d.check("auto_notice", dlg.status_text)
     d.check("auto_server", dlg.server.GetValue())
-    d.shot(dlg, "14-dialog-opened-by-pipeline")
+    d.shot(dlg, d.args.shot_name or "14-dialog-opened-by-the-pipeline")
     yield from d.type_into(dlg.user, "demo")
     yield from connect_with_password(d, dlg, d.args.port, "demo")
     d.check("auto_connected", dlg.status_text)
@@ -532,8 +581,48 @@ def auto_dialog_run(d: Driver) -> Step:
         yield d.wait(lambda: d.window("omero_connect_dialog") is None, 10, "the dialog")
         yield from d.click(_button(frame, "Analyze Images"))
     yield d.wait(controller.is_running, 60, "the analysis to start")
-    yield d.wait(lambda: not controller.is_running(), 600, "the analysis to finish")
+    yield d.wait(lambda: analysis_finished(d, controller), 600, "the analysis to finish")
     d.check("analysis_done", True)
+
+
+def test_mode_run(d: Driver) -> Step:
+    """No session; Start Test Mode reads the images here: the reader asks for a login."""
+    frame = yield d.wait(lambda: d.frame if d.frame and d.frame.IsShown() else None, 60,
+                         "the main window")
+    yield d.sleep(1.0)
+    d.check("connected_at_start", connected())
+    yield from d.click(_button(frame, "Start Test Mode"))
+    dlg = yield d.wait_window("omero_connect_dialog", timeout=60)
+    yield d.sleep(0.5)
+    d.check("reader_notice", dlg.status_text)
+    d.shot(dlg, "16-dialog-opened-by-test-mode")
+    yield from d.type_into(dlg.user, "demo")
+    yield from connect_with_password(d, dlg, d.args.port, "demo")
+    d.check("reader_connected", dlg.status_text)
+    yield from d.click(dlg.close_button)
+    controller = frame.pipeline_controller
+    yield d.wait(controller.is_in_debug_mode, 60, "test mode")
+    d.check("test_mode", bool(controller.is_in_debug_mode()))
+    yield d.sleep(1.0)
+    yield from d.click(_button(frame, "Run"))
+
+    def nuclei() -> Any:
+        measurements = getattr(controller, "_PipelineController__debug_measurements", None)
+        if measurements is None or not measurements.has_feature("Image", "Count_Nuclei"):
+            return None
+        return measurements["Image", "Count_Nuclei"]
+
+    progress = "Running modules in test mode"
+    yield d.wait(lambda: d.window(title=progress) is not None, 30, "test mode to run")
+    yield d.wait(lambda: d.window(title=progress) is None, 120, "test mode to finish")
+    yield d.sleep(0.5)
+    d.check("nuclei_in_test_mode", float(nuclei() or 0))
+    d.shot(None, "17-test-mode-ran")
+    for window in list(wx.GetTopLevelWindows()):  # the modules' figure windows
+        if window is not frame and window.IsShown():
+            window.Close()
+    yield from d.click(_button(frame, "Exit Test Mode"))
+    yield d.wait(lambda: not controller.is_in_debug_mode(), 30, "leaving test mode")
 
 
 def _find(window: Any, class_name: str) -> Any:
@@ -579,7 +668,8 @@ def _reader_settings(readers: Any) -> dict[str, Any]:
 
 
 SCENARIOS: dict[str, Callable[[Driver], Step]] = {
-    "first": first_run, "second": second_run, "third": third_run, "auto": auto_dialog_run}
+    "first": first_run, "second": second_run, "third": third_run, "auto": auto_dialog_run,
+    "testmode": test_mode_run}
 
 
 def main() -> int:
@@ -589,6 +679,8 @@ def main() -> int:
     parser.add_argument("--shots", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--closed-port", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--shot-name", default="")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -608,6 +700,15 @@ def main() -> int:
         os._exit(5)
 
     threading.Thread(target=start_when_shown, daemon=True, name="driver-start").start()
+
+    def give_up() -> None:
+        driver.results["error"] = f"the scenario did not end within {args.timeout} s"
+        driver.save()
+        os._exit(6)
+
+    watchdog = threading.Timer(args.timeout, give_up)
+    watchdog.daemon = True
+    watchdog.start()
     from cellprofiler_omero.cp_integration.gui import launcher
 
     code = launcher.main(args.cellprofiler)

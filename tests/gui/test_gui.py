@@ -28,16 +28,27 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 PAGE = "4"  # wells per page in the browser, so the 6-well plate needs "load more…"
 
 
-def _pipeline(path: Path) -> Path:
+def _pipeline(path: Path, *, extract_planes: bool = True) -> Path:
     """The nuclei pipeline (Images ▸ NamesAndTypes ▸ IdentifyPrimaryObjects ▸ measure)
-    plus ExportToSpreadsheet into the default output folder; built headless."""
+    plus ExportToSpreadsheet into the default output folder; built headless.
+
+    Without ``extract_planes`` the Images module reads nothing before the run (every image
+    is "DNA", its channels averaged), so nothing but the pre-run check asks for a login.
+    """
     code = (
         "import io, sys\n"
         "from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline\n"
         "text = nuclei_pipeline(None, save_labels=False, export_tables=False)\n"
         "from cellprofiler_core.pipeline import Pipeline\n"
+        "import cellprofiler_core.modules.namesandtypes as nt\n"
         "from cellprofiler.modules.exporttospreadsheet import ExportToSpreadsheet\n"
         "p = Pipeline(); p.load(io.StringIO(text))\n"
+        f"if not {extract_planes}:\n"
+        "    p.modules()[0].want_split.value = False\n"
+        "    names = p.modules()[2]\n"
+        "    names.assignment_method.value = nt.ASSIGN_ALL\n"
+        "    names.single_image_provider.value = 'DNA'\n"
+        "    p.modules()[6].images_list.value = 'DNA'\n"
         "m = ExportToSpreadsheet(); m.set_module_num(len(p.modules()) + 1)\n"
         "p.add_module(m); out = io.StringIO(); p.dump(out)\n"
         "sys.stdout.write(out.getvalue())\n")
@@ -47,10 +58,23 @@ def _pipeline(path: Path) -> Path:
     return path
 
 
+def _image_rows(outputs: Path) -> list[dict[str, str]]:
+    """The rows of ExportToSpreadsheet's per-image table (``MyExpt_Image.csv``)."""
+    found = sorted(outputs.glob("*Image.csv"))
+    assert found, f"no measurements in {outputs}"
+    with found[0].open() as f:
+        return list(csv.DictReader(f))
+
+
 def _live_sessions(emulator: Emulator) -> list[dict[str, Any]]:
-    """Sessions a client still holds: everything but idle token (user) sessions."""
-    return [s for s in emulator.sessions()
-            if s.get("live") and not (s.get("user_session") and s.get("refcount", 0) == 0)]
+    """Sessions still open on the server, except the token's own user session.
+
+    The token's session outlives every client by design (that is what a token is for):
+    clients that used it detach from it, as omero-py's detachOnDestroy does, which
+    leaves OMERO's reference count as it was. Password sessions, and the joins of the
+    analysis workers to a password session, must all be gone.
+    """
+    return [s for s in emulator.sessions() if s.get("live") and not s.get("user_session")]
 
 
 def _wait_for_no_live_sessions(emulator: Emulator, seconds: float = 20) -> list[Any]:
@@ -140,12 +164,9 @@ def test_second_run_token_browse_add_analyse(gui_python: Path, display: str,
     assert "OMERO" not in checks["title_end"]
     assert results["threads_at_exit"] == []
 
-    image_csv = gui_user.outputs / "Image.csv"
-    assert image_csv.exists(), f"no measurements in {gui_user.outputs}"
-    with image_csv.open() as f:
-        rows = list(csv.DictReader(f))
+    rows = _image_rows(gui_user.outputs)
     assert len(rows) == 7
-    assert all(int(r["Count_Nuclei"]) > 0 for r in rows)
+    assert all(float(r["Count_Nuclei"]) > 0 for r in rows)
     assert {r["URL_DNA"].split("image-")[1] for r in rows} == \
         {u.split("image-")[1] for u in checks["file_list"]}
     assert _wait_for_no_live_sessions(gui_emulator) == []
@@ -163,7 +184,7 @@ def test_third_run_token_without_message(gui_python: Path, display: str, gui_use
     assert _wait_for_no_live_sessions(gui_emulator) == []
 
 
-def test_pipeline_opens_the_dialog_by_itself(gui_python: Path, display: str,
+def test_analyze_opens_the_dialog_by_itself(gui_python: Path, display: str,
                                             gui_emulator: Emulator, tmp_path: Path) -> None:
     user = GuiUser(tmp_path / "home")  # no token, never connected
     seeded = gui_emulator.seeded
@@ -172,16 +193,57 @@ def test_pipeline_opens_the_dialog_by_itself(gui_python: Path, display: str,
                              for i in seeded["fields"][:2]))
     pipeline = _pipeline(tmp_path / "nuclei.cppipe")
     results = run_driver(gui_python, display, user, "auto", port=gui_emulator.port,
+                         label="auto-reader", shot_name="14-dialog-opened-by-analyze-images",
                          cellprofiler_args=["-p", str(pipeline), "--file-list", str(files),
                                             "-o", str(user.outputs)])
     assert_ok(results)
     checks = results["checks"]
     assert len(checks["file_list"]) == 2
-    assert "log in" in checks["auto_notice"].lower()
+    assert "log in to continue" in checks["auto_notice"]
     assert checks["auto_server"] == "127.0.0.1"
     assert checks["auto_connected"].startswith("Connected to")
-    with (user.outputs / "Image.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == 2
+    assert len(_image_rows(user.outputs)) == 2
+    assert _wait_for_no_live_sessions(gui_emulator) == []
+
+
+def test_run_logs_in_before_the_workers_start(gui_python: Path, display: str,
+                                             gui_emulator: Emulator, tmp_path: Path) -> None:
+    """Nothing is read in the window before the run: the pre-run check opens the dialog."""
+    user = GuiUser(tmp_path / "home")
+    files = tmp_path / "files.txt"
+    types = gui_emulator.seeded["types"]  # one-channel images: whole images are grayscale
+    files.write_text("".join(f"https://127.0.0.1/webclient/?show=image-{types[t]}\n"
+                             for t in ("uint8", "uint16")))
+    pipeline = _pipeline(tmp_path / "whole.cppipe", extract_planes=False)
+    results = run_driver(gui_python, display, user, "auto", port=gui_emulator.port,
+                         label="auto-prerun", shot_name="15-dialog-opened-before-the-run",
+                         cellprofiler_args=["-p", str(pipeline), "--file-list", str(files),
+                                            "-o", str(user.outputs)])
+    assert_ok(results)
+    checks = results["checks"]
+    assert checks["auto_notice"] == "This pipeline uses OMERO: log in to continue."
+    assert len(_image_rows(user.outputs)) == 2
+    assert _wait_for_no_live_sessions(gui_emulator) == []
+
+
+def test_reading_opens_the_dialog_by_itself(gui_python: Path, display: str,
+                                            gui_emulator: Emulator, tmp_path: Path) -> None:
+    """Test mode reads in CellProfiler's own process: the reader asks for a login."""
+    user = GuiUser(tmp_path / "home")
+    files = tmp_path / "files.txt"
+    files.write_text(f"https://127.0.0.1/webclient/?show=image-{gui_emulator.seeded['fields'][0]}\n")
+    pipeline = _pipeline(tmp_path / "nuclei.cppipe")
+    results = run_driver(gui_python, display, user, "testmode", port=gui_emulator.port,
+                         cellprofiler_args=["-p", str(pipeline), "--file-list", str(files),
+                                            "-o", str(user.outputs)])
+    assert_ok(results)
+    checks = results["checks"]
+    assert checks["connected_at_start"] is False
+    assert checks["reader_notice"].startswith("To read image ")
+    assert checks["reader_notice"].endswith("log in to continue.")
+    assert checks["reader_connected"].startswith("Connected to")
+    assert checks["test_mode"] is True
+    assert checks["nuclei_in_test_mode"] > 5  # field 1 has about 20 nuclei
     assert _wait_for_no_live_sessions(gui_emulator) == []
 
 
