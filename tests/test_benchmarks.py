@@ -153,7 +153,6 @@ def test_the_quick_header_warns_that_its_figures_mean_nothing() -> None:
 
 
 def test_plot_is_written(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     path = report.plot_growth(_results()["sections"]["growth"], tmp_path / "g.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -125,7 +125,7 @@ def test_second_run_token_browse_add_analyse(gui_python: Path, display: str,
                                             gui_user: GuiUser, gui_emulator: Emulator,
                                             tmp_path: Path) -> None:
     if not (gui_user.token_dir / "token").exists():
-        pytest.skip("needs the token saved by the first run")
+        pytest.fail("needs the token saved by the first run, which did not save one")
     port = gui_emulator.port
     pipeline = _pipeline(tmp_path / "nuclei.cppipe")
     results = run_driver(gui_python, display, gui_user, "second", port=port,
@@ -176,7 +176,7 @@ def test_second_run_token_browse_add_analyse(gui_python: Path, display: str,
 def test_third_run_token_without_message(gui_python: Path, display: str, gui_user: GuiUser,
                                          gui_emulator: Emulator) -> None:
     if not (gui_user.token_dir / "token").exists():
-        pytest.skip("needs the token saved by the first run")
+        pytest.fail("needs the token saved by the first run, which did not save one")
     results = run_driver(gui_python, display, gui_user, "third", port=gui_emulator.port)
     assert_ok(results)
     assert results["checks"]["login_source"] == "token"
