@@ -27,6 +27,7 @@ import functools
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -213,6 +214,14 @@ class OMEROReader(Reader):
     def _raw(data: np.ndarray) -> np.ndarray:
         return data.astype(np.uint8) if data.dtype == np.bool_ else data
 
+    def _answer(self, data: np.ndarray, meta: ImageMeta, channels: Sequence[int],
+                channel_names: list[str] | None, wants_rescale: bool) -> Any:
+        """Fill ``channel_names`` and add the rescale tuple when CellProfiler asks for it."""
+        if channel_names is not None:
+            channel_names.clear()
+            channel_names.extend(meta.channel_names[cc] for cc in channels)
+        return (data, self._rescale(meta)) if wants_rescale else data
+
     def index_to_zct(self, index: int) -> tuple[int, int, int]:
         """The (z, c, t) of plane ``index`` in XYZCT order (z fastest)."""
         meta = self.metadata()
@@ -239,12 +248,7 @@ class OMEROReader(Reader):
         channels = list(range(meta.size_c)) if c is None else [int(c)]
         planes = [self._raw(self._plane(zz, cc, tt, region)) for cc in channels]
         data = planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
-        if channel_names is not None:
-            channel_names.clear()
-            channel_names.extend(meta.channel_names[cc] for cc in channels)
-        if wants_metadata_rescale:
-            return data, self._rescale(meta)
-        return data
+        return self._answer(data, meta, channels, channel_names, wants_metadata_rescale)
 
     def read_volume(self, wants_metadata_rescale: bool = False, series: int | None = None,
                     c: int | None = None, z: int | None = None, t: int | None = None,
@@ -260,12 +264,7 @@ class OMEROReader(Reader):
                                              region=region))  # (Z, C, Y, X)
         data = self._raw(data)
         volume = data[:, 0] if len(channels) == 1 else np.moveaxis(data, 1, -1)
-        if channel_names is not None:
-            channel_names.clear()
-            channel_names.extend(meta.channel_names[cc] for cc in channels)
-        if wants_metadata_rescale:
-            return volume, self._rescale(meta)
-        return volume
+        return self._answer(volume, meta, channels, channel_names, wants_metadata_rescale)
 
     def get_series_metadata(self) -> dict[str, Any]:
         meta = self.metadata()
