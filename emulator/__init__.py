@@ -40,7 +40,8 @@ class Emulator:
                  seed_options: SeedOptions | None = None, host: str = "127.0.0.1",
                  port: int = 0, http_port: int = 0, session_timeout: float = 600.0,
                  pyramid_threshold: int = 3192, log_level: str = "WARNING",
-                 start_timeout: float = 600.0) -> None:
+                 start_timeout: float = 600.0,
+                 server_config: dict[str, str] | None = None) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="cpo-emulator-")
@@ -52,6 +53,9 @@ class Emulator:
         self._port, self._http_port = port, http_port
         self.session_timeout = session_timeout
         self.pyramid_threshold = pyramid_threshold
+        # Server settings as a real server's ``omero config set`` keys (strings), e.g.
+        # ``{"omero.sessions.max_user_time_to_live": "3600000"}``; they win over defaults.
+        self.server_config = dict(server_config or {})
         self.log_level = log_level
         self.start_timeout = start_timeout
         self.control_token = secrets.token_hex(16)
@@ -72,7 +76,8 @@ class Emulator:
                 "--http-port", str(self.info.get("http_port", self._http_port)),
                 "--seed", self.seed, "--seed-options", json.dumps(asdict(self.seed_options)),
                 "--session-timeout", str(self.session_timeout),
-                "--pyramid-threshold", str(self.pyramid_threshold), "--ready-file", str(ready)]
+                "--pyramid-threshold", str(self.pyramid_threshold),
+                "--server-config", json.dumps(self.server_config), "--ready-file", str(ready)]
         env = dict(os.environ)
         env[CONTROL_ENV] = self.control_token
         env["CELLPROFILER_OMERO_EMULATOR_LOG"] = self.log_level

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="idle seconds before a session expires (default 600)")
     parser.add_argument("--pyramid-threshold", type=int, default=3192,
                         help="images wider or taller than this get resolution levels")
+    parser.add_argument("--server-config", default="{}", metavar="JSON",
+                        help="server settings as a JSON object of omero.* keys and string "
+                             "values (as `omero config set` takes them)")
     parser.add_argument("--latency-ms", type=float, default=0.0,
                         help="fault: add this latency to every Ice call and HTTP request")
     parser.add_argument("--drop-after", type=int, default=0,
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = log.warning) -> i
         data_dir=args.data.resolve(), host=args.host, port=args.port,
         insecure_port=args.insecure_port, http_port=args.http_port,
         session_timeout_s=args.session_timeout, pyramid_threshold=args.pyramid_threshold,
-        control_token=os.environ.get(CONTROL_ENV, ""))
+        control_token=os.environ.get(CONTROL_ENV, ""),
+        config={str(k): str(v) for k, v in json.loads(args.server_config).items()})
     ctx = Context(options)
     ctx.faults.set(FaultSettings(latency_ms=args.latency_ms, drop_after=args.drop_after,
                                  drop_probability=args.drop_probability,

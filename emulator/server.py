@@ -11,7 +11,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class ServerOptions:
     pyramid_threshold: int = 3192
     ice_threads: int = 16
     control_token: str = ""
+    #: Server settings (``omero.*`` keys) that override the defaults, as a site's config.
+    config: dict[str, str] = field(default_factory=dict)
 
 
 class _Locator(Ice.ServantLocator):
@@ -335,6 +337,7 @@ class IceServer:
         self.ctx.config["omero.sessions.timeout"] = str(self.ctx.store.default_tti_ms)
         self.ctx.config["omero.pixeldata.max_plane_width"] = str(opts.pyramid_threshold)
         self.ctx.config["omero.pixeldata.max_plane_height"] = str(opts.pyramid_threshold)
+        self.ctx.config.update(opts.config)
         self.ctx.add_servant(RouterI(self.ctx), ROUTER_ID)
         adapter.activate()
 
