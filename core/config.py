@@ -79,6 +79,9 @@ class IceSettings:
     stores_per_image: int = 4
     #: Concurrent blocking Ice calls per process.
     concurrency: int = 8
+    #: How long a read waits for the server to build a new big image's pyramid, in
+    #: seconds (each wait as long as the server asks); 0 fails at once.
+    pyramid_wait_seconds: float = 120.0
 
 
 @dataclass(frozen=True)

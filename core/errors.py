@@ -60,3 +60,35 @@ class ServerError(OmeroError):
 
 class NoTransport(OmeroError):
     """Every configured transport declined or failed."""
+
+
+class PyramidNotReady(OmeroError):
+    """The server is still generating a big image's resolution pyramid.
+
+    ``image_id`` names the image (``None`` when only the Pixels id was known),
+    ``pixels_id`` its Pixels, ``retry_after`` how long the server asked to wait (seconds).
+    """
+
+    def __init__(self, message: str, *, image_id: int | None, retry_after: float,
+                 pixels_id: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.image_id = image_id
+        self.pixels_id = pixels_id
+        self.retry_after = retry_after
+
+
+class PlaneTooLarge(UnsupportedData):
+    """A plane is above the server's maximum plane size for its pixel type.
+
+    ``size`` is the plane's ``(width, height)``, ``max_plane`` the server's
+    ``(max_plane_width, max_plane_height)`` (``None`` when the server did not say),
+    ``pixel_type`` the OMERO pixel type's name.
+    """
+
+    def __init__(self, message: str, *, size: tuple[int, int],
+                 max_plane: tuple[int, int] | None, pixel_type: str,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.size = size
+        self.max_plane = max_plane
+        self.pixel_type = pixel_type

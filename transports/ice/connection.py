@@ -33,7 +33,7 @@ from cellprofiler_omero.core.model import (
 )
 from cellprofiler_omero.core.refs import Kind, ObjectRef
 from cellprofiler_omero.core.roles import Credentials, ServerAddress, SessionInfo
-from cellprofiler_omero.transports.ice.errors import translate
+from cellprofiler_omero.transports.ice.errors import translate, wait_for_pyramid
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -183,7 +183,11 @@ class IceConnection:
         return self.sf.getQueryService()
 
     async def image_meta(self, image_id: int) -> ImageMeta:
-        return await self.call(self._image_meta, image_id, what=f"reading image {image_id}")
+        # A big image's levels come from a RawPixelsStore, which a real server refuses
+        # (MissingPyramidException) until the image's pyramid is built: wait for it.
+        return await wait_for_pyramid(
+            lambda: self.call(self._image_meta, image_id, what=f"reading image {image_id}"),
+            image_id=image_id, wait_seconds=self.settings.ice.pyramid_wait_seconds)
 
     def _image_meta(self, image_id: int) -> ImageMeta:
         query = self._query()

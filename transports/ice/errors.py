@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
+import math
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import anyio
 import Glacier2
 import Ice
 import omero
@@ -15,10 +18,15 @@ from cellprofiler_omero.core.errors import (
     NotFound,
     OmeroError,
     PermissionDenied,
+    PyramidNotReady,
     ServerError,
 )
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: Shortest wait between two tries while a pyramid is built (a server may answer 0).
+_MIN_PYRAMID_WAIT = 0.25
 
 _UNREACHABLE = (Ice.ConnectionRefusedException, Ice.DNSException, Ice.ConnectTimeoutException,
                 Ice.ConnectFailedException)
@@ -67,6 +75,16 @@ def translate(exc: BaseException, what: str, where: str = "") -> OmeroError:
     if isinstance(exc, omero.RemovedSessionException | omero.SessionTimeoutException):
         return AuthError(f"The OMERO session{at} has ended ({_message(exc)}).",
                          hint="Log in again (`cellprofiler-omero login`).")
+    if isinstance(exc, omero.MissingPyramidException):
+        # A real server raises this from setPixelsId (and reads) until its pixel-data
+        # service has built the pyramid of a new big image; backOff is in milliseconds.
+        pixels_id = int(exc.pixelsID) if exc.pixelsID is not None else None
+        return PyramidNotReady(
+            f"The server is still generating the resolution pyramid of this image "
+            f"(Pixels {pixels_id}) while {what}.",
+            image_id=None, pixels_id=pixels_id,
+            retry_after=max(0.0, float(exc.backOff or 0) / 1000.0),
+            hint="Try again later; big images become readable once it is built.")
     if isinstance(exc, omero.ValidationException):
         return NotFound(f"Not found while {what}: {_message(exc)}.")
     if isinstance(exc, omero.ApiUsageException):
@@ -95,3 +113,30 @@ def translating(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         return wrapper
 
     return decorate
+
+
+async def wait_for_pyramid(op: Callable[[], Awaitable[T]], *, image_id: int,
+                           wait_seconds: float) -> T:
+    """``await op()``, waiting as the server asks while it builds the image's pyramid.
+
+    Tries again after each ``PyramidNotReady`` (waiting its ``retry_after``) until
+    ``wait_seconds`` have been spent, then raises ``PyramidNotReady`` for ``image_id``.
+    """
+    waited = 0.0
+    while True:
+        try:
+            return await op()
+        except PyramidNotReady as exc:
+            pause = max(_MIN_PYRAMID_WAIT, exc.retry_after)
+            if waited >= wait_seconds or not math.isfinite(pause):
+                raise PyramidNotReady(
+                    f"The server is still generating the resolution pyramid of image "
+                    f"{image_id} (waited {waited:.0f} s).",
+                    image_id=image_id, pixels_id=exc.pixels_id,
+                    retry_after=exc.retry_after,
+                    hint="Try again later: big images become readable once the server "
+                         "has built their pyramid (minutes for very large images).") from None
+            pause = min(pause, wait_seconds - waited)
+            log.info("image %s: pyramid not ready, trying again in %.1f s", image_id, pause)
+            await anyio.sleep(pause)
+            waited += pause
