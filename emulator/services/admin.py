@@ -11,7 +11,12 @@ import omero.sys
 from omero.rtypes import rlong
 
 from cellprofiler_omero.emulator import modelmap
-from cellprofiler_omero.emulator.icebase import api_usage, servant
+from cellprofiler_omero.emulator.icebase import (
+    api_usage,
+    internal,
+    security_violation,
+    servant,
+)
 from cellprofiler_omero.emulator.services.common import SessionServant
 from cellprofiler_omero.emulator.store import User
 
@@ -152,7 +157,9 @@ DEFAULT_CONFIG = {
     "omero.pixeldata.tile_width": "256",
     "omero.pixeldata.tile_height": "256",
     "omero.sessions.timeout": "600000",
+    "omero.sessions.maximum": "0",
     "omero.sessions.max_user_time_to_idle": "6000000",
+    "omero.sessions.max_user_time_to_live": "0",
     "omero.client.ui.tree.orphans.enabled": "true",
     "omero.client.ui.tree.orphans.name": "Orphaned Images",
     "omero.client.viewer.roi_limit": "2000",
@@ -165,34 +172,113 @@ DEFAULT_CONFIG = {
     "omero.version": "5.6.10-emulator",
 }
 
+# Who may read which key, as ome/omero-common's ``ome/config.xml`` declares it
+# (``ome.system.Preference`` beans): ``all`` keys answer everyone, ``hidden`` keys
+# answer no one (not even an administrator), and every other key -- declared
+# without a visibility or not declared at all -- answers administrators only.
+VISIBLE_TO_ALL = frozenset({
+    "omero.version", "omero.upgrades.url", "omero.qa.feedback", "omero.router.insecure",
+    "omero.security.password_required", "omero.cluster.read_only.runtime.db",
+    "omero.cluster.read_only.runtime.repo", "omero.bioformats.version",
+    "omero.bioformats.vcs_revision", "omero.bioformats.date", "omero.server.nodedescriptors",
+    "omero.db.authority", "omero.db.uuid", "omero.mail.config",
+    "omero.pixeldata.backoff", "omero.pixeldata.tile_width", "omero.pixeldata.tile_height",
+    "omero.pixeldata.max_plane_width", "omero.pixeldata.max_plane_height",
+    "omero.pixeldata.max_plane_float_override", "omero.pixeldata.max_tile_length",
+    "omero.pixeldata.max_projection_bytes",
+    "omero.client.scripts_to_ignore", "omero.client.ui.tree.orphans.enabled",
+    "omero.client.ui.tree.orphans.name", "omero.client.ui.tree.orphans.description",
+    "omero.client.ui.menu.dropdown.leaders.label",
+    "omero.client.ui.menu.dropdown.leaders.enabled",
+    "omero.client.ui.menu.dropdown.colleagues.label",
+    "omero.client.ui.menu.dropdown.colleagues.enabled",
+    "omero.client.ui.menu.dropdown.everyone.label",
+    "omero.client.ui.menu.dropdown.everyone.enabled",
+    "omero.client.viewer.roi_limit", "omero.client.viewer.initial_zoom_level",
+    "omero.client.web.host", "omero.client.viewer.interpolate_pixels",
+    "omero.client.download_as.max_size", "omero.client.ui.tree.type_order",
+    "omero.client.browser.thumb_default_size",
+    "omero.sessions.timeout", "omero.sessions.maximum",
+    "omero.sessions.max_user_time_to_idle", "omero.sessions.max_user_time_to_live",
+})
+HIDDEN = frozenset({
+    "omero.security.filter.bitand", "omero.db.host", "omero.db.name", "omero.db.user",
+    "omero.db.pass", "omero.db.driver", "omero.db.poolsize", "omero.db.dialect",
+})
+#: Declared keys without a visibility (``admin``, the Preference default).
+ADMIN_ONLY = frozenset({"omero.data.dir"})
+#: Old names the server still resolves (``PreferenceContext.resolveAlias``).
+ALIASES = {
+    "ome.security.filter.bitand": "omero.security.filter.bitand",
+    "ome.security.password_required": "omero.security.password_required",
+    "database.host": "omero.db.host", "database.name": "omero.db.name",
+    "database.user": "omero.db.user", "hibernate.connection.username": "omero.db.user",
+    "hibernate.connection.password": "omero.db.pass",
+    "hibernate.connection.driver_class": "omero.db.driver",
+    "c3p0.maxPoolSize": "omero.db.poolsize", "hibernate.dialect": "omero.db.dialect",
+}
+#: The keys ``getConfigValues`` looks through: only declared preferences.
+DECLARED = VISIBLE_TO_ALL | HIDDEN | ADMIN_ONLY
+
+
+def can_read(key: str, *, admin: bool) -> bool:
+    """Whether a caller may read ``key`` (``PreferenceContext.canRead``)."""
+    if key in VISIBLE_TO_ALL:
+        return True
+    if key in HIDDEN:
+        return False
+    return admin
+
 
 @servant(omero.api.IConfig)
 class ConfigI(SessionServant):
-    """IConfig: the configuration values clients read."""
+    """IConfig: the configuration values clients read, with the real visibility rules."""
 
     open_ops = frozenset({"getVersion", "getConfigValue", "getClientConfigValues",
                           "getClientConfigDefaults", "getPublicConfigValues"})
 
+    def _admin(self, current: Ice.Current) -> bool:
+        return self.caller(current).user.admin
+
     def getConfigValue(self, key: str, current: Ice.Current) -> str:
+        if not key:
+            return ""
+        key = ALIASES.get(key, key)
+        # Keys visible to all need no caller (the operation is open); the others ask
+        # who is calling, which needs a live session.
+        if not can_read(key, admin=key not in VISIBLE_TO_ALL and self._admin(current)):
+            raise security_violation(f"Cannot read configuration: {key}")
         return self.ctx.config.get(key, "")
 
     def getConfigValues(self, regex: str, current: Ice.Current) -> dict[str, str]:
         import re
 
         pattern = re.compile(regex)
-        return {k: v for k, v in self.ctx.config.items() if pattern.search(k)}
+        admin = self._admin(current)
+        return {k: self.ctx.config[k] for k in sorted(DECLARED)
+                if k in self.ctx.config and pattern.search(k) and can_read(k, admin=admin)}
 
     def getClientConfigValues(self, current: Ice.Current) -> dict[str, str]:
-        return {k: v for k, v in self.ctx.config.items() if k.startswith("omero.client.")}
+        return {k: self.ctx.config[k] for k in sorted(VISIBLE_TO_ALL)
+                if k.startswith("omero.client.") and k in self.ctx.config}
 
     def getClientConfigDefaults(self, current: Ice.Current) -> dict[str, str]:
-        return self.getClientConfigValues(current)
+        # ConfigImpl.getConfigDefaults loads the default property files but returns
+        # the map it never filled, so a real server answers nothing here.
+        return {}
 
     def getPublicConfigValues(self, current: Ice.Current) -> dict[str, str]:
-        return dict(self.ctx.config)
+        return {k: v for k, v in self.ctx.config.items() if k in VISIBLE_TO_ALL}
 
     def getVersion(self, current: Ice.Current) -> str:
-        return self.ctx.config["omero.version"]
+        # IConfig.VERSION_REGEX: the server answers only the x.y.z part.
+        import re
+
+        version = self.ctx.config["omero.version"]
+        match = re.match(r"^.*?-?(\d+\.\d+\.\d+)-?.*?$", version)
+        if match is None:
+            raise internal(f"Bad version format:{version}")
+        return match.group(1)
 
     def getDatabaseUuid(self, current: Ice.Current) -> str:
         return self.ctx.store.get_meta("uuid") or ""

@@ -116,6 +116,31 @@ class RouterI(Servant):
             self.ctx.destroy_service_factory(sf_id)
 
 
+def _config_ms(config: dict[str, str], key: str) -> int:
+    try:
+        return int(config.get(key) or 0)
+    except ValueError:
+        return 0
+
+
+def _check_user_timeouts(config: dict[str, str], ttl_ms: int, tti_ms: int) -> None:
+    """The limits a user's own session request must keep (``SessionManagerImpl``).
+
+    As the real server's ``parseAndSetTimeouts`` does for an untrusted update: with
+    ``omero.sessions.max_user_time_to_live`` unset (0) any timeouts pass; once it is
+    set, a time to live of 0 (forever) or above it is refused, and so is a time to idle
+    of 0 or above ``omero.sessions.max_user_time_to_idle``. (The idle limit is guarded
+    by the time-to-live maximum in the real source too, so a server without a
+    time-to-live maximum does not cap idle time either.)
+    """
+    max_ttl = _config_ms(config, "omero.sessions.max_user_time_to_live")
+    max_tti = _config_ms(config, "omero.sessions.max_user_time_to_idle")
+    if max_ttl != 0 and (ttl_ms > max_ttl or ttl_ms == 0):
+        raise security_violation(f"Cannot modify timeToLive beyond maximum: {max_ttl}")
+    if max_ttl != 0 and (tti_ms > max_tti or tti_ms == 0):
+        raise security_violation(f"Cannot modify timeToIdle beyond maximum: {max_tti}")
+
+
 def _con_key(con: Any) -> str:
     return str(id(con)) if con is None else con.toString()
 
@@ -319,19 +344,16 @@ class SessionServiceI(SessionServant):
                           current: Ice.Current) -> Any:
         caller = self.caller(current)
         store = self.ctx.store
-        if tti_ms > store.max_user_tti_ms:
-            raise security_violation(
-                f"Time to idle {tti_ms} ms exceeds the maximum {store.max_user_tti_ms} ms "
-                "(omero.sessions.max_user_time_to_idle).")
         gid = caller.session.group_id
         if group_name:
             grp = store.group_by_name(group_name)
             if grp is None or grp.id not in store.member_groups(caller.user.id):
                 raise security_violation(f"Not a member of group {group_name!r}.")
             gid = grp.id
-        session = store.create_session(caller.user.id, gid, tti_ms=tti_ms or None,
+        _check_user_timeouts(self.ctx.config, ttl_ms, tti_ms)
+        session = store.create_session(caller.user.id, gid, tti_ms=tti_ms,
                                        ttl_ms=ttl_ms, refcount=0, user_session=True,
-                                       agent="createUserSession")
+                                       agent=current.ctx.get("omero.agent") or "createSession")
         return self._model(session)
 
     def createSessionWithTimeout(self, principal: Any, ttl_ms: int, current: Ice.Current

@@ -9,9 +9,11 @@ per ``addData``, string sizes, reserved names.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import Ice
 import omero
@@ -28,6 +30,9 @@ from cellprofiler_omero.emulator.icebase import (
     servant,
 )
 from cellprofiler_omero.emulator.services.common import Caller, SessionServant
+
+if TYPE_CHECKING:
+    from cellprofiler_omero.emulator.server import Context
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +56,84 @@ class _Admin:
         return self._can_update
 
 
-class _Factory:
-    """Stands in for the ServiceFactory proxy that TableI asks about write permission."""
+class _TableFileStore:
+    """The RawFileStore that ``TableI.close`` uses to bring its OriginalFile up to date.
 
-    def __init__(self, session_uuid: str, can_update: bool) -> None:
-        self._identity = Ice.Identity(session_uuid, "")
+    omero-py's ``TableI`` closes a modified table by opening a RawFileStore on its
+    OriginalFile, truncating it to the HDF5 file's size, writing nothing at that
+    position and calling ``save``. On a real server ``RawFileBean.save`` then sets the
+    file's size (and mtime) from disk, and its hash only when the OriginalFile has a
+    hasher -- which the Tables service's ``newTable`` never sets. This store does the
+    same against the emulator's store.
+    """
+
+    def __init__(self, ctx: Context, viewer: Any) -> None:
+        self._ctx = ctx
+        self._viewer = viewer
+        self._file_id: int | None = None
+
+    def _path(self) -> Path:
+        if self._file_id is None:
+            raise api_usage("Call setFileId first.")
+        path: Path = self._ctx.file_path(self._file_id)
+        return path
+
+    def setFileId(self, file_id: int, ctx: Any = None) -> None:
+        if self._ctx.store.get(file_id, "OriginalFile") is None:
+            raise api_usage(f"OriginalFile:{file_id} does not exist.")
+        self._file_id = file_id
+
+    def truncate(self, length: int, ctx: Any = None) -> bool:
+        path = self._path()
+        if not path.exists() or path.stat().st_size <= length:
+            return False
+        with path.open("r+b") as handle:
+            handle.truncate(length)
+        return True
+
+    def write(self, buf: Any, position: int, length: int, ctx: Any = None) -> None:
+        if length:
+            raise api_usage("The table's file store only records sizes.")
+
+    def save(self, ctx: Any = None) -> Any:
+        assert self._file_id is not None
+        obj = self._ctx.store.get(self._file_id, "OriginalFile")
+        assert obj is not None
+        path = self._path()
+        data = dict(obj.data)
+        data["size"] = path.stat().st_size if path.exists() else 0
+        if data.get("hash"):  # only a file that has a hasher gets its hash renewed
+            data["hash"] = _sha1(path)
+        obj = self._ctx.store.update(obj.id, data=data)
+        return modelmap.to_model(self._ctx.store, self._viewer, obj)
+
+    def close(self, ctx: Any = None) -> None:
+        self._file_id = None
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _Factory:
+    """Stands in for the ServiceFactory proxy that TableI asks about write permission
+    and, when a modified table closes, for a RawFileStore."""
+
+    def __init__(self, ctx: Context, caller: Caller, can_update: bool) -> None:
+        self._ctx = ctx
+        self._caller = caller
+        self._identity = Ice.Identity(caller.session.uuid, "")
         self._admin = _Admin(can_update)
 
     def getAdminService(self) -> _Admin:
         return self._admin
+
+    def createRawFileStore(self, ctx: Any = None) -> _TableFileStore:
+        return _TableFileStore(self._ctx, self._caller.user)
 
     def ice_getIdentity(self) -> Ice.Identity:
         return self._identity
@@ -121,7 +195,7 @@ class SharedResourcesI(SessionServant):
         path = self.ctx.file_path(file_id)
         communicator = current.adapter.getCommunicator()
         table = _FaultyTable(self.ctx.faults, _TablesContext(communicator), model, str(path),
-                                    _Factory(caller.session.uuid, can_update),
+                                    _Factory(self.ctx, caller, can_update),
                                     omero.hdfstorageV2.HDFLIST, read_only=False,
                                     uuid=Ice.generateUUID(), call_context=current.ctx,
                                     adapter=current.adapter)

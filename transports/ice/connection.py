@@ -115,12 +115,35 @@ class IceConnection:
 
     @staticmethod
     def _insecure(client: Any) -> Any:
-        """Move to the server's plain-TCP router, as BlitzGateway does unless secure."""
+        """Move to the server's plain-TCP router, as BlitzGateway does unless secure.
+
+        A router that cannot be reached (a firewall, a port open only inside the site)
+        must not fail a login that already worked: the session then stays on the secure
+        connection. The new client is built here rather than by ``createClient`` so a
+        failed attempt is discarded at once instead of leaving a communicator behind.
+        """
         insecure = client.getSession().getConfigService().getConfigValue(
             "omero.router.insecure")
         if not insecure:
             return client
-        other = client.createClient(secure=False)
+        if "@omero.host@" in insecure:
+            # As omero.client.createClient: the published value names no host.
+            host = ""
+            router = client.getRouter(client.getCommunicator())
+            for endpoint in router.ice_getEndpoints() if router is not None else ():
+                host = endpoint.getInfo().host
+            insecure = insecure.replace("@omero.host@", host)
+        props = client.getPropertyMap()
+        props["Ice.Default.Router"] = insecure
+        other = omero.client(props)
+        other.setAgent("cellprofiler-omero;secure=False")
+        try:
+            other.joinSession(client.getSessionId())
+        except (Ice.Exception, omero.ServerError, omero.ClientError) as exc:
+            _discard(other)
+            log.warning("The server's plain-TCP router (%s) cannot be reached (%s); "
+                        "staying on the secure connection.", insecure, type(exc).__name__)
+            return client
         # The secure client only served to log in; its reference goes, the session stays.
         client.getSession().closeOnDestroy()
         client.closeSession()
@@ -446,16 +469,27 @@ class IceConnection:
     async def create_user_session(self, time_to_idle_ms: int) -> str:
         def run() -> str:
             sf = self.sf
-            limit = sf.getConfigService().getConfigValue(
-                "omero.sessions.max_user_time_to_idle")
-            tti = time_to_idle_ms
-            if limit and int(limit) > 0:
-                tti = min(tti, int(limit))
+            config = sf.getConfigService()
+            # Both limits are readable by every user (visibility "all" on a real server).
+            max_tti = _config_ms(config, "omero.sessions.max_user_time_to_idle")
+            max_ttl = _config_ms(config, "omero.sessions.max_user_time_to_live")
+            tti = min(time_to_idle_ms, max_tti) if max_tti > 0 else time_to_idle_ms
+            # A site with a time-to-live maximum refuses sessions that live forever (0) or
+            # longer: ask for exactly its maximum. Otherwise the token lives until idle.
+            ttl = max_ttl if max_ttl > 0 else 0
             group = sf.getAdminService().getEventContext().groupName
-            session = sf.getSessionService().createUserSession(0, tti, group)
+            session = sf.getSessionService().createUserSession(ttl, tti, group)
             return str(unwrap(session.getUuid()))
 
         return await self.call(run, what="creating a session for a token")
+
+
+def _config_ms(config: Any, key: str) -> int:
+    """A server setting in milliseconds; 0 when unset or not a number."""
+    try:
+        return int(config.getConfigValue(key) or 0)
+    except ValueError:
+        return 0
 
 
 def _discard(client: Any) -> None:
