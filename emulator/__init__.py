@@ -7,6 +7,16 @@
 
 It is a server, not a mock: unmodified omero-py clients talk to it over the network.
 The emulator depends on nothing else of this package.
+
+Server settings (``server_config``) are a real server's ``omero.*`` keys, plus one the
+emulator alone has: ``omero.pixeldata.emulator_pyramid_delay_ms`` (default 1000), how
+long a pyramid written through a RawPixelsStore stays unreadable after its writer
+closes (``setPixelsId`` raises ``MissingPyramidException`` with a ``backOff`` meanwhile).
+A real server has no such key because the wait is real there: its pixel-data service
+builds the pyramids of imported big images in the background, taking as long as that
+takes. The emulator builds pyramids at once, so it waits on purpose to give clients
+that same state to handle. ``0`` makes new pyramids readable at once, which is what a
+real server does for a pyramid written tile by tile (its writer finishes it on close).
 """
 
 from __future__ import annotations

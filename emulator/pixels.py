@@ -46,11 +46,29 @@ class PixelsShape:
         return self.size_x * self.size_y * self.dtype.itemsize
 
 
-def pyramid_levels(size_x: int, size_y: int, threshold: int, tile: int = 256
+#: Pixel types an OMERO pyramid (JPEG-2000 tiles in a TIFF) can hold.
+PYRAMID_TYPES = frozenset({"uint8", "uint16"})
+
+
+def requires_pyramid(size_x: int, size_y: int, pixel_type: str, max_plane_width: int,
+                     max_plane_height: int, float_override: bool = True) -> bool:
+    """Whether a server stores this plane size as a pyramid.
+
+    As ``PixelsService.requiresPixelsPyramid``: the plane's area against
+    ``max_plane_width × max_plane_height``; floating-point types are exempt while
+    ``max_plane_float_override`` is on (its default). The pixel type is not checked
+    here: writing an integer type other than uint8/uint16 fails later, in the writer.
+    """
+    if float_override and pixel_type in ("float", "double"):
+        return False
+    return size_x * size_y > max_plane_width * max_plane_height
+
+
+def pyramid_levels(size_x: int, size_y: int, pyramid: bool, tile: int = 256
                    ) -> list[tuple[int, int]]:
-    """Level sizes, full first; halving until a level fits one tile (as OMERO does)."""
+    """Level sizes, full first; a pyramid halves until a level fits one tile."""
     levels = [(size_x, size_y)]
-    if max(size_x, size_y) <= threshold:
+    if not pyramid:
         return levels
     x, y = size_x, size_y
     while max(x, y) > tile:
@@ -124,6 +142,16 @@ class PixelFiles:
         if tile.size != w * h:
             raise ValueError(f"expected {w * h} pixels, got {tile.size}")
         arr[t, c, z, y:y + h, x:x + w] = tile.reshape(h, w)
+
+    def write_region(self, image_id: int, shape: PixelsShape,
+                     levels: Sequence[tuple[int, int]], data: bytes, offset: int) -> None:
+        """Bytes at a byte offset of the full-resolution file (OMERO's XYZCT layout)."""
+        arr = self.array(image_id, shape, 0, levels, writable=True)
+        raw = arr.reshape(-1).view(np.uint8)
+        if offset < 0 or offset + len(data) > raw.size:
+            raise ValueError(f"{len(data)} bytes at offset {offset} do not fit "
+                             f"the {raw.size}-byte pixel file")
+        raw[offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
 
     def write_array(self, image_id: int, shape: PixelsShape, levels: Sequence[tuple[int, int]],
                     pixels: np.ndarray) -> None:

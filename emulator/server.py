@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,12 @@ import omero.grid
 from cellprofiler_omero.emulator.certs import ensure_certificate
 from cellprofiler_omero.emulator.faults import Faults
 from cellprofiler_omero.emulator.icebase import Servant, servant
-from cellprofiler_omero.emulator.pixels import PixelFiles, PixelsShape, pyramid_levels
+from cellprofiler_omero.emulator.pixels import (
+    PixelFiles,
+    PixelsShape,
+    pyramid_levels,
+    requires_pyramid,
+)
 from cellprofiler_omero.emulator.store import Obj, Store
 
 log = logging.getLogger(__name__)
@@ -98,6 +104,8 @@ class Context:
         self._factories: dict[str, Any] = {}  # identity string → ServiceFactoryI
         self._lock = threading.RLock()
         self._dirty: set[int] = set()
+        #: image id → the RawPixelsStore holding that image's pyramid write lock.
+        self.pyramid_writers: dict[int, Any] = {}
 
     # -- servant registry ----------------------------------------------------------------
 
@@ -160,6 +168,14 @@ class Context:
             if sf is None:
                 continue
             for identity in sf.all_identities():
+                # Ending a session closes its stateful services on a real server too
+                # (a pyramid writer then releases its lock and finishes its pyramid).
+                closer = getattr(self.lookup(identity), "release", None)
+                if closer is not None:
+                    try:
+                        closer()
+                    except Exception:
+                        log.exception("closing a service failed")
                 self.remove_servant(identity)
             self.remove_servant(sf.identity)
 
@@ -173,17 +189,55 @@ class Context:
 
     # -- images ----------------------------------------------------------------------------
 
+    def setting(self, key: str, default: str) -> str:
+        """A server setting: the site's value (``server_config``), else the default.
+
+        Readable before ``IceServer.start`` fills ``config`` (the seeder runs first).
+        """
+        value = self.options.config.get(key) or self.config.get(key)
+        return value if value else default
+
+    def pixel_limits(self) -> tuple[int, int, bool]:
+        """``max_plane_width``, ``max_plane_height`` and ``max_plane_float_override``."""
+        side = str(self.options.pyramid_threshold)
+        return (int(self.setting("omero.pixeldata.max_plane_width", side)),
+                int(self.setting("omero.pixeldata.max_plane_height", side)),
+                self.setting("omero.pixeldata.max_plane_float_override",
+                             "true").lower() == "true")
+
+    def tile_size(self) -> tuple[int, int]:
+        """The pyramid tile size (``omero.pixeldata.tile_width`` / ``tile_height``)."""
+        return (int(self.setting("omero.pixeldata.tile_width", "256")),
+                int(self.setting("omero.pixeldata.tile_height", "256")))
+
+    def pyramid_delay_s(self) -> float:
+        """How long a newly written pyramid stays unreadable (emulator-only setting)."""
+        return int(self.setting("omero.pixeldata.emulator_pyramid_delay_ms", "1000")) / 1000
+
     def create_image(self, *, name: str, description: str, owner_id: int, group_id: int,
                      size_x: int, size_y: int, size_z: int, size_c: int, size_t: int,
                      pixel_type: str, channels: list[dict[str, Any]],
                      phys: tuple[float | None, float | None, float | None] = (None, None, None),
                      complete: bool = True, extra: dict[str, Any] | None = None) -> Obj:
-        """A new image with allocated (zeroed) pixel files and its pyramid levels."""
-        levels = pyramid_levels(size_x, size_y, self.options.pyramid_threshold)
+        """A new image with allocated (zeroed) pixel files and its pyramid levels.
+
+        Whether it is a pyramid follows ``PixelsService.requiresPixelsPyramid`` (plane
+        area over ``max_plane_width × max_plane_height``, floats exempt). Its pixel data
+        does not exist yet (``pixelFile`` / ``pyramid``): the first write through a
+        RawPixelsStore, or ``write_pixels`` (the seeder), creates it.
+        """
+        width, height, float_override = self.pixel_limits()
+        pyramid = requires_pyramid(size_x, size_y, pixel_type, width, height, float_override)
+        levels = pyramid_levels(size_x, size_y, pyramid, self.tile_size()[0])
         data = {"sizeX": size_x, "sizeY": size_y, "sizeZ": size_z, "sizeC": size_c,
                 "sizeT": size_t, "pixelsType": pixel_type, "channels": channels,
                 "levels": [list(level) for level in levels], "physX": phys[0],
-                "physY": phys[1], "physZ": phys[2], "complete": complete, **(extra or {})}
+                "physY": phys[1], "physZ": phys[2], "complete": complete,
+                "requiresPyramid": pyramid, **(extra or {})}
+        if pyramid:
+            data["pyramid"] = "missing"
+        else:
+            data["pixelFile"] = False
         image = self.store.create("Image", name, owner_id, group_id, data=data,
                                   description=description)
         shape = PixelsShape(size_x, size_y, size_z, size_c, size_t, pixel_type)
@@ -191,14 +245,17 @@ class Context:
         return image
 
     def write_pixels(self, image_id: int, pixels: np.ndarray) -> None:
-        """Write a native ``(T, C, Z, Y, X)`` array and finish the image (pyramid, stats)."""
+        """Write a native ``(T, C, Z, Y, X)`` array and finish the image (pyramid, stats).
+
+        As an import whose pyramid is already built: readable at once.
+        """
         image = self.store.get(image_id, "Image")
         assert image is not None
         shape, levels = _shape_levels(image)
         arr = self.pixels.array(image_id, shape, 0, levels, writable=True)
         arr[...] = pixels.astype(shape.dtype, copy=False)
         arr.flush()
-        self.finish_image(image_id)
+        self.finish_image(image_id, pyramid_delay_s=0.0)
 
     def mark_dirty(self, image_id: int) -> None:
         """Pixels of ``image_id`` were written; finish it on the next save or close."""
@@ -212,8 +269,33 @@ class Context:
             self._dirty.discard(image_id)
         self.finish_image(image_id)
 
-    def finish_image(self, image_id: int) -> None:
-        """After pixels were written: build the pyramid, record channel ranges, mark complete."""
+    def mark_pixel_file(self, image_id: int) -> None:
+        """The image's ROMIO pixel file now exists: later stores get read-only buffers."""
+        with self._lock:
+            image = self.store.get(image_id, "Image")
+            if image is not None and not image.data.get("pixelFile", True):
+                self.store.update(image_id, data={**image.data, "pixelFile": True})
+
+    def set_pyramid_state(self, image_id: int, state: str, **extra: Any) -> None:
+        """Record a pyramid's state (``missing``, ``building``, ``ready``, ``empty``)."""
+        with self._lock:
+            image = self.store.get(image_id, "Image")
+            assert image is not None
+            self.store.update(image_id, data={**image.data, "pyramid": state, **extra})
+
+    def pyramid_wait_s(self, image: Obj) -> float:
+        """Seconds until a new pyramid is readable (0: readable now, or no pyramid)."""
+        if image.data.get("pyramid") != "building":
+            return 0.0
+        return max(0.0, float(image.data.get("pyramidReadyAt", 0.0)) - time.time())
+
+    def finish_image(self, image_id: int, *, pyramid_delay_s: float | None = None) -> None:
+        """After pixels were written: build the pyramid, record channel ranges, mark complete.
+
+        A pyramid then stays unreadable for ``pyramid_delay_s`` (default: the
+        ``omero.pixeldata.emulator_pyramid_delay_ms`` setting), as while a real
+        server's pixel-data service builds it.
+        """
         image = self.store.get(image_id, "Image")
         assert image is not None
         shape, levels = _shape_levels(image)
@@ -233,6 +315,12 @@ class Context:
             ch["min"], ch["max"] = lo, hi
         data["channels"] = channels
         data["complete"] = True
+        if len(levels) > 1:
+            delay = self.pyramid_delay_s() if pyramid_delay_s is None else pyramid_delay_s
+            data["pyramid"] = "building" if delay > 0 else "ready"
+            data["pyramidReadyAt"] = time.time() + delay
+        else:
+            data["pixelFile"] = True
         self.store.update(image_id, data=data)
 
     # -- services --------------------------------------------------------------------------
