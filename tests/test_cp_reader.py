@@ -257,7 +257,10 @@ def test_file_image_normalises_like_any_cellprofiler_image(cp_manager: SessionMa
     image.release_memory()
 
 
-def test_objects_image_reads_label_planes_as_integers(cp_manager: SessionManager) -> None:
+@pytest.mark.real_server
+def test_objects_image_reads_label_planes_as_integers(target_cp_manager: SessionManager
+                                                      ) -> None:
+    cp_manager = target_cp_manager
     from cellprofiler_core.image.abstract_image.file.url import ObjectsImage
 
     from cellprofiler_omero.core.uploading import upload

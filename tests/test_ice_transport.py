@@ -23,7 +23,7 @@ from cellprofiler_omero.core.session import SessionManager
 from cellprofiler_omero.core.tables import BULK_ANNOTATION_NS, TableWriter
 from cellprofiler_omero.core.uploading import PROVENANCE_NS, upload
 from cellprofiler_omero.emulator import Emulator, synthetic
-from tests.conftest import TEST_SEED, run
+from tests.conftest import TEST_SEED, Target, run
 
 
 def read(manager: SessionManager, image_id: int, **kw: Any) -> np.ndarray:
@@ -194,8 +194,10 @@ def _dataset_image_ids(manager: SessionManager, dataset: int) -> list[int]:
     ((4, 20, 30, 2), None, (1, 4, 2, 20, 30)),
     ((2, 3, 20, 30, 2), None, (2, 3, 2, 20, 30)),
 ])
-def test_upload_shapes_round_trip(manager: SessionManager, shape: tuple[int, ...],
+@pytest.mark.real_server
+def test_upload_shapes_round_trip(target_manager: SessionManager, shape: tuple[int, ...],
                                   axes: str | None, expected: tuple[int, ...]) -> None:
+    manager = target_manager
     rng = np.random.default_rng(sum(shape))
     array = rng.integers(0, 60000, shape).astype(np.uint16)
     result = run(lambda: upload(manager, array, name="shape", axes=axes))
@@ -211,7 +213,9 @@ def test_upload_shapes_round_trip(manager: SessionManager, shape: tuple[int, ...
         np.testing.assert_array_equal(data, tzcyx[tt])
 
 
-def test_upload_converts_masks_and_int64_labels(manager: SessionManager) -> None:
+@pytest.mark.real_server
+def test_upload_converts_masks_and_int64_labels(target_manager: SessionManager) -> None:
+    manager = target_manager
     mask = np.zeros((16, 16), bool)
     mask[4:8, 4:8] = True
     labels = np.zeros((16, 16), np.int64)
@@ -254,7 +258,9 @@ def test_upload_sets_names_sizes_description_dataset_and_provenance(
     assert values["source_url"] == "omero:iid=3"
 
 
-def test_same_key_uploads_once(manager: SessionManager, scratch_dataset: int) -> None:
+@pytest.mark.real_server
+def test_same_key_uploads_once(target_manager: SessionManager, target: Target) -> None:
+    manager, scratch_dataset = target_manager, target.dataset_id
     array = np.ones((8, 8), np.uint8)
     first = run(lambda: upload(manager, array, name="once", dataset_id=scratch_dataset,
                                client_key="same-key-1"))
@@ -340,10 +346,12 @@ def test_tables_attach_to_wells(manager: SessionManager, seeded: dict[str, Any])
     assert run(writer.close).rows == 1
 
 
-def test_rows_read_back_with_omero2pandas_with_types(manager: SessionManager,
-                                                     seeded: dict[str, Any],
-                                                     blitz: Any) -> None:
-    writer = TableWriter(manager, TableTarget("Dataset", seeded["dataset"]), SCHEMA)
+@pytest.mark.real_server
+def test_rows_read_back_with_omero2pandas_with_types(target_manager: SessionManager,
+                                                     target: Target,
+                                                     target_blitz: Any) -> None:
+    manager, blitz = target_manager, target_blitz
+    writer = TableWriter(manager, TableTarget("Dataset", target.dataset_id), SCHEMA)
     run(lambda: writer.append(_rows(5)))
     info = run(writer.close)
     frame = _read_table(blitz, info.file_id)
@@ -377,10 +385,12 @@ def test_rows_are_sent_in_batches_not_per_append(manager: SessionManager, settin
     run(mgr.close)
 
 
-def test_missing_values_become_nan_in_double_columns(manager: SessionManager,
-                                                     seeded: dict[str, Any],
-                                                     blitz: Any) -> None:
-    writer = TableWriter(manager, TableTarget("Dataset", seeded["dataset"]), SCHEMA)
+@pytest.mark.real_server
+def test_missing_values_become_nan_in_double_columns(target_manager: SessionManager,
+                                                     target: Target,
+                                                     target_blitz: Any) -> None:
+    manager, blitz = target_manager, target_blitz
+    writer = TableWriter(manager, TableTarget("Dataset", target.dataset_id), SCHEMA)
     rows = _rows(2)
     rows["Area"] = [None, 2.0]
     run(lambda: writer.append(rows))
@@ -398,10 +408,12 @@ def test_missing_values_in_long_columns_are_refused_before_sending(
     assert run(writer.flush) == 0
 
 
-def test_long_strings_are_truncated_by_default(manager: SessionManager,
-                                               seeded: dict[str, Any], blitz: Any,
+@pytest.mark.real_server
+def test_long_strings_are_truncated_by_default(target_manager: SessionManager,
+                                               target: Target, target_blitz: Any,
                                                caplog: pytest.LogCaptureFixture) -> None:
-    writer = TableWriter(manager, TableTarget("Dataset", seeded["dataset"]), SCHEMA)
+    manager, blitz = target_manager, target_blitz
+    writer = TableWriter(manager, TableTarget("Dataset", target.dataset_id), SCHEMA)
     rows = _rows(1)
     rows["Label"] = ["abcdefghij"]
     run(lambda: writer.append(rows))
