@@ -136,20 +136,26 @@ class PhysicalSize:
 
 @dataclass(frozen=True)
 class PlatePosition:
-    """Where an image sits in a plate: 0-based row and column, field index."""
+    """Where an image sits in a plate: 0-based row and column, field index.
+
+    Row and column are optional in OMERO's model: a well may have neither.
+    """
 
     plate_id: int
     plate_name: str
     well_id: int
-    row: int
-    column: int
+    row: int | None
+    column: int | None
     field: int
     screen_id: int | None = None
     screen_name: str | None = None
 
     @property
     def well_name(self) -> str:
-        """``A01``-style well label (rows past Z continue AA, AB, …)."""
+        """``A01``-style well label (rows past Z continue AA, AB, …); ``""`` without
+        row or column."""
+        if self.row is None or self.column is None:
+            return ""
         return f"{_row_letters(self.row)}{self.column + 1:02d}"
 
 

@@ -1,17 +1,26 @@
 """A small HQL interpreter over the emulator's store, for the queries OMERO clients send.
 
-It understands the shape BlitzGateway, omero2pandas and this project use::
+It understands the shape BlitzGateway, OMERO.web, omero2pandas and this project use::
 
-    select <items> from <Class> [as] <alias>
+    select <items> from <Class> [as] [<alias>]
         {[left [outer] | inner] join [fetch] <path> [as] <alias>}
-        [where <condition>] [group by …] [order by <path|lower(path)> [asc|desc], …]
+        [where <condition>] [group by …] [order by <expr> [asc|desc], …]
 
 with ``and``/``or``/``not``, comparisons, ``in (:list)``, ``in (select …)``,
-``exists (select …)`` (correlated), ``is [not] null``, ``like``, ``lower()``,
-``count([distinct] x)`` and projections of paths. Joined collections bind their
-alias to each element (existential semantics); roots are returned once each.
-Anything else raises ``HqlError`` naming the construct, which the IQuery servant
-answers as ``ApiUsageException`` — it never guesses.
+``exists (select …)`` (correlated), scalar subqueries, ``is [not] null``, ``like``,
+``||`` and arithmetic, ``lower()``/``upper()``/``concat()``, ``index(alias)`` of a
+joined ordered collection, the aggregates ``count([distinct] x)``, ``min``, ``max``,
+``sum``, ``avg``, ``minIndex``, ``maxIndex`` (per ``group by`` group), and properties
+without an alias (``select max(row) from Well where plate.id = :id``), as Hibernate
+accepts them.
+
+Rows follow Hibernate's (SQL's) rules, not a kinder set: a join gives one row per
+matching element, so an entity joined to a collection comes back once per element —
+as the same object, which is why ``findByQuery`` still finds it unique — unless the
+query says ``distinct`` or pages a collection fetch. ``join fetch`` of a collection
+returns that collection loaded with the elements that matched; other collections
+come back unloaded. Anything else raises ``HqlError`` naming the construct, which
+the IQuery servant answers as ``ApiUsageException`` — it never guesses.
 """
 
 from __future__ import annotations
@@ -34,12 +43,13 @@ class HqlError(Exception):
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<param>:[A-Za-z_][A-Za-z0-9_]*)"
-    r"|(?P<num>-?\d+(?:\.\d+)?)|(?P<op><=|>=|<>|!=|=|<|>)|(?P<punct>[(),*])"
+    r"|(?P<num>\d+(?:\.\d+)?)|(?P<op><=|>=|<>|!=|=|<|>)|(?P<concat>\|\|)"
+    r"|(?P<arith>[-+/])|(?P<punct>[(),*])"
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_.]*))")
 
 KEYWORDS = {"select", "from", "as", "join", "left", "outer", "inner", "fetch", "where",
             "and", "or", "not", "in", "is", "null", "like", "exists", "order", "by", "asc",
-            "desc", "distinct", "group", "between", "ilike", "true", "false"}
+            "desc", "distinct", "group", "between", "ilike", "true", "false", "having"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,7 @@ class Join:
     path: str
     alias: str
     outer: bool
+    fetch: bool = False
 
 
 @dataclass
@@ -88,6 +99,14 @@ class Query:
     joins: list[Join]
     where: Any
     order: list[tuple[Any, bool]]
+    group: list[Any] = field(default_factory=list)
+
+
+#: Functions over all the rows of a group (or of the whole result without ``group by``).
+AGGREGATES = ("count", "max", "min", "sum", "avg", "minindex", "maxindex")
+#: Ordered (indexed) collections of the OMERO model (``ordered="true"`` in omero-model's
+#: mappings): the only ones ``index()``, ``minIndex()`` and ``maxIndex()`` apply to.
+INDEXED = {("Well", "wellSamples"), ("Image", "pixels"), ("Pixels", "channels")}
 
 
 class Parser:
@@ -101,7 +120,8 @@ class Parser:
 
     def at(self, *words: str) -> bool:
         tok = self.peek()
-        return tok is not None and tok.low in words and tok.kind in ("kw", "punct", "op")
+        return tok is not None and tok.low in words and tok.kind in (
+            "kw", "punct", "op", "concat", "arith")
 
     def take(self, *words: str) -> Tok:
         tok = self.peek()
@@ -146,22 +166,25 @@ class Parser:
                 outer = True
             self.accept("inner")
             self.take("join")
-            self.accept("fetch")
+            fetch = self.accept("fetch")
             path = self.name()
             self.accept("as")
             jalias = path.rsplit(".", 1)[-1]
             tok = self.peek()
             if tok is not None and tok.kind == "name":
                 jalias = self.name()
-            joins.append(Join(path, jalias, outer))
+            joins.append(Join(path, jalias, outer, fetch))
         where = None
         if self.accept("where"):
             where = self.expr()
+        group: list[Any] = []
         if self.accept("group"):
             self.take("by")
-            self.operand()
+            group.append(self.operand())
             while self.accept(","):
-                self.operand()
+                group.append(self.operand())
+            if self.at("having"):
+                raise HqlError("'having' is not supported by the emulator")
         order: list[tuple[Any, bool]] = []
         if self.accept("order"):
             self.take("by")
@@ -179,7 +202,7 @@ class Parser:
             select = [("path", alias)]
         if not nested and self.peek() is not None:
             raise HqlError(f"unexpected {self.peek().text!r}")  # type: ignore[union-attr]
-        return Query(select, distinct, cls, alias, joins, where, order)
+        return Query(select, distinct, cls, alias, joins, where, order, group)
 
     def expr(self) -> Any:
         left = self.conj()
@@ -226,8 +249,10 @@ class Parser:
                 self.take(")")
                 node = ("in", left, items)
             return ("not", node) if negate else node
-        if self.accept("like", "ilike"):
-            node = ("like", left, self.operand())
+        if self.at("like", "ilike"):
+            # PostgreSQL's like is case-sensitive; ilike is not.
+            insensitive = self.take().low == "ilike"
+            node = ("like", left, self.operand(), insensitive)
             return ("not", node) if negate else node
         if self.accept("between"):
             low = self.operand()
@@ -245,6 +270,31 @@ class Parser:
         return ("cmp", tok.text, left, self.operand())
 
     def operand(self) -> Any:
+        """An expression: terms joined by ``+``, ``-`` and ``||`` (over ``*`` and ``/``)."""
+        left = self.term()
+        while self.at("+", "-", "||"):
+            op = self.take().text
+            left = ("bin", op, left, self.term())
+        return left
+
+    def term(self) -> Any:
+        left = self.factor()
+        while self.at("*", "/"):
+            op = self.take().text
+            left = ("bin", op, left, self.factor())
+        return left
+
+    def factor(self) -> Any:
+        if self.accept("-"):
+            return ("bin", "-", ("lit", 0), self.factor())
+        return self.atom()
+
+    def atom(self) -> Any:
+        if self.at("(") and (nxt := self.peek(1)) is not None and nxt.low == "select":
+            self.take("(")
+            sub = self.query(nested=True)
+            self.take(")")
+            return ("subquery", sub)
         tok = self.take()
         if tok.kind == "param":
             return ("param", tok.text[1:])
@@ -347,6 +397,8 @@ class Graph:
         self.group_id = group_id
         self.to_model = to_model
         self._cache: dict[int, View] = {}
+        self._members: dict[int, View] = {}
+        self._people: dict[tuple[str, int], View] = {}
 
     # -- visibility ----------------------------------------------------------------------
 
@@ -413,6 +465,12 @@ class Graph:
                     yield self.enum_view("PixelsType", index, name, bitSize=BIT_SIZES[name])
         elif cls == "DimensionOrder":
             yield self.enum_view("DimensionOrder", 1, "XYZCT")
+        elif cls == "GroupExperimenterMap":
+            for g in self.store.groups():
+                for u in self.store.group_members(g.id):
+                    view = self.membership_view(g.id, u)
+                    if ids is None or view.fields["id"] in ids:
+                        yield view
         else:
             raise HqlError(f"class {cls!r} is not served by the emulator")
 
@@ -589,35 +647,62 @@ class Graph:
         })
 
     def user_view(self, user_id: int) -> View:
-        from cellprofiler_omero.emulator import modelmap
-
+        cached = self._people.get(("Experimenter", user_id))
+        if cached is not None:
+            return cached
         user = self.store.user(user_id)
         if user is None:
             return View("Experimenter", {"id": user_id})
         view = View("Experimenter", {"id": user.id, "omeName": user.omename,
                                      "firstName": user.first, "lastName": user.last,
                                      "email": user.email, "ldap": False},
-                    model=lambda: modelmap.experimenter(user))
+                    model=lambda: _modelmap().experimenter(user))
         view.lazy["groupExperimenterMap"] = lambda: [
-            View("GroupExperimenterMap", {"id": user.id * 1000 + g, "child": view,
-                                          "parent": self.group_view(g)})
-            for g in self.store.member_groups(user.id)]
+            self.membership_view(g, user.id) for g in self.store.member_groups(user.id)]
+        self._people[("Experimenter", user_id)] = view
         return view
 
     def group_view(self, group_id: int) -> View:
-        from cellprofiler_omero.emulator import modelmap
-
+        cached = self._people.get(("ExperimenterGroup", group_id))
+        if cached is not None:
+            return cached
         grp = self.store.group(group_id)
         if grp is None:
             return View("ExperimenterGroup", {"id": group_id})
         view = View("ExperimenterGroup", {"id": grp.id, "name": grp.name, "ldap": False,
                                           "description": grp.description},
-                    model=lambda: modelmap.group(grp))
+                    model=lambda: _modelmap().group(grp))
         view.lazy["groupExperimenterMap"] = lambda: [
-            View("GroupExperimenterMap", {"id": u * 1000 + grp.id, "parent": view,
-                                          "child": self.user_view(u)})
-            for u in self.store.group_members(grp.id)]
+            self.membership_view(grp.id, u) for u in self.store.group_members(grp.id)]
+        self._people[("ExperimenterGroup", group_id)] = view
         return view
+
+    def membership_view(self, group_id: int, user_id: int) -> View:
+        """One GroupExperimenterMap (a user's membership of a group, leader or not)."""
+        map_id = user_id * 1000 + group_id
+        cached = self._members.get(map_id)
+        if cached is not None:
+            return cached
+        leader = group_id in self.store.leader_groups(user_id)
+        view = View("GroupExperimenterMap", {"id": map_id, "owner": leader},
+                    {"parent": lambda: self.group_view(group_id),
+                     "child": lambda: self.user_view(user_id)})
+
+        def model() -> Any:
+            parent, child = view.get("parent"), view.get("child")
+            return _modelmap().membership(map_id, parent.model() if parent.model else None,
+                                       child.model() if child.model else None, leader)
+
+        view.model = model
+        self._members[map_id] = view
+        return view
+
+
+def _modelmap() -> Any:
+    """``modelmap`` (omero.model), imported only when a model object is wanted."""
+    from cellprofiler_omero.emulator import modelmap
+
+    return modelmap
 
 
 LINKS_BY_PARENT = {v[0] for v in LINKS.values()}
@@ -633,12 +718,22 @@ class Evaluator:
     def __init__(self, graph: Graph, params: dict[str, Any]) -> None:
         self.graph = graph
         self.params = params
+        #: Collections the top-level query fetched: parent view key → property → elements.
+        self.fetched: dict[tuple[str, Any], dict[str, list[View]]] = {}
+        #: Whether a ``join fetch`` of the top-level query walked into a collection.
+        self.collection_fetch = False
 
     def resolve(self, path: str, env: Env) -> Any:
         head, *rest = path.split(".")
-        if head not in env:
+        if head in env:
+            value = env[head]
+        elif "#root" in env:
+            # A property without an alias belongs to the (innermost) root, as in
+            # Hibernate's "select max(row) from Well where plate.id = :id".
+            value = env[env["#root"]]
+            rest = [head, *rest]
+        else:
             raise HqlError(f"unknown alias {head!r} in {path!r}")
-        value = env[head]
         for part in rest:
             value = _step(value, part)
         return value
@@ -653,8 +748,17 @@ class Evaluator:
             return self.params[node[1]]
         if kind == "lit":
             return node[1]
+        if kind == "bin":
+            return _binary(node[1], self.value(node[2], env), self.value(node[3], env))
+        if kind == "subquery":
+            rows = self.run(node[1], env)
+            if len(rows) > 1:
+                raise HqlError("a scalar subquery found more than one row")
+            return rows[0][0] if rows else None
         if kind == "func":
             name, args = node[1], node[2]
+            if name in AGGREGATES:
+                raise HqlError(f"{name}() is an aggregate: it belongs in the select clause")
             if name in ("lower", "upper", "str", "trim") and len(args) == 1:
                 value = self.value(args[0], env)
                 if isinstance(value, str):
@@ -663,7 +767,14 @@ class Evaluator:
                     if name == "upper":
                         return value.upper()
                     return value.strip() if name == "trim" else value
-                return value if name != "str" else str(value)
+                return value if name != "str" or value is None else str(_scalar(value))
+            if name == "concat" and args:
+                return _concat([self.value(arg, env) for arg in args])
+            if name == "index" and len(args) == 1:
+                return self.index(args[0], env)
+            if name == "abs" and len(args) == 1:
+                value = _scalar(self.value(args[0], env))
+                return None if value is None else abs(value)
             if name == "size" and len(args) == 1:
                 value = self.value(args[0], env)
                 return len(value) if isinstance(value, list) else 0
@@ -675,6 +786,16 @@ class Evaluator:
                 return None
             raise HqlError(f"function {name}() is not supported by the emulator")
         raise HqlError(f"cannot evaluate {kind}")
+
+    def index(self, node: Any, env: Env) -> int:
+        """``index(alias)``: the element's position in the ordered collection it joined."""
+        alias = node[1] if node[0] == "path" else None
+        key = f"#index:{alias}"
+        if alias is None or key not in env:
+            raise HqlError("index() needs the alias of a joined ordered collection "
+                           "(e.g. 'join w.wellSamples ws ... index(ws)')")
+        position: int = env[key]
+        return position
 
     def test(self, node: Any, env: Env) -> bool:
         kind = node[0]
@@ -704,7 +825,8 @@ class Evaluator:
             if not isinstance(left, str) or not isinstance(pattern, str):
                 return False
             regex = "^" + re.escape(pattern).replace("%", ".*").replace("_", ".") + "$"
-            return re.match(regex, left, re.IGNORECASE | re.DOTALL) is not None
+            flags = re.DOTALL | (re.IGNORECASE if node[3] else 0)
+            return re.match(regex, left, flags) is not None
         if kind == "between":
             left = _scalar(self.value(node[1], env))
             low, high = _scalar(self.value(node[2], env)), _scalar(self.value(node[3], env))
@@ -718,97 +840,202 @@ class Evaluator:
     def bindings(self, query: Query, outer: Env) -> Iterator[Env]:
         ids = _root_ids(query, self.params)
         for root in self.graph.candidates(query.cls, ids):
-            env = {**outer, query.alias: root}
+            env = {**outer, query.alias: root, "#root": query.alias}
             yield from self._join(query, 0, env)
 
     def _join(self, query: Query, index: int, env: Env) -> Iterator[Env]:
+        """Every combination of joined elements (one row each, as SQL joins give)."""
         if index == len(query.joins):
             yield env
             return
         join = query.joins[index]
-        if not _uses(query, join.alias):
-            yield from self._join(query, index + 1, {**env, join.alias: None})
-            return
         try:
             value = self.resolve(join.path, env)
         except HqlError:
             value = None
         elements = value if isinstance(value, list) else ([] if value is None else [value])
+        owner, prop = self._collection_of(join.path, env) if isinstance(value, list) \
+            else (None, None)
         if not elements:
             if join.outer:
-                yield from self._join(query, index + 1, {**env, join.alias: None})
+                # An empty collection fetched by an outer join still comes back loaded.
+                empty: Env = {join.alias: None}
+                if owner is not None and prop is not None:
+                    empty[f"#fetch:{join.alias}"] = (owner, prop)
+                yield from self._join(query, index + 1, {**env, **empty})
             return
-        for element in elements:
-            yield from self._join(query, index + 1, {**env, join.alias: element})
+        for position, element in enumerate(elements):
+            extra: Env = {join.alias: element}
+            if owner is not None and prop is not None:
+                extra[f"#fetch:{join.alias}"] = (owner, prop)
+                if (owner.kind, prop) in INDEXED:
+                    extra[f"#index:{join.alias}"] = position
+            yield from self._join(query, index + 1, {**env, **extra})
 
-    def run(self, query: Query, outer: Env | None = None, limit: int | None = None
-            ) -> list[list[Any]]:
-        """Rows of selected values (aggregates over all matches when any is selected)."""
+    def _collection_of(self, path: str, env: Env) -> tuple[View | None, str | None]:
+        """The view owning the collection ``path`` names, and the collection's property."""
+        head, _, prop = path.rpartition(".")
+        if not head or "." in prop:
+            return None, None
+        try:
+            owner = self.resolve(head, env)
+        except HqlError:
+            return None, None
+        return (owner, prop) if isinstance(owner, View) else (None, None)
+
+    def run(self, query: Query, outer: Env | None = None, limit: int | None = None,
+            top: bool = False) -> list[list[Any]]:
+        """Rows of selected values (aggregates per ``group by`` group, or over all rows)."""
         matches: list[Env] = []
-        seen: set[Any] = set()
         for env in self.bindings(query, outer or {}):
             if query.where is not None and not self.test(query.where, env):
                 continue
-            root_key = env[query.alias]
-            if root_key in seen and _selects_root_only(query):
-                continue
-            seen.add(root_key)
             matches.append(env)
             if limit is not None and len(matches) >= limit and not query.order:
                 break
-        if any(item[0] == "func" and item[1] in ("count", "max", "min", "sum")
-               for item in query.select):
-            return [[self._aggregate(item, matches) for item in query.select]]
+        if top:
+            self._record_fetches(query, matches)
+        aggregated = any(_has_aggregate(item) for item in query.select)
+        if query.group or aggregated:
+            return self._grouped(query, matches)
         if query.order:
             for item, desc in reversed(query.order):
                 matches.sort(key=self._sorter(item), reverse=desc)
         rows = [[self.value(item, env) for item in query.select] for env in matches]
         if query.distinct:
-            unique: list[list[Any]] = []
-            keys: set[Any] = set()
-            for row in rows:
-                key = tuple(_hashable(v) for v in row)
-                if key not in keys:
-                    keys.add(key)
-                    unique.append(row)
-            rows = unique
+            rows = _distinct(rows)
         return rows
+
+    def _record_fetches(self, query: Query, matches: list[Env]) -> None:
+        fetch_aliases = [j.alias for j in query.joins if j.fetch]
+        for env in matches:
+            for alias in fetch_aliases:
+                where = env.get(f"#fetch:{alias}")
+                if where is None:
+                    continue
+                self.collection_fetch = True
+                owner, prop = where
+                elements = self.fetched.setdefault(owner.key, {}).setdefault(prop, [])
+                element = env.get(alias)
+                if element is not None and element not in elements:
+                    elements.append(element)
+        # A fetched collection that matched nothing is loaded and empty, not unloaded.
+        for env in matches:
+            for alias in fetch_aliases:
+                where = env.get(f"#fetch:{alias}")
+                if where is not None:
+                    self.fetched.setdefault(where[0].key, {}).setdefault(where[1], [])
+
+    def _grouped(self, query: Query, matches: list[Env]) -> list[list[Any]]:
+        groups: dict[Any, list[Env]] = {}
+        if query.group:
+            for env in matches:
+                key = tuple(_hashable(_scalar(self.value(g, env))) for g in query.group)
+                groups.setdefault(key, []).append(env)
+        else:
+            for item in query.select:
+                if not _has_aggregate(item) and item[0] not in ("lit", "param"):
+                    raise HqlError("mixing aggregates and plain values needs group by")
+            groups[()] = matches
+        members = list(groups.values())
+        if query.order:
+            for item, desc in reversed(query.order):
+                members.sort(key=lambda envs, item=item: _sort_key(self.aggregate(item, envs)),
+                             reverse=desc)
+        rows = [[self.aggregate(item, envs) for item in query.select] for envs in members]
+        return _distinct(rows) if query.distinct else rows
+
+    def aggregate(self, node: Any, envs: list[Env]) -> Any:
+        """``node`` over a group of rows: aggregates over all, anything else on the first."""
+        if node[0] == "func" and node[1] in AGGREGATES:
+            name, args, distinct = node[1], node[2], node[3]
+            if name in ("minindex", "maxindex"):
+                if len(args) != 1:
+                    raise HqlError(f"{name}() takes one alias")
+                values = [self.index(args[0], env) for env in envs]
+                return (min(values) if name == "minindex" else max(values)) if values else None
+            values = [self.value(args[0], env) for env in envs] if args else [1] * len(envs)
+            values = [v for v in values if v is not None]
+            if distinct:
+                unique: dict[Any, Any] = {}
+                for v in values:
+                    unique.setdefault(_hashable(_scalar(v)), v)
+                values = list(unique.values())
+            if name == "count":
+                return len(values)
+            nums = [_scalar(v) for v in values]
+            if not nums:
+                return None
+            if name == "max":
+                return max(nums)
+            if name == "min":
+                return min(nums)
+            total = sum(nums)
+            return total if name == "sum" else total / len(nums)
+        if node[0] == "bin":
+            return _binary(node[1], self.aggregate(node[2], envs),
+                           self.aggregate(node[3], envs))
+        if _has_aggregate(node):
+            raise HqlError("an aggregate inside a function is not supported by the emulator")
+        return self.value(node, envs[0]) if envs else None
 
     def _sorter(self, item: Any) -> Callable[[Env], tuple[int, Any]]:
         return lambda env: _sort_key(self.value(item, env))
 
-    def _aggregate(self, item: Any, matches: list[Env]) -> Any:
-        if item[0] != "func":
-            raise HqlError("mixing aggregates and plain values needs group by")
-        name, args, distinct = item[1], item[2], item[3]
-        values = [self.value(args[0], env) for env in matches] if args else []
-        if name == "count":
-            values = [v for v in values if v is not None]
-            return len({_hashable(v) for v in values}) if distinct else len(values)
-        nums = [_scalar(v) for v in values if v is not None]
-        if not nums:
-            return None
-        if name == "max":
-            return max(nums)
-        if name == "min":
-            return min(nums)
-        return sum(nums)
+
+def _has_aggregate(node: Any) -> bool:
+    if not isinstance(node, tuple) or not node:
+        return False
+    if node[0] == "func":
+        return node[1] in AGGREGATES or any(_has_aggregate(a) for a in node[2])
+    if node[0] == "bin":
+        return _has_aggregate(node[2]) or _has_aggregate(node[3])
+    return False
+
+
+def _distinct(rows: list[list[Any]]) -> list[list[Any]]:
+    unique: list[list[Any]] = []
+    keys: set[Any] = set()
+    for row in rows:
+        key = tuple(_hashable(v) for v in row)
+        if key not in keys:
+            keys.add(key)
+            unique.append(row)
+    return unique
+
+
+def _concat(values: list[Any]) -> str | None:
+    """SQL concatenation: null if any part is null."""
+    if any(v is None for v in values):
+        return None
+    return "".join(str(_scalar(v)) for v in values)
+
+
+def _binary(op: str, left: Any, right: Any) -> Any:
+    if op == "||":
+        return _concat([left, right])
+    left, right = _scalar(left), _scalar(right)
+    if left is None or right is None:
+        return None
+    if isinstance(left, str) or isinstance(right, str):
+        raise HqlError(f"arithmetic {op!r} on text (use || to join text)")
+    if op == "+":
+        return left + right
+    if op == "-":
+        return left - right
+    if op == "*":
+        return left * right
+    if right == 0:
+        raise HqlError("division by zero")
+    if isinstance(left, int) and isinstance(right, int):
+        return int(left / right)  # integer division truncates, as in SQL
+    return left / right
 
 
 def _hashable(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_hashable(v) for v in value)
     return value
-
-
-def _uses(query: Query, alias: str) -> bool:
-    text = repr((query.select, query.where, query.order,
-                 [j.path for j in query.joins]))
-    return f"'{alias}." in text or f"'{alias}'" in text
-
-
-def _selects_root_only(query: Query) -> bool:
-    return len(query.select) == 1 and query.select[0] == ("path", query.alias)
 
 
 def _root_ids(query: Query, params: dict[str, Any]) -> list[int] | None:
@@ -888,23 +1115,72 @@ def _compare(op: str, left: Any, right: Any) -> bool:
         return False
 
 
-def execute(graph: Graph, text: str, params: dict[str, Any], *, offset: int = 0,
-            limit: int | None = None) -> tuple[Query, list[list[Any]]]:
-    """Parse and run ``text``; returns the parsed query and its rows."""
+@dataclass
+class Result:
+    """What a query found: rows, and the collections its ``join fetch``es loaded."""
+
+    query: Query
+    rows: list[list[Any]]
+    fetched: dict[tuple[str, Any], dict[str, list[View]]]
+    collection_fetch: bool
+
+
+def execute(graph: Graph, text: str, params: dict[str, Any]) -> Result:
+    """Parse and run ``text``."""
     query = parse(text)
-    rows = Evaluator(graph, params).run(query)
-    if offset or limit is not None:
-        rows = rows[offset: None if limit is None else offset + limit]
-    return query, rows
+    evaluator = Evaluator(graph, params)
+    rows = evaluator.run(query, top=True)
+    return Result(query, rows, evaluator.fetched, evaluator.collection_fetch)
 
 
-def objects(rows: Iterable[list[Any]]) -> list[Any]:
+#: Collections a model of these classes comes with loaded (and empty) from ``modelmap``
+#: but a real server sends unloaded unless the query fetched them.
+UNLOADED_UNLESS_FETCHED = ("Well", "Experimenter", "ExperimenterGroup")
+
+
+class Models:
+    """Model objects of one query's views.
+
+    Each entity is built once, so the rows Hibernate repeats for a joined collection
+    share one object (as they do on a real server: one instance per session), and
+    carries the collections the query fetched loaded with what matched.
+    """
+
+    def __init__(self, fetched: dict[tuple[str, Any], dict[str, list[View]]]) -> None:
+        self.fetched = fetched
+        self._cache: dict[tuple[str, Any], Any] = {}
+
+    def of(self, view: View) -> Any:
+        key = view.key
+        if key in self._cache:
+            return self._cache[key]
+        assert view.model is not None
+        m = view.model()
+        self._cache[key] = m
+        if view.kind in UNLOADED_UNLESS_FETCHED:
+            from cellprofiler_omero.emulator import modelmap
+
+            modelmap.unload_collections(m)
+        for prop, elements in self.fetched.get(key, {}).items():
+            if not hasattr(m, f"_{prop}Loaded"):
+                continue  # an embedded list (mapValue) is always part of its object
+            setattr(m, f"_{prop}Seq", [self.of(e) for e in elements if e.model is not None])
+            setattr(m, f"_{prop}Loaded", True)
+        return m
+
+    def value(self, value: Any) -> Any:
+        """A selected value as the client receives it (views as model objects)."""
+        if isinstance(value, View):
+            return self.of(value) if value.model is not None else value.fields.get("id")
+        return value
+
+
+def objects(rows: Iterable[list[Any]], models: Models | None = None) -> list[Any]:
     """The model objects of the first selected column."""
+    models = models or Models({})
     out = []
     for row in rows:
-        value = row[0]
-        if isinstance(value, View) and value.model is not None:
-            out.append(value.model())
-        elif value is not None:
+        value = models.value(row[0])
+        if value is not None:
             out.append(value)
     return out

@@ -8,6 +8,7 @@ channels.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import omero
@@ -75,10 +76,14 @@ def details(store: Store, viewer: User | None, owner_id: int, group_id: int, cre
     d = omero.model.DetailsI()
     owner = store.user(owner_id)
     grp = store.group(group_id)
+    # Owner and group come without their memberships, as a real server sends them
+    # (BlitzGateway's wrappers load those when asked, instead of seeing none).
     if owner is not None:
         d.owner = experimenter(owner)
+        unload_collections(d.owner)
     if grp is not None:
         d.group = group(grp)
+        unload_collections(d.group)
     event = omero.model.EventI(rlong(1), True)
     event.time = rtime(int(created * 1000))
     d.creationEvent = event
@@ -200,12 +205,28 @@ LINK_ENDS: dict[str, tuple[str, str]] = {
 ANNOTATION_KINDS = ("FileAnnotation", "MapAnnotation", "CommentAnnotation", "TagAnnotation")
 
 
+@functools.cache
+def _unloaders(cls: type) -> tuple[str, ...]:
+    return tuple(name for name in dir(cls)
+                 if name.startswith("unload") and name not in ("unload", "unloadDetails")
+                 and hasattr(cls, f"is{name[6:]}Loaded"))
+
+
 def unload_collections(m: Any) -> None:
     """Mark every collection of ``m`` unloaded, as a server does unless a query fetched it."""
-    for name in dir(type(m)):
-        if name.startswith("unload") and name not in ("unload", "unloadDetails") and \
-                hasattr(m, f"is{name[6:]}Loaded"):
-            getattr(m, name)()
+    for name in _unloaders(type(m)):
+        getattr(m, name)()
+
+
+def membership(map_id: int, group_model: Any, user_model: Any, leader: bool
+               ) -> omero.model.GroupExperimenterMapI:
+    """A GroupExperimenterMap: ``user_model`` is a member (a leader if ``leader``) of
+    ``group_model``, as ``join fetch g.groupExperimenterMap m join fetch m.child`` gives."""
+    gem = omero.model.GroupExperimenterMapI(rlong(map_id), True)
+    gem.parent = group_model
+    gem.child = user_model
+    gem.owner = rbool(leader)
+    return gem
 
 
 def loaded(m: Any, *collections: str) -> Any:
@@ -249,7 +270,9 @@ def to_model(store: Store, viewer: User | None, obj: Obj, *, deep: bool = True) 
         m.rows = rint(d.get("rows", 0))
         m.columns = rint(d.get("columns", 0))
     elif obj.kind == "Well":
-        m.row, m.column = rint(d["row"]), rint(d["column"])
+        # Row and column are optional in OMERO's model (a well may have neither).
+        m.row = rint(d["row"]) if d.get("row") is not None else None
+        m.column = rint(d["column"]) if d.get("column") is not None else None
         plate = store.get(obj.parent_id) if obj.parent_id is not None else None
         if plate is not None:
             # Loaded (shallow), as "join fetch w.plate" gives it.

@@ -8,6 +8,7 @@ from typing import Any
 import Ice
 import omero
 import omero.api
+import omero.model
 from omero.rtypes import rbool, rdouble, rlong, robject, rstring, unwrap
 
 from cellprofiler_omero.emulator import hql, modelmap
@@ -34,8 +35,8 @@ def _params(params: Any) -> tuple[dict[str, Any], int, int | None, int | None]:
 
 
 def _rtype(value: Any) -> Any:
-    if isinstance(value, hql.View):
-        return robject(value.model()) if value.model is not None else rlong(value.fields["id"])
+    if isinstance(value, omero.model.IObject):
+        return robject(value)
     if value is None:
         return None
     if isinstance(value, bool):
@@ -49,45 +50,94 @@ def _rtype(value: Any) -> Any:
     return omero.rtypes.wrap(value)
 
 
+def non_unique(query_name: str) -> omero.ApiUsageException:
+    """What ome.logic.QueryImpl answers when a findBy method finds more than one object."""
+    return api_usage(
+        "Query named:\n\n\t" + query_name + "\n\n"
+        "has returned more than one Object\n"
+        "findBy methods must return a single value.\n"
+        "Please try findAllBy methods for queries which return Lists.")
+
+
+def _unique(rows: list[list[Any]]) -> bool:
+    """Hibernate's ``uniqueResult``: at most one row, or the same entity on every row."""
+    if len(rows) <= 1:
+        return True
+    first = rows[0][0] if len(rows[0]) == 1 else None
+    return isinstance(first, hql.View) and all(
+        len(row) == 1 and isinstance(row[0], hql.View) and row[0].key == first.key
+        for row in rows)
+
+
 class QueryMixin(SessionServant):
     """Running HQL for any servant that needs it."""
 
     def graph(self, caller: Caller) -> hql.Graph:
         store = self.ctx.store
+        # A Well's samples come only when the query fetches them (hql.Models adds them).
         return hql.Graph(store, caller.user, caller.group_id,
-                         lambda obj: modelmap.to_model(store, caller.user, obj))
+                         lambda obj: modelmap.to_model(store, caller.user, obj,
+                                                       deep=obj.kind != "Well"))
 
-    def hql_rows(self, text: str, params: Any, current: Ice.Current) -> list[list[Any]]:
+    def hql_result(self, text: str, params: Any, current: Ice.Current) -> hql.Result:
         caller = self.caller(current)
         values, offset, limit, owner = _params(params)
         try:
-            query, rows = hql.execute(self.graph(caller), text, values)
+            result = hql.execute(self.graph(caller), text, values)
         except hql.HqlError as exc:
             log.info("unsupported HQL: %s (%s)", " ".join(text.split()), exc)
             raise api_usage(f"The emulator does not support this query ({exc}): "
                             f"{' '.join(text.split())}") from None
+        rows = result.rows
         if owner is not None:
             rows = [r for r in rows if not isinstance(r[0], hql.View)
                     or r[0].obj is None or r[0].obj.owner_id == owner]
-        del query
         if offset or limit is not None:
+            if result.collection_fetch:
+                # Hibernate pages a collection fetch in memory over distinct roots
+                # ("firstResult/maxResults specified with collection fetch").
+                rows = _distinct_roots(rows)
             rows = rows[offset: None if limit is None else offset + limit]
-        return rows
+        result.rows = rows
+        return result
+
+    def hql_rows(self, text: str, params: Any, current: Ice.Current) -> list[list[Any]]:
+        return self.hql_result(text, params, current).rows
+
+
+def _distinct_roots(rows: list[list[Any]]) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    seen: set[Any] = set()
+    for row in rows:
+        key = row[0].key if isinstance(row[0], hql.View) else id(row)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
 
 
 @servant(omero.api.IQuery)
 class QueryI(QueryMixin):
-    """IQuery over the emulator's store."""
+    """IQuery over the emulator's store (ome.logic.QueryImpl's rules)."""
+
+    def _objects(self, query: str, params: Any, current: Ice.Current) -> list[Any]:
+        result = self.hql_result(query, params, current)
+        return hql.objects(result.rows, hql.Models(result.fetched))
 
     def findByQuery(self, query: str, params: Any, current: Ice.Current) -> Any:
-        found = hql.objects(self.hql_rows(query, params, current))
+        result = self.hql_result(query, params, current)
+        if not _unique(result.rows):
+            raise non_unique(query)
+        found = hql.objects(result.rows, hql.Models(result.fetched))
         return found[0] if found else None
 
     def findAllByQuery(self, query: str, params: Any, current: Ice.Current) -> list[Any]:
-        return hql.objects(self.hql_rows(query, params, current))
+        return self._objects(query, params, current)
 
     def projection(self, query: str, params: Any, current: Ice.Current) -> list[list[Any]]:
-        return [[_rtype(v) for v in row] for row in self.hql_rows(query, params, current)]
+        result = self.hql_result(query, params, current)
+        models = hql.Models(result.fetched)
+        return [[_rtype(models.value(v)) for v in row] for row in result.rows]
 
     def _by_id(self, klass: str, object_id: int, current: Ice.Current) -> Any:
         cls = klass.rsplit(".", 1)[-1]
@@ -95,8 +145,7 @@ class QueryI(QueryMixin):
             cls = cls[:-1]
         params = omero.sys.Parameters()
         params.map = {"id": rlong(object_id)}
-        found = hql.objects(self.hql_rows(f"select o from {cls} o where o.id = :id", params,
-                                          current))
+        found = self._objects(f"select o from {cls} o where o.id = :id", params, current)
         return found[0] if found else None
 
     def get(self, klass: str, object_id: int, current: Ice.Current) -> Any:
@@ -113,26 +162,27 @@ class QueryI(QueryMixin):
         params.map = {}
         params.theFilter = flt
         cls = klass.rsplit(".", 1)[-1]
-        return hql.objects(self.hql_rows(f"select o from {cls} o order by o.id", params,
-                                         current))
+        return self._objects(f"select o from {cls} o order by o.id", params, current)
 
     def findByString(self, klass: str, field: str, value: str, current: Ice.Current) -> Any:
         params = omero.sys.Parameters()
         params.map = {"v": rstring(value)}
         cls = klass.rsplit(".", 1)[-1]
-        found = hql.objects(self.hql_rows(f"select o from {cls} o where o.{field} = :v",
-                                          params, current))
+        found = self._objects(f"select o from {cls} o where o.{field} = :v", params, current)
+        if len(found) > 1:
+            raise non_unique("findByString")
         return found[0] if found else None
 
     def findAllByString(self, klass: str, field: str, value: str, case_sensitive: bool,
                         flt: Any, current: Ice.Current) -> list[Any]:
         params = omero.sys.Parameters()
-        params.map = {"v": rstring(value)}
+        # QueryImpl matches anywhere in the value (MatchMode.ANYWHERE).
+        params.map = {"v": rstring(f"%{value}%")}
         params.theFilter = flt
         cls = klass.rsplit(".", 1)[-1]
         op = "like" if case_sensitive else "ilike"
-        return hql.objects(self.hql_rows(f"select o from {cls} o where o.{field} {op} :v",
-                                         params, current))
+        return self._objects(f"select o from {cls} o where o.{field} {op} :v", params,
+                             current)
 
     def refresh(self, obj: Any, current: Ice.Current) -> Any:
         return self.get(type(obj).__name__, obj.id.val, current)

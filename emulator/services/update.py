@@ -16,7 +16,12 @@ import omero.api
 from omero.rtypes import unwrap
 
 from cellprofiler_omero.emulator import modelmap
-from cellprofiler_omero.emulator.icebase import api_usage, security_violation, servant
+from cellprofiler_omero.emulator.icebase import (
+    api_usage,
+    security_violation,
+    servant,
+    validation,
+)
 from cellprofiler_omero.emulator.services.common import Caller, SessionServant
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,8 @@ class UpdateI(SessionServant):
             if kind in ("Pixels", "LogicalChannel", "Channel"):
                 return self._update_pixels_part(caller, kind, unwrap(obj.id), obj)
             return self._ref(caller, obj)
+        if kind in ("Well", "WellSample"):
+            return self._save_plate_part(caller, kind, obj)
         if kind not in SAVABLE or kind == "Image":
             raise api_usage(f"The emulator cannot create {kind} objects through IUpdate.")
         group_id = self.write_group(caller)
@@ -110,6 +117,34 @@ class UpdateI(SessionServant):
             self.ctx.file_path(stored.id).touch()
         self._collections(caller, kind, stored.id, obj)
         return kind, stored.id
+
+    def _save_plate_part(self, caller: Caller, kind: str, obj: Any) -> tuple[str, int]:
+        """A new Well in a plate (row and column optional, as in OMERO's model) with its
+        new WellSamples, or a new WellSample in a well; each sample names its image."""
+        store = self.ctx.store
+        parent_attr, parent_kind = ("plate", "Plate") if kind == "Well" else ("well", "Well")
+        if getattr(obj, f"_{parent_attr}", None) is None:
+            raise validation(f"not-null property references a null or transient value: "
+                             f"ome.model.screen.{kind}.{parent_attr}")
+        _k, parent_id = self._ref(caller, getattr(obj, f"_{parent_attr}"))
+        parent = store.get(parent_id, parent_kind)
+        if parent is None:
+            raise api_usage(f"{parent_kind}:{parent_id} does not exist.")
+        if not store.can_link(caller.user, parent.owner_id, parent.group_id):
+            raise security_violation(f"{caller.user.omename} may not add to "
+                                     f"{parent_kind}:{parent_id}.")
+        if kind == "WellSample":
+            image = getattr(obj, "_image", None)
+            image_id = self._ref(caller, image)[1] if image is not None else None
+            sample = store.create("WellSample", "", caller.user.id, parent.group_id,
+                                  parent_id=parent_id, data={"image": image_id})
+            return kind, sample.id
+        well = store.create("Well", "", caller.user.id, parent.group_id, parent_id=parent_id,
+                            data={"row": _get(obj, "row"), "column": _get(obj, "column")})
+        for sample in getattr(obj, "_wellSamplesSeq", None) or []:
+            sample.well = modelmap.unloaded("Well", well.id)
+            self._save_plate_part(caller, "WellSample", sample)
+        return kind, well.id
 
     def _update_pixels_part(self, caller: Caller, kind: str, oid: int, obj: Any
                             ) -> tuple[str, int]:

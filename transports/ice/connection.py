@@ -286,28 +286,34 @@ class IceConnection:
             store.close()
 
     def _plate_position(self, image_id: int) -> PlatePosition | None:
+        """Where the image sits in a plate, or None when it is in none.
+
+        Projections only: ``findByQuery`` refuses more than one row on a real server,
+        and an image may sit in several well samples, a plate in several screens. The
+        field is the well sample's index in its well's ordered list (``index(ws)``), as
+        OMERO.web numbers fields. Of several well samples the lowest id is reported, of
+        several screens the one with the lowest id, so the answer never changes between
+        calls. A well without row or column gives ``None`` for them.
+        """
         query = self._query()
-        ws = query.findByQuery(
-            "select ws from WellSample ws join fetch ws.well w join fetch w.plate p "
-            "where ws.image.id = :id", params(id=image_id), ALL_GROUPS)
-        if ws is None:
+        rows = query.projection(
+            "select index(ws), w.id, w.row, w.column, p.id, p.name from Well w "
+            "join w.wellSamples ws join w.plate p where ws.image.id = :id order by ws.id",
+            params(id=image_id), ALL_GROUPS)
+        if not rows:
             return None
-        well = ws.getWell()
-        plate = well.getPlate()
-        siblings = query.projection(
-            "select ws.id from WellSample ws where ws.well.id = :id order by ws.id",
-            params(id=unwrap(well.getId())), ALL_GROUPS)
-        ids = [unwrap(row[0]) for row in siblings]
-        screen = query.findByQuery(
-            "select l.parent from ScreenPlateLink l where l.child.id = :id",
-            params(id=unwrap(plate.getId())), ALL_GROUPS)
+        field, well_id, row, column, plate_id, plate_name = (unwrap(v) for v in rows[0])
+        screens = query.projection(
+            "select l.parent.id, l.parent.name from ScreenPlateLink l "
+            "where l.child.id = :id order by l.parent.id", params(id=plate_id), ALL_GROUPS)
+        screen_id, screen_name = ((unwrap(screens[0][0]), unwrap(screens[0][1])) if screens
+                                  else (None, None))
         return PlatePosition(
-            plate_id=unwrap(plate.getId()), plate_name=unwrap(plate.getName()) or "",
-            well_id=unwrap(well.getId()), row=unwrap(well.getRow()),
-            column=unwrap(well.getColumn()),
-            field=ids.index(unwrap(ws.getId())) if unwrap(ws.getId()) in ids else 0,
-            screen_id=unwrap(screen.getId()) if screen is not None else None,
-            screen_name=unwrap(screen.getName()) if screen is not None else None)
+            plate_id=int(plate_id), plate_name=plate_name or "", well_id=int(well_id),
+            row=None if row is None else int(row),
+            column=None if column is None else int(column),
+            field=int(field) if field is not None else 0,
+            screen_id=None if screen_id is None else int(screen_id), screen_name=screen_name)
 
     # -- containers -----------------------------------------------------------------------
 
@@ -436,7 +442,8 @@ class IceConnection:
                 wid = unwrap(well.getId())
                 pos = PlatePosition(oid, "", wid, unwrap(well.getRow()),
                                     unwrap(well.getColumn()), 0)
-                nodes.append(Node("Well", wid, pos.well_name, self._count(
+                # A well without row or column has no label: name it by its id.
+                nodes.append(Node("Well", wid, pos.well_name or f"Well {wid}", self._count(
                     "select count(ws) from WellSample ws where ws.well.id = :id", id=wid),
                     extra={"row": pos.row, "column": pos.column}))
             return Page(tuple(nodes), offset, total)
