@@ -92,3 +92,18 @@ def iter_strips(height: int, width: int, bytes_per_pixel: int, max_bytes: int
     rows = max(1, max_bytes // max(1, width * bytes_per_pixel))
     for y in range(0, height, rows):
         yield y, min(rows, height - y)
+
+
+def rps_tile_loop(size_x: int, size_y: int, size_z: int, size_c: int, size_t: int,
+                  tile_w: int, tile_h: int) -> Iterator[tuple[int, int, int, int, int, int, int]]:
+    """``(z, c, t, x, y, w, h)`` of every tile, in omero-py ``RPSTileLoop``'s order.
+
+    A server's pyramid writer takes tiles sequentially: t, then c, then z, then rows
+    of tiles, then columns; the last row and column are cut at the plane's edge.
+    """
+    for t in range(size_t):
+        for c in range(size_c):
+            for z in range(size_z):
+                for y in range(0, size_y, tile_h):
+                    for x in range(0, size_x, tile_w):
+                        yield z, c, t, x, y, min(tile_w, size_x - x), min(tile_h, size_y - y)

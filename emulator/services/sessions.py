@@ -225,6 +225,11 @@ class _ServiceFactory(SessionServant):
     def setCallback(self, callback: Any, current: Ice.Current) -> None:
         self.callback = callback
 
+    def submit(self, request: Any, current: Ice.Current) -> Any:
+        from cellprofiler_omero.emulator.services.commands import submit
+
+        return submit(self, request, current)
+
     def subscribe(self, topic: str, prx: Any, current: Ice.Current) -> None:
         return None
 

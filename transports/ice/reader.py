@@ -9,6 +9,7 @@ reads and closed with the source.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import anyio
@@ -19,12 +20,25 @@ from cellprofiler_omero.core.model import ImageMeta, PixelRequest, Region
 from cellprofiler_omero.core.pixels import decode_into, plan_tiles
 from cellprofiler_omero.core.tasks import task_group
 from cellprofiler_omero.transports.ice.connection import IceConnection
+from cellprofiler_omero.transports.ice.errors import wait_for_pyramid
 
 log = logging.getLogger(__name__)
 
 
+def close_quietly(store: Any, ctx: dict[str, str]) -> None:
+    """Close a RawPixelsStore, ignoring failures (the session or connection may be gone)."""
+    try:
+        store.close(ctx)
+    except Exception as exc:
+        log.debug("closing a store failed: %s", type(exc).__name__)
+
+
 class StorePool:
-    """Up to ``size`` RawPixelsStore handles bound to one image, lent one at a time."""
+    """Up to ``size`` RawPixelsStore handles bound to one image, lent one at a time.
+
+    For reads only: a failed store is replaced by opening another, which a writer must
+    never do (on a real server a store bound after the first write is read-only).
+    """
 
     def __init__(self, conn: IceConnection, meta: ImageMeta, size: int) -> None:
         self.conn = conn
@@ -41,11 +55,17 @@ class StorePool:
         if self.meta.pixels_id is None:
             raise ValueError(f"image {self.meta.id}'s metadata has no Pixels id")
         store = self.conn.sf.createRawPixelsStore(self.ctx)
-        store.setPixelsId(self.meta.pixels_id, True, self.ctx)
-        if self.tile_size is None and len(self.meta.levels) > 1:
-            # Only pyramids need their tiles aligned to the server's.
-            w, h = store.getTileSize(self.ctx)
-            self.tile_size = (int(w), int(h))
+        try:
+            # A real server raises MissingPyramidException here while it builds the
+            # pyramid of a new big image; the store is then unbound and useless.
+            store.setPixelsId(self.meta.pixels_id, True, self.ctx)
+            if self.tile_size is None and len(self.meta.levels) > 1:
+                # Only pyramids need their tiles aligned to the server's.
+                w, h = store.getTileSize(self.ctx)
+                self.tile_size = (int(w), int(h))
+        except BaseException:
+            close_quietly(store, self.ctx)
+            raise
         return store, len(self.meta.levels or ((0, 0),)) - 1
 
     async def borrow(self) -> tuple[Any, int]:
@@ -63,12 +83,19 @@ class StorePool:
             raise
 
     async def give_back(self, store: Any, level: int, *, healthy: bool = True) -> None:
+        """Return a borrowed store; an unhealthy one is closed (best effort) and replaced
+        by a new one on a later ``borrow`` (reads only: writers never replace a store)."""
         async with self._lock:
             if healthy:
                 self._idle.append((store, level))
             else:
                 self._count -= 1
         self._slots.release()
+        if not healthy:
+            # In a daemon thread: the call may wait on a dropped connection, and this
+            # often runs while the task is being cancelled.
+            threading.Thread(target=close_quietly, args=(store, self.ctx), daemon=True,
+                             name="close-store").start()
 
     async def close(self) -> None:
         async with self._lock:
@@ -76,10 +103,7 @@ class StorePool:
 
         def run() -> None:
             for store, _ in stores:
-                try:
-                    store.close(self.ctx)
-                except Exception as exc:  # the session may already be gone
-                    log.debug("closing a store failed: %s", type(exc).__name__)
+                close_quietly(store, self.ctx)
 
         if stores:
             await anyio.to_thread.run_sync(run)
@@ -100,6 +124,10 @@ class IcePixelSource:
         return self.meta
 
     async def read(self, request: PixelRequest) -> np.ndarray:
+        return await wait_for_pyramid(lambda: self._read(request), image_id=self.meta.id,
+                                      wait_seconds=self.settings.ice.pyramid_wait_seconds)
+
+    async def _read(self, request: PixelRequest) -> np.ndarray:
         meta = self.meta
         size_x, size_y = meta.level_size(request.level)
         region = request.region or Region(0, 0, size_x, size_y)

@@ -1,0 +1,133 @@
+"""``omero.cmd`` requests through ``ServiceFactory.submit``: ``Delete2`` of images.
+
+A real server runs a graph request in the background and answers ``submit`` with a
+``Handle``; clients poll ``getResponse`` (omero-py's ``CmdCallbackI`` does so first,
+then waits for ``finished``). Here the work is done before ``submit`` answers, so the
+first poll sees the response. Refusals come back as an ``omero.cmd.GraphException``
+response (an ``ERR``), as omero-blitz's graph requests answer them, not as exceptions.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import Ice
+import omero
+import omero.cmd
+
+from cellprofiler_omero.emulator import modelmap
+from cellprofiler_omero.emulator.icebase import api_usage, servant
+from cellprofiler_omero.emulator.services.common import Caller, SessionServant
+
+if TYPE_CHECKING:
+    from cellprofiler_omero.emulator.services.sessions import _ServiceFactory
+
+#: What ``Delete2Response.deletedObjects`` calls an image, as a real server does.
+_IMAGE_CLASS = "ome.model.core.Image"
+
+
+@servant(omero.cmd.Handle)
+class HandleI(SessionServant):
+    """The handle of one finished request."""
+
+    def __init__(self, factory: _ServiceFactory, request: Any, response: Any,
+                 status: Any) -> None:
+        super().__init__(factory.ctx, factory.session_uuid or "", None, factory)
+        self.request = request
+        self.response = response
+        self.status = status
+
+    def addCallback(self, callback: Any, current: Ice.Current) -> None:
+        return None  # finished already: the client's first poll finds the response
+
+    def removeCallback(self, callback: Any, current: Ice.Current) -> None:
+        return None
+
+    def getRequest(self, current: Ice.Current) -> Any:
+        return self.request
+
+    def getResponse(self, current: Ice.Current) -> Any:
+        return self.response
+
+    def getStatus(self, current: Ice.Current) -> Any:
+        return self.status
+
+    def cancel(self, current: Ice.Current) -> bool:
+        return False  # a finished request cannot be cancelled
+
+    def close(self, current: Ice.Current) -> None:
+        if self.factory is not None:
+            self.factory.release_stateful(current.id)
+
+
+def submit(factory: _ServiceFactory, request: Any, current: Ice.Current) -> Any:
+    """Run ``request`` and return a proxy to its ``Handle``."""
+    caller = factory.caller(current)
+    if not isinstance(request, omero.cmd.Delete2):
+        raise api_usage(f"{type(request).__name__} requests are not implemented by the "
+                        "emulator (only Delete2 of images).")
+    started = int(time.time() * 1000)
+    response = _delete2(factory, caller, request)
+    flags = [omero.cmd.State.FAILURE] if isinstance(response, omero.cmd.ERR) else []
+    status = omero.cmd.Status(category="", name="", flags=flags, parameters={},
+                              currentStep=1, steps=1, startTime=started,
+                              stepStartTimes=[started], stepStopTimes=[started],
+                              stopTime=int(time.time() * 1000))
+    handle = HandleI(factory, request, response, status)
+    assert factory.identity is not None
+    identity = Ice.Identity(f"Handle-{uuid.uuid4()}", factory.identity.category)
+    prx = factory.ctx.add_servant(handle, identity)
+    with factory._lock:
+        factory.stateful[Ice.identityToString(identity)] = prx
+    return omero.cmd.HandlePrx.uncheckedCast(prx)
+
+
+def _refusal(message: str) -> Any:
+    return omero.cmd.GraphException(category="omero.cmd.Delete2", name="graph-fail",
+                                    parameters={"message": message}, message=message)
+
+
+def _delete2(factory: _ServiceFactory, caller: Caller, request: Any) -> Any:
+    store = factory.ctx.store
+    targets: dict[str, list[int]] = dict(request.targetObjects or {})
+    image_ids: list[int] = []
+    for name, ids in targets.items():
+        short = name.rsplit(".", 1)[-1].removesuffix("I")
+        if short != "Image":
+            raise api_usage(f"Delete2 of {short} is not implemented by the emulator "
+                            "(only images).")
+        image_ids.extend(int(i) for i in ids)
+    images = []
+    for image_id in image_ids:
+        image = store.get(image_id, "Image")
+        if image is None:
+            continue  # nothing to delete
+        if not factory.visible(caller, image):
+            return _refusal(f"cannot read ome.model.core.Image[{image_id}]")
+        if image.owner_id != caller.user.id and not caller.user.admin:
+            return _refusal(f"not permitted to delete ome.model.core.Image[{image_id}]")
+        images.append(image)
+    if request.dryRun:
+        return omero.cmd.Delete2Response(
+            deletedObjects={_IMAGE_CLASS: [i.id for i in images]} if images else {})
+    for image in images:
+        # Annotations only this image used go with it, as the default graph policy does.
+        orphans = [link.child_id for link in store.links_from("ImageAnnotationLink",
+                                                              [image.id])]
+        store.delete(image.id)
+        factory.ctx.pixels.remove(image.id)
+        for ann_id in orphans:
+            ann = store.get(ann_id)
+            # Tags and files are shared things a graph delete keeps; others go if orphaned.
+            if ann is None or ann.kind not in ("MapAnnotation", "CommentAnnotation"):
+                continue
+            if not any(store.links_to(kind, [ann_id]) for kind in _ANNOTATION_LINKS):
+                store.delete(ann_id)
+    return omero.cmd.Delete2Response(
+        deletedObjects={_IMAGE_CLASS: [i.id for i in images]} if images else {})
+
+
+_ANNOTATION_LINKS = tuple(kind for kind, (_, child) in modelmap.LINK_ENDS.items()
+                          if child == "Annotation")
