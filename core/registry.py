@@ -183,12 +183,17 @@ class FallbackPixelSource:
             try:
                 return await source.read(request)
             except OmeroError as exc:
-                if not exc.transient or not self._remaining:
+                if not exc.transient:
                     raise
+                if source is not self._source:
+                    continue  # a concurrent read already moved on: read from its choice
+                if not self._remaining:
+                    raise
+                # Once per image, however many concurrent reads saw the failure.
                 log.warning("transport %s failed reading image %s (%s); falling back to %s",
-                            self._name, self._image.id, exc, self._remaining[0])
-                await source.aclose()
+                            self._name, self._image.id, exc.message, self._remaining[0])
                 self._source = None
+                await source.aclose()
 
     async def aclose(self) -> None:
         if self._source is not None:

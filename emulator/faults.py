@@ -30,6 +30,12 @@ class FaultSettings:
     http_drop_probability: float = 0.0
     #: Answer HTTP OPTIONS with 500 (the service looks absent).
     http_options_fail: bool = False
+    #: The pixel-buffer service cannot join any session (as one configured for another
+    #: OMERO server): tile requests with a key answer 403 while Ice accepts the session.
+    http_refuse_sessions: bool = False
+    #: Images whose pixels the pixel-buffer service cannot read (an I/O failure, e.g. a
+    #: binary repository it does not see): their tiles answer 404 while Ice serves them.
+    http_unreadable_images: list[int] = field(default_factory=list)
     #: Drop after the call has run (its reply is lost) instead of before.
     drop_after_reply: bool = False
     ops: list[str] = field(default_factory=list)

@@ -94,4 +94,4 @@ def test_http_connection_drop_is_seen(faults: Emulator, seeded: dict[str, Any]) 
 
 def test_options_failure_switch(faults: Emulator) -> None:
     faults.set_faults(http_options_fail=True)
-    assert requests.options(f"{faults.http_url}/tile", timeout=30).status_code == 500
+    assert requests.options(f"{faults.http_url}/tile/", timeout=30).status_code == 500

@@ -14,14 +14,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import numpy as np
 import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
 from cellprofiler_omero.core.config import PixelBufferSettings, Settings
-from cellprofiler_omero.core.errors import AuthError, ConfigError, NotFound, ServerError
+from cellprofiler_omero.core.errors import AuthError, ConfigError, ServerError
 from cellprofiler_omero.core.model import PixelRequest, Region
 from cellprofiler_omero.core.reading import ImageReader
 from cellprofiler_omero.core.refs import parse_image
@@ -33,11 +35,13 @@ from cellprofiler_omero.transports.pixelbuffer.service import (
     BadTileRequest,
     TileClient,
     TileEndpoint,
+    TileNotServed,
+    TileQuery,
 )
 from tests.conftest import TEST_SEED, run
 
-PIXEL_TYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "float", "double",
-               "bit"]
+#: Every type the service serves (``bit`` comes back empty, so it is read through Ice).
+PIXEL_TYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "float", "double"]
 
 
 # -- fixtures and helpers -----------------------------------------------------------------
@@ -299,7 +303,7 @@ def test_no_url_for_the_server_host_declines_without_any_request(
 
 def test_probe_is_made_once_per_url(pb_manager: SessionManager, seeded: dict[str, Any],
                                     sent: list[Sent]) -> None:
-    for name in ("uint8", "float", "bit"):
+    for name in ("uint8", "float", "int8"):
         assert read(pb_manager, seeded["types"][name])[1] == "pixelbuffer"
     assert [s.method for s in sent].count("OPTIONS") == 1
 
@@ -435,7 +439,8 @@ def test_session_key_never_reaches_a_log_line(settings_for: Any, emulator: Emula
     emulator.expire_sessions(keys=keys)  # a 403, a renewal and a retry, all logged
     run(reader.read)
     keys.append(run(manager.connection).session_key)
-    with pytest.raises(BadTileRequest) as bad:
+    # A region past the edge: the service answers 404, and no transport follows.
+    with pytest.raises(TileNotServed) as bad:
         run(lambda: reader._source.read(  # type: ignore[union-attr]
             PixelRequest(z=(0,), c=(0,), region=Region(60, 0, 10, 10))))
     run(reader.aclose)
@@ -450,19 +455,26 @@ def test_session_key_never_reaches_a_log_line(settings_for: Any, emulator: Emula
 # -- errors ---------------------------------------------------------------------------------------
 
 
-def test_another_users_private_image_is_not_found(pb_manager: SessionManager,
-                                                  settings_for: Any, emulator: Emulator,
-                                                  seeded: dict[str, Any]) -> None:
-    ref = parse_image(f"Image:{seeded['fields'][0]}")
+def test_404_without_a_next_transport_names_the_image_and_says_to_add_ice(
+        pb_manager: SessionManager, settings_for: Any, emulator: Emulator,
+        seeded: dict[str, Any]) -> None:
+    # demo's private image, read by "other" with demo's metadata: the service answers
+    # 404 as it does for every failure.
+    image = seeded["fields"][0]
+    ref = parse_image(f"Image:{image}")
     meta = run(run_meta, pb_manager, ref.id)
     other = login(pb_settings(settings_for, emulator.http_url, host=emulator.host), "other")
     conn = run(other.connection)
     pixels = other.registry.open_reader(conn, ref, meta)
-    with pytest.raises(NotFound, match="HTTP 404"):
+    with pytest.raises(TileNotServed) as caught:
         run(lambda: pixels.read(PixelRequest(z=(0,), c=(0,))))
     assert pixels.transport == "pixelbuffer"
     run(pixels.aclose)
     run(other.close)
+    assert (caught.value.image_id, caught.value.status) == (image, 404)
+    assert caught.value.service == f"{emulator.http_url}/tile"
+    assert f"could not serve image {image}" in str(caught.value)
+    assert 'Add "ice" after "pixelbuffer" in transports.read' in str(caught.value)
 
 
 async def run_meta(manager: SessionManager, image_id: int) -> Any:
@@ -471,20 +483,166 @@ async def run_meta(manager: SessionManager, image_id: int) -> Any:
 
 
 def test_bad_request_raises_an_error_quoting_the_request(pb_manager: SessionManager,
+                                                         emulator: Emulator,
                                                          seeded: dict[str, Any]) -> None:
+    # The service answers 400 only for parameters that are not numbers, which this
+    # package never sends: a fractional x stands in for such a bug.
     image = seeded["types"]["uint8"]
-    ref = parse_image(f"Image:{image}")
-    meta = run(run_meta, pb_manager, image)
-    conn = run(pb_manager.connection)
-    pixels = pb_manager.registry.open_reader(conn, ref, meta)
-    # The reader validates regions; the source alone does not, so the service sees it.
+    key = run(pb_manager.connection).session_key
+    client = TileClient(TileEndpoint.parse(emulator.http_url), key,
+                        pb_manager.settings.pixelbuffer)
+    query = TileQuery(image, 0, 0, 0, Region(1.5, 0, 10, 10))  # type: ignore[arg-type]
     with pytest.raises(BadTileRequest) as caught:
-        run(lambda: pixels.read(PixelRequest(z=(0,), c=(0,), region=Region(60, 0, 10, 10))))
-    run(pixels.aclose)
+        client.fetch(query, 100)
+    client.close()
     message = str(caught.value)
-    assert f"GET /tile/{image}/0/0/0?x=60&y=0&w=10&h=10" in message
-    assert "bug" in message and "HTTP 400: bad request: region out of range" in message
+    assert f"GET /tile/{image}/0/0/0?x=1.5&y=0&w=10&h=10" in message
+    assert 'bug' in message and 'HTTP 400: For input string: "1.5"' in message
     assert not caught.value.transient
+    assert key not in message
+
+
+# -- the service's refusals: proxy layout, 404, 403, bit, max plane ---------------------------
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/tile", "/tile/"])
+def test_probe_works_behind_the_readmes_tile_location(settings_for: Any, emulator: Emulator,
+                                                       seeded: dict[str, Any],
+                                                       sent: list[Sent], suffix: str) -> None:
+    # The emulator's port is nginx with `location /tile/`: OPTIONS /tile is a 301 there.
+    assert requests.options(f"{emulator.http_url}/tile", allow_redirects=False,
+                            timeout=30).status_code == 301
+    manager = login(pb_settings(settings_for, emulator.http_url + suffix, host=emulator.host))
+    data, transport = read(manager, seeded["types"]["uint16"])
+    run(manager.close)
+    assert transport == "pixelbuffer"
+    np.testing.assert_array_equal(data[0, 0],
+                                  synthetic.every_type(TEST_SEED.seed, 64)["uint16"])
+    # After this test's own OPTIONS /tile, the product's one probe.
+    assert [s.url for s in sent[1:] if s.method == "OPTIONS"] == [f"{emulator.http_url}/tile/"]
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, image: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and f"image {image}" in r.getMessage()]
+
+
+def test_tile_answering_404_falls_back_to_ice_for_that_image_with_one_log_line(
+        settings_for: Any, faults: Emulator, seeded: dict[str, Any], sent: list[Sent],
+        caplog: pytest.LogCaptureFixture) -> None:
+    image, other = seeded["zstack"], seeded["types"]["uint16"]
+    faults.set_faults(http_unreadable_images=[image])
+    manager = login(pb_settings(settings_for, faults.http_url + "/tile/",
+                                ("pixelbuffer", "ice"), faults.host))
+    reader = ImageReader(manager, parse_image(f"Image:{image}"))
+    async def read_ahead() -> np.ndarray:
+        # As CellProfiler's read-ahead: one read per channel, all at once, each of two
+        # planes, so many tiles answer 404 together.
+        planes: list[np.ndarray] = [np.empty(0)] * 3
+
+        async def one(ci: int) -> None:
+            planes[ci] = await reader.read(z=[0, 5], c=[ci])
+
+        async with anyio.create_task_group() as tg:
+            for ci in range(3):
+                tg.start_soon(one, ci)
+        return np.concatenate(planes, axis=1)
+
+    with caplog.at_level(logging.INFO):
+        first = run(read_ahead)
+        after_first = len(tile_requests(sent))
+        second = run(lambda: reader.read(z=[7], c=[1]))
+        assert reader.transport == "ice"
+        run(reader.aclose)
+        # A new reader of the same image does not ask the service again.
+        third, third_transport = read(manager, image, z=[2], c=[2])
+        # Other images still come from the service.
+        _, other_transport = read(manager, other)
+    run(manager.close)
+    stack = synthetic.z_stack(TEST_SEED.seed, 256, 8, 3)
+    np.testing.assert_array_equal(first, stack[[0, 5]])
+    np.testing.assert_array_equal(second[0, 0], stack[7, 1])
+    np.testing.assert_array_equal(third[0, 0], stack[2, 2])
+    assert (third_transport, other_transport) == ("ice", "pixelbuffer")
+    image_tiles = [s for s in tile_requests(sent) if f"/tile/{image}/" in s.url]
+    assert 1 <= len(image_tiles) == after_first <= 6
+    lines = warnings_about(caplog, image)
+    assert len(lines) == 1
+    assert "falling back to ice" in lines[0] and "HTTP 404" in lines[0]
+
+
+def test_403_for_a_session_ice_accepts_falls_back_to_ice_and_sets_the_service_aside(
+        settings_for: Any, faults: Emulator, seeded: dict[str, Any], sent: list[Sent],
+        caplog: pytest.LogCaptureFixture) -> None:
+    faults.set_faults(http_refuse_sessions=True)
+    manager = login(pb_settings(settings_for, faults.http_url + "/tile",
+                                ("pixelbuffer", "ice"), faults.host))
+    key = run(manager.connection).session_key
+    image = seeded["zstack"]
+    with caplog.at_level(logging.INFO):
+        data, transport = read(manager, image, z=[1], c=[0, 1, 2])
+        refused = len(tile_requests(sent))
+        _, next_transport = read(manager, seeded["types"]["uint8"])
+    assert run(manager.connection).session_key == key  # the live session was kept
+    run(manager.close)
+    stack = synthetic.z_stack(TEST_SEED.seed, 256, 8, 3)
+    np.testing.assert_array_equal(data[0], stack[1])
+    assert (transport, next_transport) == ("ice", "ice")
+    assert refused >= 1 and len(tile_requests(sent)) == refused
+    lines = warnings_about(caplog, image)
+    assert len(lines) == 1 and "HTTP 403" in lines[0] and "falling back to ice" in lines[0]
+
+
+def test_403_after_one_renewal_falls_back_to_ice(settings_for: Any, faults: Emulator,
+                                                 seeded: dict[str, Any], sent: list[Sent],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    manager = login(pb_settings(settings_for, faults.http_url, ("pixelbuffer", "ice"),
+                                faults.host))
+    image = seeded["types"]["int16"]
+    reader = ImageReader(manager, parse_image(f"Image:{image}"))
+    run(reader.read)
+    old_key = run(manager.connection).session_key
+    faults.set_faults(http_refuse_sessions=True)
+    faults.expire_sessions(keys=[old_key])
+    with caplog.at_level(logging.INFO):
+        data = run(reader.read)
+    assert reader.transport == "ice"
+    assert run(manager.connection).session_key != old_key
+    run(reader.aclose)
+    run(manager.close)
+    np.testing.assert_array_equal(data[0, 0], synthetic.every_type(TEST_SEED.seed, 64)["int16"])
+    assert "renewing once" in caplog.text
+    # One tile before the renewal, one after; then Ice.
+    assert len(tile_requests(sent)) == 3
+    assert len(warnings_about(caplog, image)) == 1
+
+
+def test_bit_images_never_go_to_the_pixel_buffer(settings_for: Any, emulator: Emulator,
+                                                 seeded: dict[str, Any],
+                                                 sent: list[Sent]) -> None:
+    manager = login(pb_settings(settings_for, emulator.http_url, ("pixelbuffer", "ice"),
+                                emulator.host))
+    data, transport = read(manager, seeded["types"]["bit"])
+    run(manager.close)
+    assert transport == "ice"
+    np.testing.assert_array_equal(data[0, 0], synthetic.every_type(TEST_SEED.seed, 64)["bit"])
+    assert sent == []
+
+
+def test_tiles_are_capped_at_the_servers_max_plane(settings_for: Any, emulator: Emulator,
+                                                   seeded: dict[str, Any],
+                                                   sent: list[Sent]) -> None:
+    # 16 MiB strips of the 4096² uint16 plane would be 2048 rows: twice the shared
+    # emulator's 2048 × 2048 max plane, which the service answers with zeros.
+    manager = login(pb_settings(settings_for, emulator.http_url, host=emulator.host,
+                                ice__max_tile_bytes=16 * 1024 * 1024))
+    data, transport = read(manager, seeded["large"])
+    run(manager.close)
+    assert transport == "pixelbuffer"
+    np.testing.assert_array_equal(data[0, 0], synthetic.large(TEST_SEED.seed, 4096))
+    sizes = [tuple(int(v[0]) for k, v in sorted(parse_qs(urlsplit(s.url).query).items())
+                   if k in ("w", "h")) for s in tile_requests(sent)]
+    assert sizes == [(1024, 4096)] * 4
 
 
 # -- the HTTP session -----------------------------------------------------------------------------

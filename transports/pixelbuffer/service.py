@@ -11,10 +11,22 @@ written two ways:
 
 Any other path prefix is treated as a root (``https://host/pb`` → ``https://host/pb/tile/…``).
 
-Discovery is an ``OPTIONS`` request on the tile URL (the service answers it without
-auth with ``{"provider": "PixelBufferMicroservice", …}``). Its outcome is cached per
+Discovery is an ``OPTIONS`` request on ``{tile URL}/`` — with the slash: the service
+answers ``OPTIONS`` on any path without auth (``{"provider": "PixelBufferMicroservice",
+…}``), and the README's nginx layout (``location /tile/ {…}``) forwards only paths
+under ``/tile/``, answering ``/tile`` itself with a 301. Its outcome is cached per
 tile URL for the process: a success for good, a failure for ``PROBE_RETRY_SECONDS``,
 after which the next image probes again.
+
+What the service's answers mean (read from its source, ``TileRequestHandler``,
+``PixelBufferVerticle``): 404 for *any* failure inside its tile handler (unknown image,
+no access, region outside the image, pyramid not built yet, lock, I/O), 400 only for
+parameters that are not numbers, 403 when it cannot join the session. Images whose
+metadata Ice has already read exist and are readable, so a 404 means the service cannot
+serve that image (``TileNotServed``: the next read transport serves it, and this
+process does not ask the service for it again). A request over the NGFF pixel buffer's
+``max_plane_width × max_plane_height`` pixels comes back as zeros, so requests are kept
+under ``max_tile_pixels``. ``bit`` images come back empty and are never asked for.
 
 The session key travels only in the ``X-OMERO-Session-Key`` header of tile requests,
 only to the configured URL (redirects are not followed, so it cannot be forwarded
@@ -28,6 +40,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -38,7 +51,6 @@ from cellprofiler_omero.core.config import PixelBufferSettings
 from cellprofiler_omero.core.errors import (
     AuthError,
     ConfigError,
-    NotFound,
     OmeroError,
     TransportUnavailable,
 )
@@ -56,6 +68,12 @@ PROBE_RETRY_SECONDS = 300.0
 PROBE_TIMEOUT_SECONDS = 5.0
 #: Error bodies up to this size are read (and quoted) rather than dropping the connection.
 MAX_ERROR_BODY = 64 * 1024
+#: omero-common's default ``omero.pixeldata.max_plane_width`` and ``max_plane_height``:
+#: the service's NGFF pixel buffer answers zeros for a larger request, and the service
+#: uses this default unless its own configuration repeats the server's value.
+DEFAULT_MAX_PLANE = (3192, 3192)
+#: How many images the service could not serve are remembered (per process).
+MAX_UNSERVED = 10_000
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,11 @@ class TileEndpoint:
         if not path.endswith("/tile"):
             path += "/tile"
         return cls(urlunsplit((parts.scheme, parts.netloc, path, "", "")))
+
+    @property
+    def probe_url(self) -> str:
+        """Where the probe goes: inside the proxy's ``location /tile/``, which ``/tile`` is not."""
+        return f"{self.tile_base}/"
 
     def tile_url(self, image_id: int, z: int, c: int, t: int) -> str:
         """The URL of one plane's tiles (the region goes in the query)."""
@@ -133,12 +156,29 @@ class Probe:
 _probes: dict[str, Probe] = {}
 _probing: dict[str, threading.Lock] = {}
 _probes_lock = threading.Lock()
+#: (tile base, image id) of images the service answered 404 for, oldest first.
+_unserved: OrderedDict[tuple[str, int], str] = OrderedDict()
 
 
 def clear_probe_cache() -> None:
-    """Forget every probe (tests; a long-lived process after reconfiguring a service)."""
+    """Forget every probe and unserved image (tests; after reconfiguring a service)."""
     with _probes_lock:
         _probes.clear()
+        _unserved.clear()
+
+
+def mark_unserved(endpoint: TileEndpoint, image_id: int, reason: str) -> None:
+    """Record that the service cannot serve ``image_id``; later readers of it skip the service."""
+    with _probes_lock:
+        _unserved[(endpoint.tile_base, image_id)] = reason
+        while len(_unserved) > MAX_UNSERVED:
+            _unserved.popitem(last=False)
+
+
+def unserved(endpoint: TileEndpoint, image_id: int) -> str | None:
+    """Why the service could not serve ``image_id`` earlier in this process, if it could not."""
+    with _probes_lock:
+        return _unserved.get((endpoint.tile_base, image_id))
 
 
 def mark_unavailable(endpoint: TileEndpoint, reason: str) -> None:
@@ -174,7 +214,7 @@ def _probe_now(endpoint: TileEndpoint, settings: PixelBufferSettings) -> Probe:
     timeout = min(settings.timeout_seconds, PROBE_TIMEOUT_SECONDS)
     try:
         # No session key here: the probe needs no auth, so none is sent.
-        response = requests.options(endpoint.tile_base, timeout=timeout,
+        response = requests.options(endpoint.probe_url, timeout=timeout,
                                     verify=tls_verify(settings), allow_redirects=False,
                                     headers={"User-Agent": USER_AGENT})
     except requests.RequestException as exc:
@@ -200,6 +240,39 @@ class RetryableFailure(Exception):
 
 class BadTileRequest(OmeroError):
     """The service refused a request this package built (HTTP 400): a bug to report."""
+
+
+class TileNotServed(TransportUnavailable):
+    """The service could not serve an image Ice can read (HTTP 404, or 403 for a live session).
+
+    ``image_id`` names the image, ``status`` the HTTP status, ``service`` the tile URL
+    (without credentials). Transient: the next read transport serves the image.
+    """
+
+    def __init__(self, message: str, *, image_id: int, status: int, service: str,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.image_id = image_id
+        self.status = status
+        self.service = service
+
+    def again(self) -> TileNotServed:
+        """The same error, new (so one raised for every later read keeps a short traceback)."""
+        return TileNotServed(self.message, image_id=self.image_id, status=self.status,
+                             service=self.service, hint=self.hint)
+
+
+class SessionRefused(AuthError):
+    """The service answered 401/403: it could not join the session (``status``)."""
+
+    def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+#: What to do when no other read transport is configured after the pixel buffer.
+FALLBACK_HINT = ("Add \"ice\" after \"pixelbuffer\" in transports.read so images the "
+                 "pixel-buffer service cannot serve are read through Ice.")
 
 
 @dataclass(frozen=True)
@@ -247,7 +320,7 @@ class TileClient:
     def fetch(self, query: TileQuery, expected_bytes: int) -> bytes:
         """One attempt at one tile's raw bytes (blocking).
 
-        Raises ``AuthError`` (401/403), ``NotFound`` (404), ``BadTileRequest`` (400),
+        Raises ``SessionRefused`` (401/403), ``TileNotServed`` (404), ``BadTileRequest`` (400),
         ``TransportUnavailable`` (redirects and other unexpected answers, which no retry
         fixes) and ``RetryableFailure`` for what a retry may fix; the caller turns
         exhausted retries into ``ServerError``.
@@ -297,15 +370,17 @@ class TileClient:
         what = f"image {query.image_id} (z={query.z}, c={query.c}, t={query.t})"
         where = self.endpoint.display
         if status in (401, 403):
-            return AuthError(
+            return SessionRefused(
                 f"The pixel-buffer service at {where} refused the session while reading "
                 f"{what} (HTTP {status}).",
-                hint="The session may have expired; log in again.")
+                status=status, hint="The session may have expired; log in again.")
         if status == 404:
-            return NotFound(
-                f"The pixel-buffer service at {where} has no {what}, or the current user "
-                "may not read it (HTTP 404).",
-                hint="Check the id, and that the image's group is one of yours.")
+            # The service answers 404 for any failure of its tile handler, not only for
+            # images that do not exist (see the module's docstring).
+            return TileNotServed(
+                f"The pixel-buffer service at {where} could not serve {what} (HTTP 404: "
+                "it answers so for any failure, e.g. a pyramid not built yet).",
+                image_id=query.image_id, status=404, service=where, hint=FALLBACK_HINT)
         if status == 400:
             path = urlsplit(url).path
             return BadTileRequest(

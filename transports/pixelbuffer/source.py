@@ -1,11 +1,18 @@
 """Pixels over omero-ms-pixel-buffer: tiles fetched concurrently on one keep-alive session.
 
 Each requested plane is split into tiles under ``ice.max_tile_bytes`` (the same plan as
-the Ice transport, so both send comparable requests); every (z, c, tile) is one
-``GET`` run in a worker thread, bounded by ``pixelbuffer.concurrency``, and decoded
-straight into one preallocated array. Failures a retry may fix are retried with
-exponential backoff up to ``pixelbuffer.retries`` times, then surface as the transient
-``ServerError``, so the next configured read transport takes over.
+the Ice transport, so both send comparable requests) and under the service's
+``max_tile_pixels``; every (z, c, tile) is one ``GET`` run in a worker thread, bounded
+by ``pixelbuffer.concurrency``, and decoded straight into one preallocated array.
+Failures a retry may fix are retried with exponential backoff up to
+``pixelbuffer.retries`` times, then surface as the transient ``ServerError``, so the
+next configured read transport takes over.
+
+A 404 is final for the image (``TileNotServed``, transient: the next transport reads
+it). A 403 is final only when the session is alive (Ice answers a ping): then the
+service cannot join sessions at all, and it is set aside until its next probe;
+otherwise the ``AuthError`` goes up, the session manager renews the session once and
+retries, and a 403 for the renewed session ends the same way.
 """
 
 from __future__ import annotations
@@ -18,16 +25,22 @@ import anyio.to_thread
 import numpy as np
 
 from cellprofiler_omero.core.config import Settings
-from cellprofiler_omero.core.errors import ServerError
+from cellprofiler_omero.core.errors import OmeroError, ServerError
 from cellprofiler_omero.core.model import ImageMeta, PixelRequest, Region
 from cellprofiler_omero.core.pixels import Tile, decode_into, plan_tiles
+from cellprofiler_omero.core.roles import Connection
 from cellprofiler_omero.core.tasks import task_group
 from cellprofiler_omero.transports.pixelbuffer.service import (
+    DEFAULT_MAX_PLANE,
+    FALLBACK_HINT,
     RetryableFailure,
+    SessionRefused,
     TileClient,
     TileEndpoint,
+    TileNotServed,
     TileQuery,
     mark_unavailable,
+    mark_unserved,
 )
 
 log = logging.getLogger(__name__)
@@ -61,18 +74,27 @@ def resolution_for(meta: ImageMeta, level: int) -> int | None:
 
 
 class PixelBufferSource:
-    """The pixel-buffer transport's ``PixelSource`` for one image."""
+    """The pixel-buffer transport's ``PixelSource`` for one image.
+
+    ``max_tile_pixels`` bounds every request (the service's NGFF buffer answers zeros
+    above its ``max_plane_width × max_plane_height``).
+    """
 
     transport = "pixelbuffer"
 
-    def __init__(self, endpoint: TileEndpoint, session_key: str, meta: ImageMeta,
-                 settings: Settings) -> None:
+    def __init__(self, endpoint: TileEndpoint, connection: Connection, meta: ImageMeta,
+                 settings: Settings,
+                 max_tile_pixels: int = DEFAULT_MAX_PLANE[0] * DEFAULT_MAX_PLANE[1]) -> None:
         self.endpoint = endpoint
         self.meta = meta
         self.settings = settings
-        self.client = TileClient(endpoint, session_key, settings.pixelbuffer)
+        self.max_tile_pixels = max_tile_pixels
+        self._connection = connection
+        self.client = TileClient(endpoint, connection.session_key, settings.pixelbuffer)
         self._limiter: anyio.CapacityLimiter | None = None
         self._failed = False
+        #: Set once the service proved it cannot serve this image: every later read fails alike.
+        self._not_served: TileNotServed | None = None
 
     def __repr__(self) -> str:
         return f"PixelBufferSource(image={self.meta.id}, {self.endpoint.display!r})"
@@ -81,7 +103,43 @@ class PixelBufferSource:
         return self.meta
 
     async def read(self, request: PixelRequest) -> np.ndarray:
-        """An array shaped ``(len(z), len(c), h, w)`` in the image's dtype."""
+        """An array shaped ``(len(z), len(c), h, w)`` in the image's dtype.
+
+        Raises ``TileNotServed`` (transient) when the service cannot serve this image.
+        """
+        if self._not_served is not None:
+            raise self._not_served.again()
+        try:
+            return await self._read(request)
+        except TileNotServed as exc:
+            raise self._give_up(exc, f"HTTP {exc.status}") from None
+        except SessionRefused as exc:
+            if not await self._session_alive():
+                raise  # lapsed: the session manager renews it and asks again
+            # Ice accepts the session the service refused: renewing cannot help, and
+            # no other image will fare better, so the service waits for its next probe.
+            mark_unavailable(self.endpoint, f"it refused a live session (HTTP {exc.status})")
+            raise self._give_up(TileNotServed(
+                f"The pixel-buffer service at {self.endpoint.display} refused the session "
+                f"while reading image {self.meta.id} although the OMERO server accepts it "
+                f"(HTTP {exc.status}); it may be configured for another server.",
+                image_id=self.meta.id, status=exc.status, service=self.endpoint.display,
+                hint=FALLBACK_HINT), f"HTTP {exc.status}") from None
+
+    def _give_up(self, exc: TileNotServed, reason: str) -> TileNotServed:
+        if self._not_served is None:
+            self._not_served = exc
+            mark_unserved(self.endpoint, self.meta.id, reason)
+        return self._not_served
+
+    async def _session_alive(self) -> bool:
+        try:
+            await self._connection.ping()
+        except OmeroError:
+            return False
+        return True
+
+    async def _read(self, request: PixelRequest) -> np.ndarray:
         meta = self.meta
         if self._limiter is None:
             # Matches the connection pool size: a thread never waits for a connection.
@@ -91,8 +149,9 @@ class PixelBufferSource:
         out = np.empty((len(request.z), len(request.c), region.h, region.w),
                        dtype=meta.pixel_type.dtype)
         resolution = resolution_for(meta, request.level)
-        tiles = plan_tiles(region, meta.pixel_type.bytes_per_pixel,
-                           self.settings.ice.max_tile_bytes)
+        bpp = meta.pixel_type.bytes_per_pixel
+        tiles = plan_tiles(region, bpp,
+                           min(self.settings.ice.max_tile_bytes, self.max_tile_pixels * bpp))
 
         async def fetch(zi: int, ci: int, tile: Tile) -> None:
             query = TileQuery(meta.id, request.z[zi], request.c[ci], request.t, tile.region,
