@@ -270,6 +270,14 @@ class IceConnection:
                 self._max_plane = (0, 0)
         return self._max_plane
 
+    def max_plane_size(self) -> tuple[int, int]:
+        """The server's ``omero.pixeldata.max_plane_width``/``_height`` ((0, 0): unknown).
+
+        Blocking (one Ice call, the first time). The pixel-buffer transport keeps its
+        tile requests within it.
+        """
+        return self._max_plane_size()
+
     def _levels(self, pixels_id: int, group_id: int, size_x: int, size_y: int
                 ) -> tuple[tuple[int, int], ...]:
         # Planes no larger than the server's maximum have no pyramid: skip the four
