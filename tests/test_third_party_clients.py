@@ -1,0 +1,277 @@
+"""OMERO's own clients, unmodified, against the emulator: ezomero, omero-metadata, the omero CLI.
+
+These programs were written for real OMERO.servers by other people; what they send is
+what users' scripts send. Each test drives one of them the way its documentation shows
+and checks the result through a second, independent client (BlitzGateway, omero2pandas,
+PyTables), so an emulator that answers differently from a real server fails here.
+
+The tests share one small emulator of their own: they add images, tables and
+annotations, which must not change what other test modules see in the shared one.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellprofiler_omero.emulator import Emulator, SeedOptions
+
+# Big enough for a 2 × 3 plate with one field per well; no pyramid (nothing here needs one).
+SMALL = SeedOptions(seed=7, fields=1, field_size=64, large_size=0, plate_rows=2,
+                    plate_columns=3, plate_fields=1, plate_field_size=32)
+
+BULK_ANNOTATIONS_NS = "openmicroscopy.org/omero/bulk_annotations"
+
+# What `omero metadata populate` documents for a plate: a Well column, then the values.
+PLATE_CSV = [
+    ["Well", "Drug", "Dose", "Count", "Hit"],
+    ["A1", "DMSO", "0.0", "10", "false"],
+    ["A2", "Taxol", "1.5", "12", "true"],
+    ["A3", "Taxol", "3.0", "7", "true"],
+    ["B1", "Nocodazole", "0.5", "20", "false"],
+    ["B2", "Nocodazole", "1.0", "3", "true"],
+    ["B3", "DMSO", "0.25", "11", "false"],
+]
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """This module's own emulator (the tests write to it)."""
+    with Emulator(tmp_path_factory.mktemp("third-party"), seed_options=SMALL) as emu:
+        yield emu
+
+
+@pytest.fixture
+def conn(server: Emulator) -> Iterator[Any]:
+    """A BlitzGateway of demo, the connection ezomero and omero2pandas are given."""
+    from omero.gateway import BlitzGateway
+
+    gateway = BlitzGateway("demo", "demo", host=server.host, port=server.port)
+    assert gateway.connect(), gateway.getLastError()
+    yield gateway
+    gateway.close()
+
+
+@pytest.fixture
+def new_dataset(conn: Any) -> int:
+    """An empty dataset of demo's, made with ezomero."""
+    import ezomero
+
+    dataset_id = ezomero.post_dataset(conn, "third-party clients", description="scratch")
+    assert isinstance(dataset_id, int)
+    return dataset_id
+
+
+class OmeroCli:
+    """The ``omero`` command of omero-py in its own process, logged in to ``server``.
+
+    The installed ``omero`` script refuses to run as root (as this CI machine runs);
+    after that check it runs ``omero.cli.argv``, which is what runs here, in a fresh
+    interpreter with the same arguments. ``OMERO_USERDIR`` keeps its session files in
+    the test's folder.
+    """
+
+    def __init__(self, server: Emulator, userdir: Path) -> None:
+        self.env = dict(os.environ, OMERO_USERDIR=str(userdir))
+        self.env.pop("OMERO_SESSION_DIR", None)
+        code, out, err = self(
+            "login", "-s", server.host, "-p", str(server.port), "-u", "demo", "-w", "demo")
+        assert code == 0, out + err
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        done = subprocess.run(
+            [sys.executable, "-c",
+             "import sys, omero.cli; sys.exit(omero.cli.argv(['omero', *sys.argv[1:]]))",
+             *args],
+            env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=180)
+        return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture(scope="module")
+def omero_cli(server: Emulator, tmp_path_factory: pytest.TempPathFactory) -> OmeroCli:
+    """One login for the module: later commands use the session it saved."""
+    return OmeroCli(server, tmp_path_factory.mktemp("omero-userdir"))
+
+
+# -- ezomero -------------------------------------------------------------------------------
+
+
+def test_ezomero_post_image_puts_a_numpy_image_in_a_dataset_that_reads_back_equal(
+        conn: Any, new_dataset: int) -> None:
+    import ezomero
+
+    # ezomero's arrays are XYZCT.
+    image = np.random.default_rng(3).integers(0, 65535, size=(40, 30, 2, 3, 1),
+                                              dtype=np.uint16)
+    image_id = ezomero.post_image(conn, image, "from ezomero", dataset_id=new_dataset,
+                                  description="uploaded by ezomero.post_image")
+    assert isinstance(image_id, int)
+    assert ezomero.get_image_ids(conn, dataset=new_dataset) == [image_id]
+
+    wrapper, pixels = ezomero.get_image(conn, image_id, xyzct=True)
+    assert wrapper.getName() == "from ezomero"
+    assert wrapper.getDescription() == "uploaded by ezomero.post_image"
+    assert (wrapper.getSizeX(), wrapper.getSizeY(), wrapper.getSizeZ(), wrapper.getSizeC(),
+            wrapper.getSizeT()) == (40, 30, 2, 3, 1)
+    assert wrapper.getPixelsType() == "uint16"
+    assert pixels.dtype == np.uint16
+    np.testing.assert_array_equal(pixels, image)
+
+    # A region (ezomero reads it tile by tile through RawPixelsStore.getTile).
+    _, region = ezomero.get_image(conn, image_id, start_coords=(5, 7, 1, 1, 0),
+                                  axis_lengths=(20, 11, 1, 2, 1), xyzct=True)
+    np.testing.assert_array_equal(region, image[5:25, 7:18, 1:2, 1:3, 0:1])
+
+
+def test_ezomero_post_image_keeps_float_values(conn: Any, new_dataset: int) -> None:
+    import ezomero
+
+    image = np.random.default_rng(4).normal(size=(16, 12, 1, 2, 3)).astype(np.float32)
+    image_id = ezomero.post_image(conn, image, "float32", dataset_id=new_dataset)
+    assert isinstance(image_id, int)
+    wrapper, pixels = ezomero.get_image(conn, image_id, xyzct=True)
+    assert wrapper.getPixelsType() == "float"
+    # ezomero allocates numpy's "float" (float64) for OMERO's float; the values are exact.
+    np.testing.assert_array_equal(pixels, image.astype(np.float64))
+
+
+def test_ezomero_map_annotation_round_trip(conn: Any, server: Emulator) -> None:
+    import ezomero
+
+    image_id = server.seeded["fields"][0]
+    values = {"cell line": "HeLa", "passage": 12, "treatment": ["DMSO", "Taxol"]}
+    ann_id = ezomero.post_map_annotation(conn, "Image", image_id, values,
+                                         ns="example.org/third-party/conditions")
+    assert isinstance(ann_id, int)
+
+    # Every value comes back as a string; a list is one key repeated.
+    assert ezomero.get_map_annotation(conn, ann_id) == {
+        "cell line": "HeLa", "passage": "12", "treatment": ["DMSO", "Taxol"]}
+    assert ezomero.get_map_annotation_ids(
+        conn, "Image", image_id, ns="example.org/third-party/conditions") == [ann_id]
+    assert ann_id not in ezomero.get_map_annotation_ids(conn, "Image", image_id,
+                                                        ns="example.org/other")
+    # The same annotation through BlitzGateway.
+    annotation = conn.getObject("MapAnnotation", ann_id)
+    assert annotation.getNs() == "example.org/third-party/conditions"
+    assert [tuple(kv) for kv in annotation.getValue()] == [
+        ("cell line", "HeLa"), ("passage", "12"), ("treatment", "DMSO"),
+        ("treatment", "Taxol")]
+
+
+def test_ezomero_table_attached_to_a_dataset_round_trips(conn: Any, new_dataset: int
+                                                         ) -> None:
+    import ezomero
+
+    # ezomero writes the columns grouped by type (integers, floats, strings, booleans).
+    frame = pd.DataFrame({"ObjectNumber": [1, 2, 3, 4],
+                          "Area": [10.5, 22.0, 7.25, 130.0],
+                          "Class": ["round", "elongated", "round", "big"],
+                          "Border": [False, True, False, True]})
+    ann_id = ezomero.post_table(conn, frame, "Dataset", new_dataset, title="measurements")
+    assert isinstance(ann_id, int)
+    assert ezomero.get_file_annotation_ids(conn, "Dataset", new_dataset) == [ann_id]
+
+    annotation = conn.getObject("FileAnnotation", ann_id)
+    assert annotation.getFile().getName() == "measurements"
+    assert annotation.getFile().getMimetype() == "OMERO.tables"
+
+    back = ezomero.get_table(conn, ann_id)
+    pd.testing.assert_frame_equal(back, frame)
+
+
+# -- omero-metadata ------------------------------------------------------------------------
+
+
+def test_omero_metadata_populate_puts_a_csv_on_the_plate_as_its_bulk_annotation_table(
+        omero_cli: OmeroCli, conn: Any, server: Emulator, tmp_path: Path) -> None:
+    import omero2pandas
+
+    plate_id = server.seeded["plate"]
+    source = tmp_path / "plate.csv"
+    with source.open("w", newline="") as handle:
+        csv.writer(handle).writerows(PLATE_CSV)
+
+    code, out, err = omero_cli("metadata", "populate", "--file", str(source),
+                               f"Plate:{plate_id}")
+    assert code == 0, out + err
+
+    plate = conn.getObject("Plate", plate_id)
+    annotations = list(plate.listAnnotations(ns=BULK_ANNOTATIONS_NS))
+    assert len(annotations) == 1
+    table_file = annotations[0].getFile()
+    assert (table_file.getName(), table_file.getMimetype()) == ("bulk_annotations",
+                                                                "OMERO.tables")
+    assert f"Created new table OriginalFile:{table_file.getId()}" in err
+
+    frame = omero2pandas.read_table(annotation_id=annotations[0].getId(),
+                                    omero_connector=conn)
+    header, *rows = PLATE_CSV
+    # populate resolves the Well column to Well ids and adds the wells' names after the
+    # CSV's columns (lower-case row letters, as omero-metadata spells them).
+    assert list(frame.columns) == [*header, "Well Name"]
+    assert len(frame) == len(rows)
+    wells = server.seeded["wells"]
+    assert frame["Well"].tolist() == [wells[f"{r[0][0]}0{r[0][1:]}"] for r in rows]
+    assert frame["Well Name"].tolist() == [r[0].lower() for r in rows]
+    assert frame["Drug"].tolist() == [r[1] for r in rows]
+    assert frame["Dose"].tolist() == [float(r[2]) for r in rows]
+    assert frame["Count"].tolist() == [int(r[3]) for r in rows]
+    assert frame["Hit"].tolist() == [r[4] == "true" for r in rows]
+
+
+# -- the omero command line ----------------------------------------------------------------
+
+
+def test_omero_download_of_a_table_file_is_a_valid_hdf5_file(
+        omero_cli: OmeroCli, conn: Any, new_dataset: int, tmp_path: Path) -> None:
+    import ezomero
+    import tables
+
+    frame = pd.DataFrame({"Image": [11, 12, 13], "Intensity": [0.5, 0.25, 0.125]})
+    ann_id = ezomero.post_table(conn, frame, "Dataset", new_dataset, title="to_download.h5")
+    assert isinstance(ann_id, int)
+    file_id = conn.getObject("FileAnnotation", ann_id).getFile().getId()
+
+    target = tmp_path / "downloaded.h5"
+    code, out, err = omero_cli("download", f"OriginalFile:{file_id}", str(target))
+    assert code == 0, out + err
+    assert f"Downloading file ID: {file_id}" in out
+
+    with tables.open_file(str(target), "r") as h5:
+        measurements = h5.get_node("/OME/Measurements")
+        assert measurements.colnames == ["Image", "Intensity"]
+        assert measurements.nrows == 3
+        assert measurements.col("Image").tolist() == [11, 12, 13]
+        assert measurements.col("Intensity").tolist() == [0.5, 0.25, 0.125]
+
+    # A cheap read-only call: the file's row in the database names the same bytes.
+    code, out, err = omero_cli(
+        "hql", "-q", "--style", "csv",
+        f"select f.name, f.mimetype, f.size from OriginalFile f where f.id = {file_id}")
+    assert code == 0, out + err
+    lines = out.strip().splitlines()
+    assert lines[-1].split(",")[1:] == ["to_download.h5", "OMERO.tables",
+                                        str(target.stat().st_size)]
+
+
+def test_omero_cli_reports_a_missing_file_and_writes_nothing(omero_cli: OmeroCli,
+                                                             tmp_path: Path) -> None:
+    target = tmp_path / "never.h5"
+    code, _, err = omero_cli("download", "OriginalFile:999999", str(target))
+    assert code != 0
+    assert "No OriginalFile with input ID" in err
+    assert not target.exists()
