@@ -217,6 +217,28 @@ def test_request_over_the_max_plane_size_comes_back_as_zeros(
     assert over.content == bytes(4096 * 1025 * 2)
 
 
+def test_unreadable_pixels_fault_answers_404_for_those_images_only(
+        faults: Emulator, seeded: dict[str, Any], ice_session: tuple[Any, str]) -> None:
+    _, key = ice_session
+    headers = {"X-OMERO-Session-Key": key}
+    faults.set_faults(http_unreadable_images=[seeded["fields"][0]])
+    broken = requests.get(tile_url(faults, seeded["fields"][0]), params={"w": 4, "h": 4},
+                          headers=headers, timeout=30)
+    fine = requests.get(tile_url(faults, seeded["fields"][1]), params={"w": 4, "h": 4},
+                        headers=headers, timeout=30)
+    assert (broken.status_code, fine.status_code) == (404, 200)
+
+
+def test_refused_sessions_fault_answers_403_to_a_live_session(
+        faults: Emulator, seeded: dict[str, Any], ice_session: tuple[Any, str]) -> None:
+    sf, key = ice_session
+    faults.set_faults(http_refuse_sessions=True)
+    response = requests.get(tile_url(faults, seeded["fields"][0]), params={"w": 4, "h": 4},
+                            headers={"X-OMERO-Session-Key": key}, timeout=30)
+    assert (response.status_code, response.content) == (403, b"")
+    sf.getAdminService().getEventContext()  # Ice still accepts the session
+
+
 # -- the nginx layout of the README ---------------------------------------------------------
 
 
