@@ -267,7 +267,8 @@ class Context:
             if image_id not in self._dirty:
                 return
             self._dirty.discard(image_id)
-        self.finish_image(image_id)
+        if self.store.get(image_id, "Image") is not None:  # not deleted meanwhile
+            self.finish_image(image_id)
 
     def mark_pixel_file(self, image_id: int) -> None:
         """The image's ROMIO pixel file now exists: later stores get read-only buffers."""

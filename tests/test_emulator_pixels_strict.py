@@ -88,13 +88,14 @@ def write_tiles(store: Any, planes: dict[tuple[int, int, int], np.ndarray],
 
 
 def bind_when_built(sf: Any, pixels_id: int, tries: int = 40) -> Any:
-    """Bind a store, waiting out MissingPyramidException by its backOff (as clients must)."""
+    """Bind a store, waiting out MissingPyramidException (or a writer's LockTimeout) by
+    its backOff, capped at a second, as clients must."""
     for _ in range(tries):
         store = sf.createRawPixelsStore()
         try:
             store.setPixelsId(pixels_id, True)
             return store
-        except omero.MissingPyramidException as exc:
+        except omero.ConcurrencyException as exc:
             store.close()
             time.sleep(min(exc.backOff, 1000) / 1000)
     raise AssertionError(f"Pixels:{pixels_id} never became readable")
@@ -203,6 +204,21 @@ def test_a_second_store_cannot_lock_a_pyramid_being_written(sf: Any) -> None:
     assert locked.value.message.endswith(".pyr_lock")
     assert (locked.value.backOff, locked.value.seconds) == (15000, 0)
     writer.close()
+
+
+def test_a_session_that_ends_releases_its_pyramid_lock_and_finishes_the_pyramid(
+        strict: Emulator, sf: Any) -> None:
+    client = omero.client(strict.host, strict.port)
+    writer_sf = client.createSession("demo", "demo")
+    pid = new_image(writer_sf, 1024, 1024, ptype="uint8")
+    writer = store_for(writer_sf, pid)
+    write_tiles(writer, {(0, 0, 0): np.full((1024, 1024), 9, dtype=np.uint8)})
+    with pytest.raises(omero.LockTimeout):
+        store_for(sf, pid)
+    assert strict.expire_sessions(keys=[client.getSessionId()]) == 1
+    reader = bind_when_built(sf, pid)
+    assert read_plane(reader, 1024, "uint8")[1023, 1023] == 9
+    client.__del__()
 
 
 def test_a_pyramid_writer_answers_the_configured_tile_size_and_no_levels(sf: Any) -> None:

@@ -292,6 +292,8 @@ class RawPixelsStoreI(StatefulServant):
             if self.ctx.pyramid_writers.get(image.id) is self:
                 del self.ctx.pyramid_writers[image.id]
         self.pyramid_writer = False
+        if self.ctx.store.get(image.id, "Image") is None:
+            return  # deleted while being written: nothing left to finish
         if self._tiles_written == 0:
             # The writer moves its empty temporary file into place: a corrupt pyramid.
             self.ctx.set_pyramid_state(image.id, "empty")
