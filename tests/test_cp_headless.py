@@ -18,8 +18,8 @@ from cellprofiler_omero.core.refs import parse_image
 from cellprofiler_omero.core.session import SessionManager
 from cellprofiler_omero.cp_integration import plugins_dir
 from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
-from cellprofiler_omero.emulator import Emulator
-from tests.conftest import run
+from cellprofiler_omero.emulator import Emulator, synthetic
+from tests.conftest import Leftovers, Target, run
 
 pytestmark = [pytest.mark.cellprofiler, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,35 +78,42 @@ def test_every_image_link_form_is_read(cp_env: dict[str, str], cellprofiler_plug
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory: pytest.TempPathFactory, emulator: Emulator,
-             cellprofiler_plugins: None) -> dict[str, Any]:
-    """One run of the full demo pipeline (plus local copies) into a fresh dataset."""
-    import omero.model
-    from omero.gateway import BlitzGateway
-    from omero.rtypes import rstring
-
-    from cellprofiler_omero.core.config import Settings
+def full_run(tmp_path_factory: pytest.TempPathFactory, target: Target,
+             cellprofiler_plugins: None) -> Iterator[dict[str, Any]]:
+    """One run of the full demo pipeline (plus local copies) over three fields uploaded to
+    the target's dataset, saving its labels and tables there too; on a real server
+    everything it made is deleted afterwards."""
+    from cellprofiler_omero.core.uploading import upload
 
     tmp = tmp_path_factory.mktemp("full")
-    conn = BlitzGateway("demo", "demo", host=emulator.host, port=emulator.port)
-    assert conn.connect()
-    ds = omero.model.DatasetI()
-    ds.setName(rstring("e2e results"))
-    dataset = int(conn.getUpdateService().saveAndReturnObject(ds).getId().getValue())
-    conn.close()
-    mgr = SessionManager(Settings().replace({"server.host": emulator.host,
-                                             "server.port": emulator.port,
-                                             "auth.use_token": False}))
-    run(lambda: mgr.connect(user="demo", password="demo"))
-    env = {**os.environ, **mgr.export_for_workers(), "HOME": str(tmp),
-           "CELLPROFILER_OMERO_SERVER_HOST": emulator.host,
-           "CELLPROFILER_OMERO_SERVER_PORT": str(emulator.port)}
-    urls = [f"omero:iid={i}" for i in emulator.seeded["fields"]]
-    log = run_cellprofiler(local_pipeline(dataset), urls, tmp / "out", env)
-    return {"mgr": mgr, "env": env, "dataset": dataset, "out": tmp / "out", "log": log,
-            "urls": urls, "tmp": tmp}
+    mgr = SessionManager(target.settings(tmp / "tokens", auth__use_token=False))
+    leftovers = Leftovers()
+    mgr.registry.register(leftovers, "test-leftovers")
+    run(lambda: mgr.connect(user=target.user, password=target.password))
+    images_before, annotations_before = target.dataset_contents()
+    sources = []
+    for index in range(3):
+        pixels, _ = synthetic.nuclei_and_cells(1000 + index, 512)
+        sources.append(run(lambda p=pixels, i=index: upload(
+            mgr, p, name=f"e2e field {i}", axes="CYX", dataset_id=target.dataset_id,
+            channel_names=["DAPI", "Cytoplasm"])).id)
+    env = target.child_environment(**mgr.export_for_workers(), HOME=str(tmp))
+    urls = [f"omero:iid={i}" for i in sources]
+    try:
+        log = run_cellprofiler(local_pipeline(target.dataset_id), urls, tmp / "out", env)
+        # The CellProfiler process's tables, told apart from older ones of the same name.
+        tables = target.dataset_contents()[1] - annotations_before
+        yield {"mgr": mgr, "env": env, "dataset": target.dataset_id, "out": tmp / "out",
+               "log": log, "urls": urls, "tmp": tmp, "tables": tables}
+    finally:
+        images, annotations = target.dataset_contents()
+        leftovers.add("Image", images - images_before)
+        leftovers.add("Annotation", annotations - annotations_before)
+        run(mgr.close)
+        leftovers.delete(target)
 
 
+@pytest.mark.real_server
 def test_saved_labels_match_cellprofilers_own_pixel_for_pixel(full_run: dict[str, Any]
                                                               ) -> None:
     rows = read_csv(full_run["out"] / "MyExpt_Image.csv")
@@ -121,19 +128,18 @@ def test_saved_labels_match_cellprofilers_own_pixel_for_pixel(full_run: dict[str
         assert row["OMERO_URL_Nuclei"].endswith(f"show=image-{image_id}")
 
 
+@pytest.mark.real_server
 def test_tables_match_cellprofilers_measurements(full_run: dict[str, Any],
-                                                 emulator: Emulator) -> None:
+                                                 target: Target) -> None:
     import omero2pandas
-    from omero.gateway import BlitzGateway
 
-    conn = BlitzGateway("demo", "demo", host=emulator.host, port=emulator.port)
-    assert conn.connect()
+    conn = target.blitz()
     try:
         dataset = conn.getObject("Dataset", full_run["dataset"])
-        namespaces = {a.getFile().getName(): a.getNs() for a in dataset.listAnnotations()
-                      if a.getFile() is not None}
-        tables = {a.getFile().getName(): a.getFile().getId()
-                  for a in dataset.listAnnotations() if a.getFile() is not None}
+        made = [a for a in dataset.listAnnotations()
+                if a.getId() in full_run["tables"] and a.getFile() is not None]
+        namespaces = {a.getFile().getName(): a.getNs() for a in made}
+        tables = {a.getFile().getName(): a.getFile().getId() for a in made}
         # Tables with an Image column show beside images in OMERO.web (bulk annotations).
         bulk = "openmicroscopy.org/omero/bulk_annotations"
         assert namespaces["CellProfiler_Image"] == namespaces["CellProfiler_Nuclei"] == bulk
@@ -163,6 +169,7 @@ def test_tables_match_cellprofilers_measurements(full_run: dict[str, Any],
         assert row.Image == int(expected["URL_DNA"].split("=")[-1])
 
 
+@pytest.mark.real_server
 def test_a_rerun_finds_the_images_it_already_saved(full_run: dict[str, Any]) -> None:
     first = {r["FileName_DNA"]: r["OMERO_ImageID_Nuclei"]
              for r in read_csv(full_run["out"] / "MyExpt_Image.csv")}
@@ -174,30 +181,32 @@ def test_a_rerun_finds_the_images_it_already_saved(full_run: dict[str, Any]) -> 
     assert "found image" in log
 
 
-def test_two_analysis_workers_write_one_consistent_table(full_run: dict[str, Any],
+def test_two_analysis_workers_write_one_consistent_table(cp_env: dict[str, str],
+                                                         cellprofiler_plugins: None,
+                                                         scratch_dataset: int,
                                                          emulator: Emulator,
-                                                         seeded: dict[str, Any]) -> None:
+                                                         seeded: dict[str, Any],
+                                                         tmp_path: Path) -> None:
     import omero2pandas
     from omero.gateway import BlitzGateway
 
-    out = full_run["tmp"] / "workers"
+    out = tmp_path / "workers"
     out.mkdir()
-    pipeline = nuclei_pipeline(full_run["dataset"], save_labels=True,
-                               table_prefix="Workers")
+    pipeline = nuclei_pipeline(scratch_dataset, save_labels=True, table_prefix="Workers")
     (out / "pipeline.cppipe").write_text(pipeline)
     plate = [f"omero:iid={seeded['wells'][w] + 1 + 2 * k}" for w in ("A01", "A02", "B01")
              for k in (0, 1)]
     (out / "files.txt").write_text("\n".join(plate) + "\n")
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "run_with_workers.py"),
                              str(out / "pipeline.cppipe"), str(out / "files.txt"), str(out),
-                             "2"], env=full_run["env"], capture_output=True, text=True,
+                             "2"], env=cp_env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "finished: 6 image sets" in result.stdout
     conn = BlitzGateway("demo", "demo", host=emulator.host, port=emulator.port)
     assert conn.connect()
     try:
-        dataset = conn.getObject("Dataset", full_run["dataset"])
+        dataset = conn.getObject("Dataset", scratch_dataset)
         files = {a.getFile().getName(): a.getFile().getId()
                  for a in dataset.listAnnotations()
                  if a.getFile() is not None and a.getFile().getName().startswith("Workers_")}
