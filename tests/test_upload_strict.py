@@ -98,14 +98,41 @@ def test_upload_killed_after_its_first_plane_is_retried_into_one_new_complete_im
     assert len(set_aside) == 1, "the dropped connection did not interrupt the upload"
     assert not result.reused
     assert images_with_key(manager, key) == [result.id]
-    # The partial image is gone, or renamed and re-marked so that it is never a candidate.
+    # The partial image was marked (never a candidate again), then deleted (Delete2).
     assert images_described(manager, marker(key)) == []
-    leftovers = images_described(manager, abandoned_marker(key))
-    assert result.id not in leftovers and len(leftovers) <= 1
-    for image_id in leftovers:
-        assert projection(manager, "select i.name from Image i where i.id = :id",
-                          id=image_id)[0][0] == "killed (incomplete upload, safe to delete)"
+    assert images_described(manager, abandoned_marker(key)) == []
+    assert images_named(manager, "killed (incomplete upload, safe to delete)") == []
     np.testing.assert_array_equal(read(manager, result.id, z=[0, 1, 2, 3])[:, 0], array)
+
+
+def test_pyramid_upload_killed_mid_tiles_is_retried_into_a_new_pyramid(
+        manager: SessionManager, faults: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    key = "strict-pyramid-killed"
+    # 2100² is over the 2048² maximum plane: a pyramid, written by one locked writer.
+    array = np.random.default_rng(6).integers(0, 255, (2100, 2100), dtype=np.uint8)
+    faults.set_faults(drop_after=3, ops=["setTile"])
+    with caplog.at_level(logging.INFO, logger=UPLOADER_LOG):
+        result = run(lambda: upload(manager, array, name="killed pyramid", client_key=key))
+    faults.clear_faults()
+    assert [r for r in caplog.records if "setting aside image" in r.getMessage()]
+    assert images_with_key(manager, key) == [result.id]
+    assert images_described(manager, marker(key)) == []
+    assert images_described(manager, abandoned_marker(key)) == []
+    assert levels(manager, result.id) > 1
+    np.testing.assert_array_equal(read(manager, result.id)[0, 0], array)
+
+
+def test_parallel_plane_writes_go_through_stores_all_bound_before_the_first_write(
+        settings_for: Any) -> None:
+    # Four stores for eight planes: a store bound after the first write could not write.
+    mgr = SessionManager(settings_for(ice__stores_per_image=4))
+    run(lambda: mgr.connect(user="demo", password="demo"))
+    try:
+        array = np.random.default_rng(7).integers(0, 2**16, (8, 64, 48)).astype(np.uint16)
+        result = run(lambda: upload(mgr, array, name="parallel", axes="ZYX"))
+        np.testing.assert_array_equal(read(mgr, result.id, z=list(range(8)))[:, 0], array)
+    finally:
+        run(mgr.close)
 
 
 def test_a_retry_after_the_upload_completed_finds_it_and_records_provenance_once(
@@ -193,3 +220,27 @@ def test_reading_a_pyramid_still_being_built_fails_clearly_then_waits_and_succee
     finally:
         run(impatient.close)
         run(patient.close)
+
+
+# -- the emulator's Delete2, through OMERO's own client ---------------------------------------
+
+def test_blitzgateway_deletes_an_image_with_delete2(manager: SessionManager, blitz: Any
+                                                    ) -> None:
+    made = run(lambda: upload(manager, np.ones((4, 4), np.uint8), name="to delete"))
+    conn = blitz()
+    conn.deleteObjects("Image", [made.id], wait=True)
+    assert conn.getObject("Image", made.id) is None
+    assert images_named(manager, "to delete") == []
+
+
+def test_delete2_of_another_users_image_answers_a_graph_exception(
+        manager: SessionManager, blitz: Any, seeded: dict[str, Any]) -> None:
+    import omero.cmd
+
+    made = run(lambda: upload(manager, np.ones((4, 4), np.uint8), name="not yours"))
+    other = blitz("other")
+    with pytest.raises(omero.CmdError) as caught:
+        other.deleteObjects("Image", [made.id], wait=True)
+    assert isinstance(caught.value.err, omero.cmd.GraphException)
+    assert f"Image[{made.id}]" in caught.value.err.message
+    assert images_named(manager, "not yours") == [made.id]
