@@ -196,26 +196,33 @@ def test_ezomero_table_attached_to_a_dataset_round_trips(conn: Any, new_dataset:
 # -- omero-metadata ------------------------------------------------------------------------
 
 
-def test_omero_metadata_populate_puts_a_csv_on_the_plate_as_its_bulk_annotation_table(
-        omero_cli: OmeroCli, conn: Any, server: Emulator, tmp_path: Path) -> None:
-    import omero2pandas
-
+@pytest.fixture(scope="module")
+def populated_plate(omero_cli: OmeroCli, server: Emulator,
+                    tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str]:
+    """``omero metadata populate --file plate.csv Plate:<id>`` once for the module: the
+    plate's id and what the command logged."""
     plate_id = server.seeded["plate"]
-    source = tmp_path / "plate.csv"
+    source = tmp_path_factory.mktemp("populate") / "plate.csv"
     with source.open("w", newline="") as handle:
         csv.writer(handle).writerows(PLATE_CSV)
-
     code, out, err = omero_cli("metadata", "populate", "--file", str(source),
                                f"Plate:{plate_id}")
     assert code == 0, out + err
+    return plate_id, err
 
+
+def test_omero_metadata_populate_puts_a_csv_on_the_plate_as_its_bulk_annotation_table(
+        populated_plate: tuple[int, str], conn: Any, server: Emulator) -> None:
+    import omero2pandas
+
+    plate_id, log = populated_plate
     plate = conn.getObject("Plate", plate_id)
     annotations = list(plate.listAnnotations(ns=BULK_ANNOTATIONS_NS))
     assert len(annotations) == 1
     table_file = annotations[0].getFile()
     assert (table_file.getName(), table_file.getMimetype()) == ("bulk_annotations",
                                                                 "OMERO.tables")
-    assert f"Created new table OriginalFile:{table_file.getId()}" in err
+    assert f"Created new table OriginalFile:{table_file.getId()}" in log
 
     frame = omero2pandas.read_table(annotation_id=annotations[0].getId(),
                                     omero_connector=conn)
@@ -231,6 +238,32 @@ def test_omero_metadata_populate_puts_a_csv_on_the_plate_as_its_bulk_annotation_
     assert frame["Dose"].tolist() == [float(r[2]) for r in rows]
     assert frame["Count"].tolist() == [int(r[3]) for r in rows]
     assert frame["Hit"].tolist() == [r[4] == "true" for r in rows]
+
+
+def test_omero_metadata_bulkmap_turns_the_plate_table_into_well_map_annotations(
+        populated_plate: tuple[int, str], omero_cli: OmeroCli, conn: Any, server: Emulator,
+        tmp_path: Path) -> None:
+    # The second step of omero-metadata's documented workflow: selected columns of the
+    # bulk-annotation table become a MapAnnotation on each row's well.
+    plate_id, _ = populated_plate
+    config = tmp_path / "bulkmap.yml"
+    config.write_text("---\nversion: 2\ndefaults:\n  include: no\n  type: string\n"
+                      "  includeclient: yes\n  visible: yes\n  omitempty: yes\n"
+                      "columns:\n- name: Drug\n  include: yes\n"
+                      "- name: Dose\n  include: yes\n")
+    code, out, err = omero_cli("metadata", "populate", "--context", "bulkmap", "--cfg",
+                               str(config), f"Plate:{plate_id}")
+    assert code == 0, out + err
+    assert "Created/linked 6 MapAnnotations" in err
+
+    _, *rows = PLATE_CSV
+    wells = server.seeded["wells"]
+    for label, drug, dose, *_ in rows:
+        well = conn.getObject("Well", wells[f"{label[0]}0{label[1:]}"])
+        maps = [a for a in well.listAnnotations(ns=BULK_ANNOTATIONS_NS)
+                if a.OMERO_TYPE.__name__ == "MapAnnotationI"]
+        assert [[tuple(kv) for kv in a.getValue()] for a in maps] == [
+            [("Drug", drug), ("Dose", str(float(dose)))]], label
 
 
 # -- the omero command line ----------------------------------------------------------------
