@@ -8,6 +8,7 @@ them largest first, as a real server does.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import Ice
@@ -209,7 +210,9 @@ class RawPixelsStoreI(StatefulServant):
     def _bind_pyramid(self, image: Obj, pixels_id: int) -> None:
         """``PixelsService.getPixelBuffer`` for a pyramid image (raises like it)."""
         path = self._pyramid_path(pixels_id)
-        with self.ctx._lock:
+        with self.ctx._lock:  # decide and take the lock as one step
+            fresh = self.ctx.store.get(image.id, "Image")
+            image = fresh if fresh is not None else image
             state = image.data.get("pyramid", "ready")
             if state == "missing":
                 holder = self.ctx.pyramid_writers.get(image.id)
@@ -220,6 +223,8 @@ class RawPixelsStoreI(StatefulServant):
                                         backOff=LOCK_BACKOFF_MS, seconds=0)
                 self.ctx.pyramid_writers[image.id] = self
                 self.pyramid_writer = True
+                self._tiles_written, self._plane, self._ifd_count = 0, None, 0
+                self._origin_slot = self._first_tile = None
                 return
         if state == "empty":
             raise _server_error(omero.ResourceError, "ome.conditions.ResourceError",
@@ -246,6 +251,7 @@ class RawPixelsStoreI(StatefulServant):
         self.image = None
         self.writable = False
         self._file_open = False
+        self._modified = False
 
     def _image(self) -> Obj:
         if self.image is None:
@@ -288,22 +294,26 @@ class RawPixelsStoreI(StatefulServant):
 
     def _close_writer(self) -> None:
         image = self._image()
+        self.pyramid_writer = False
         with self.ctx._lock:
+            # The pyramid file appears as the lock goes, so no store sees neither.
             if self.ctx.pyramid_writers.get(image.id) is self:
                 del self.ctx.pyramid_writers[image.id]
-        self.pyramid_writer = False
-        if self.ctx.store.get(image.id, "Image") is None:
-            return  # deleted while being written: nothing left to finish
-        if self._tiles_written == 0:
-            # The writer moves its empty temporary file into place: a corrupt pyramid.
-            self.ctx.set_pyramid_state(image.id, "empty")
-        else:
-            tile = self._first_tile or self.ctx.tile_size()
-            self.ctx.set_pyramid_state(image.id, "missing", tileSize=list(tile))
+            if self.ctx.store.get(image.id, "Image") is None:
+                return  # deleted while being written: nothing left to finish
+            if self._tiles_written == 0:
+                # The writer moves its empty temporary file into place: a corrupt pyramid.
+                self.ctx.set_pyramid_state(image.id, "empty")
+            else:
+                tile = self._first_tile or self.ctx.tile_size()
+                self.ctx.set_pyramid_state(
+                    image.id, "building", tileSize=list(tile),
+                    pyramidReadyAt=time.time() + self.ctx.pyramid_delay_s())
+        if self._tiles_written:
             self.ctx.finish_image(image.id)
         refreshed = self.ctx.store.get(image.id, "Image")
-        assert refreshed is not None
-        self.image = refreshed
+        if refreshed is not None:
+            self.image = refreshed
 
     def getPixelsId(self, current: Ice.Current) -> int:
         return modelmap.pixels_id(self._image().id)
