@@ -467,8 +467,8 @@ class Graph:
             yield self.enum_view("DimensionOrder", 1, "XYZCT")
         elif cls == "GroupExperimenterMap":
             for g in self.store.groups():
-                for u in self.store.group_members(g.id):
-                    view = self.membership_view(g.id, u)
+                for member in self.store.group_members(g.id):
+                    view = self.membership_view(g.id, member)
                     if ids is None or view.fields["id"] in ids:
                         yield view
         else:
@@ -940,8 +940,7 @@ class Evaluator:
         members = list(groups.values())
         if query.order:
             for item, desc in reversed(query.order):
-                members.sort(key=lambda envs, item=item: _sort_key(self.aggregate(item, envs)),
-                             reverse=desc)
+                members.sort(key=self._group_sorter(item), reverse=desc)
         rows = [[self.aggregate(item, envs) for item in query.select] for envs in members]
         return _distinct(rows) if query.distinct else rows
 
@@ -981,6 +980,9 @@ class Evaluator:
 
     def _sorter(self, item: Any) -> Callable[[Env], tuple[int, Any]]:
         return lambda env: _sort_key(self.value(item, env))
+
+    def _group_sorter(self, item: Any) -> Callable[[list[Env]], tuple[int, Any]]:
+        return lambda envs: _sort_key(self.aggregate(item, envs))
 
 
 def _has_aggregate(node: Any) -> bool:

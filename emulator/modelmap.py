@@ -8,7 +8,6 @@ channels.
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
 import omero
@@ -205,11 +204,18 @@ LINK_ENDS: dict[str, tuple[str, str]] = {
 ANNOTATION_KINDS = ("FileAnnotation", "MapAnnotation", "CommentAnnotation", "TagAnnotation")
 
 
-@functools.cache
+_UNLOADERS: dict[type, tuple[str, ...]] = {}
+
+
 def _unloaders(cls: type) -> tuple[str, ...]:
-    return tuple(name for name in dir(cls)
-                 if name.startswith("unload") and name not in ("unload", "unloadDetails")
-                 and hasattr(cls, f"is{name[6:]}Loaded"))
+    """The ``unload<Collection>`` methods of a model class (looked up once per class)."""
+    found = _UNLOADERS.get(cls)
+    if found is None:
+        found = tuple(name for name in dir(cls)
+                      if name.startswith("unload") and name not in ("unload", "unloadDetails")
+                      and hasattr(cls, f"is{name[6:]}Loaded"))
+        _UNLOADERS[cls] = found
+    return found
 
 
 def unload_collections(m: Any) -> None:

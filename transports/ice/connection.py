@@ -453,7 +453,8 @@ class IceConnection:
                 # A well without row or column has no label: name it by its id.
                 nodes.append(Node("Well", wid, pos.well_name or f"Well {wid}", self._count(
                     "select count(ws) from WellSample ws where ws.well.id = :id", id=wid),
-                    extra={"row": pos.row, "column": pos.column}))
+                    extra={k: v for k, v in (("row", pos.row), ("column", pos.column))
+                           if v is not None}))
             return Page(tuple(nodes), offset, total)
         if ref.kind is Kind.WELL:
             total = self._count("select count(ws) from WellSample ws where ws.well.id = :id",
