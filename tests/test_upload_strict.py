@@ -205,7 +205,7 @@ def _manager(emu: Emulator, tmp_path: Path, **overrides: Any) -> SessionManager:
 
 
 def test_reading_a_pyramid_still_being_built_fails_clearly_then_waits_and_succeeds(
-        slow_pyramids: Emulator, tmp_path: Path) -> None:
+        slow_pyramids: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     impatient = _manager(slow_pyramids, tmp_path, **{"ice.pyramid_wait_seconds": 0.5})
     patient = _manager(slow_pyramids, tmp_path)
     try:
@@ -215,8 +215,11 @@ def test_reading_a_pyramid_still_being_built_fails_clearly_then_waits_and_succee
             read(impatient, result.id, region=None)
         assert caught.value.image_id == result.id
         assert caught.value.retry_after > 0
-        # The default wait covers the build: the same read then succeeds.
-        np.testing.assert_array_equal(read(patient, result.id)[0, 0], array)
+        # The default wait covers the build: the same read waits, then succeeds.
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="cellprofiler_omero.transports.ice.errors"):
+            np.testing.assert_array_equal(read(patient, result.id)[0, 0], array)
+        assert any("pyramid not ready" in r.getMessage() for r in caplog.records)
     finally:
         run(impatient.close)
         run(patient.close)

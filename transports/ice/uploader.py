@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import Any
 
 import anyio
@@ -58,6 +59,9 @@ PYRAMID_TYPES = (PixelType.UINT8, PixelType.UINT16)
 FLOAT_TYPES = (PixelType.FLOAT, PixelType.DOUBLE)
 #: How long to wait for the server to delete an abandoned partial image.
 DELETE_WAIT_SECONDS = 60.0
+#: The server's plane limits per connection (read once).
+_LIMITS: weakref.WeakKeyDictionary[IceConnection, tuple[tuple[int, int] | None, bool]] = \
+    weakref.WeakKeyDictionary()
 
 
 def marker(key: str) -> str:
@@ -172,7 +176,10 @@ class IceImageSink:
     # -- the server's plane limits ----------------------------------------------------------
 
     def _plane_limits(self) -> tuple[tuple[int, int] | None, bool]:
-        """``(max plane (w, h) or None, whether float/double are exempt)``, read once."""
+        """``(max plane (w, h) or None, whether float/double are exempt)``, read once
+        per connection (a sink lives for one upload; a connection for many)."""
+        if self._limits is None:
+            self._limits = _LIMITS.get(self.conn)
         if self._limits is None:
             config = self.conn.sf.getConfigService()
 
@@ -188,7 +195,7 @@ class IceImageSink:
             limit = (int(width), int(height)) if width.isdigit() and height.isdigit() \
                 else None
             # The server's default (ome/omero-common config.xml) exempts float and double.
-            self._limits = (limit, override != "false")
+            self._limits = _LIMITS[self.conn] = (limit, override != "false")
         return self._limits
 
     def _check_plane_size(self, ptype: PixelType, size_x: int, size_y: int) -> None:
