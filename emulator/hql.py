@@ -805,6 +805,13 @@ class Evaluator:
             return self.test(node[1], env) or self.test(node[2], env)
         if kind == "not":
             return not self.test(node[1], env)
+        if kind == "cmp" and _class_test(node):
+            # Hibernate's ``x.class = Entity`` (sent by omero-metadata's deletemap): the
+            # right side names an entity class, not a path; the discriminator is the
+            # concrete class.
+            view = self.resolve(node[2][1].rsplit(".", 1)[0], env)
+            same = isinstance(view, View) and view.kind == node[3][1]
+            return same if node[1] == "=" else not same
         if kind == "cmp":
             return _compare(node[1], self.value(node[2], env), self.value(node[3], env))
         if kind == "in":
@@ -1069,6 +1076,14 @@ def _root_ids(query: Query, params: dict[str, Any]) -> list[int] | None:
         else:
             return ids
     return None
+
+
+def _class_test(node: Any) -> bool:
+    """Whether a comparison is ``path.class = EntityName`` (or ``!=``/``<>``)."""
+    left, right = node[2], node[3]
+    return (node[1] in ("=", "!=", "<>") and left[0] == "path" and "." in left[1]
+            and left[1].rsplit(".", 1)[1] == "class" and right[0] == "path"
+            and "." not in right[1])
 
 
 def _step(value: Any, part: str) -> Any:

@@ -266,6 +266,32 @@ def test_omero_metadata_bulkmap_turns_the_plate_table_into_well_map_annotations(
             [("Drug", drug), ("Dose", str(float(dose)))]], label
 
 
+def test_hql_class_tests_select_links_by_the_annotation_class(conn: Any, new_dataset: int
+                                                               ) -> None:
+    # The query omero-metadata's deletemap sends (Hibernate's ``.class`` discriminator).
+    import ezomero
+    import omero.sys
+    from omero.rtypes import rlist, rlong, rstring, unwrap
+
+    ns = "example.org/third-party/class-test"
+    map_id = ezomero.post_map_annotation(conn, "Dataset", new_dataset, {"k": "v"}, ns=ns)
+    file_id = ezomero.post_table(conn, [["n"], [1]], "Dataset", new_dataset, title="t")
+    params = omero.sys.ParametersI()
+    params.map = {"ids": rlist([rlong(new_dataset)]), "nss": rlist([rstring(ns)])}
+    query = conn.getQueryService()
+
+    def children(condition: str) -> list[int]:
+        rows = query.projection(
+            f"SELECT child.id FROM DatasetAnnotationLink WHERE {condition} "
+            "AND parent.id in (:ids)", params)
+        return sorted(unwrap(row)[0] for row in rows)
+
+    assert children("child.class=MapAnnotation AND child.ns in (:nss)") == [map_id]
+    assert children("child.class=FileAnnotation") == [file_id]
+    assert children("child.class!=MapAnnotation") == [file_id]
+    assert children("child.class=TagAnnotation") == []
+
+
 # -- the omero command line ----------------------------------------------------------------
 
 
