@@ -321,7 +321,7 @@ def target(request: pytest.FixtureRequest) -> Target:
 
 
 class Leftovers:
-    """What tests made on the target, deleted afterwards where a real server keeps it.
+    """What tests made on the target, deleted afterwards (a real server keeps it).
 
     Registered on a SessionManager, it records every image uploaded and table written
     through the product's own observer hooks.
@@ -346,12 +346,9 @@ class Leftovers:
             self.add("OriginalFile", [table.file_id])
 
     def delete(self, target: Target) -> None:
-        """Delete everything recorded through the server's normal delete (``Delete2``).
-
-        The emulator's data is a temporary folder that goes with it, and it has no
-        command service (``omero.cmd``) to delete graphs with, so nothing is sent there.
-        """
-        if target.is_emulator or not any(self.objects.values()):
+        """Delete everything recorded through the server's normal delete (``Delete2``,
+        as BlitzGateway sends it), on the emulator too, so the path is proven here."""
+        if not any(self.objects.values()):
             return
         conn = target.blitz()
         try:
@@ -383,7 +380,7 @@ def target_blitz(target: Target) -> Iterator[Callable[[], Any]]:
 @pytest.fixture
 def target_manager(target: Target, tmp_path: Path) -> Iterator[SessionManager]:
     """A SessionManager logged in to the target; what it uploads or writes is deleted after
-    the test (on a real server)."""
+    the test."""
     from cellprofiler_omero.core.session import SessionManager
 
     mgr = SessionManager(target.settings(tmp_path / "tokens"))

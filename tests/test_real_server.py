@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,11 +94,11 @@ def test_unknown_product_settings_are_refused() -> None:
         target_from_environment(dict(FULL_ENV, **{TARGET_SETTINGS_ENV: "server.colour=red"}))
 
 
-# -- what the tests make is recorded for deletion ------------------------------------------
+# -- what the tests make is recorded and deleted --------------------------------------------
 
 
 @pytest.mark.real_server
-def test_uploads_and_tables_of_a_test_are_recorded_for_deletion(target: Target,
+def test_uploads_and_tables_of_a_test_are_recorded_and_deleted(target: Target,
                                                                 tmp_path: Path) -> None:
     from cellprofiler_omero.core.model import ColumnKind, ColumnSpec, TableSchema, TableTarget
     from cellprofiler_omero.core.tables import TableWriter
@@ -117,10 +118,34 @@ def test_uploads_and_tables_of_a_test_are_recorded_for_deletion(target: Target,
     finally:
         run(mgr.close)
         leftovers.delete(target)
-    if not target.is_emulator:
-        assert leftovers.objects == {}
-        images, annotations = target.dataset_contents()
-        assert image.id not in images and table.annotation_id not in annotations
+    assert leftovers.objects == {}
+    images, annotations = target.dataset_contents()
+    assert image.id not in images and table.annotation_id not in annotations
+    conn = target.blitz()
+    try:
+        assert conn.getObject("OriginalFile", table.file_id) is None  # the table's file too
+    finally:
+        conn.close()
+
+
+def test_delete2_of_another_users_table_answers_a_graph_exception(
+        manager: SessionManager, blitz: Any, seeded: dict[str, Any]) -> None:
+    # The emulator deletes annotations and files by omero-blitz's delete rules; a user
+    # may not delete another user's annotation (the cleanup above relies on the rest).
+    import omero.cmd
+
+    from cellprofiler_omero.core.model import ColumnKind, ColumnSpec, TableSchema, TableTarget
+    from cellprofiler_omero.core.tables import TableWriter
+
+    writer = TableWriter(manager, TableTarget("Dataset", seeded["dataset"]),
+                         TableSchema("not yours.h5", (ColumnSpec("N", ColumnKind.LONG),)))
+    run(lambda: writer.append({"N": [1]}))
+    table = run(writer.close)
+    with pytest.raises(omero.CmdError) as caught:
+        blitz("other").deleteObjects("Annotation", [table.annotation_id], wait=True)
+    assert isinstance(caught.value.err, omero.cmd.GraphException)
+    assert f"FileAnnotation[{table.annotation_id}]" in caught.value.err.message
+    assert blitz().getObject("OriginalFile", table.file_id) is not None
 
 
 # -- the command line -----------------------------------------------------------------------

@@ -93,12 +93,25 @@ def _delete2(factory: _ServiceFactory, caller: Caller, request: Any) -> Any:
     store = factory.ctx.store
     targets: dict[str, list[int]] = dict(request.targetObjects or {})
     image_ids: list[int] = []
+    annotation_ids: list[int] = []
+    file_ids: list[int] = []
     for name, ids in targets.items():
         short = name.rsplit(".", 1)[-1].removesuffix("I")
-        if short != "Image":
+        if short == "Image":
+            image_ids.extend(int(i) for i in ids)
+        elif short == "Annotation" or short in modelmap.ANNOTATION_KINDS:
+            annotation_ids.extend(int(i) for i in ids)
+        elif short == "OriginalFile":
+            file_ids.extend(int(i) for i in ids)
+        else:
             raise api_usage(f"Delete2 of {short} is not implemented by the emulator "
-                            "(only images).")
-        image_ids.extend(int(i) for i in ids)
+                            "(only images, annotations and original files).")
+    if annotation_ids or file_ids:
+        if image_ids:
+            raise api_usage("The emulator's Delete2 takes images, or annotations and files, "
+                            "not both in one request.")
+        return _delete_annotations_and_files(factory, caller, annotation_ids, file_ids,
+                                             bool(request.dryRun))
     images = []
     for image_id in image_ids:
         image = store.get(image_id, "Image")
@@ -131,3 +144,61 @@ def _delete2(factory: _ServiceFactory, caller: Caller, request: Any) -> Any:
 
 _ANNOTATION_LINKS = tuple(kind for kind, (_, child) in modelmap.LINK_ENDS.items()
                           if child == "Annotation")
+
+
+def _delete_annotations_and_files(factory: _ServiceFactory, caller: Caller,
+                                  annotation_ids: list[int], file_ids: list[int],
+                                  dry_run: bool) -> Any:
+    """Annotations (with their links) and original files, by omero-blitz's delete rules
+    (``graph-rules/blitz-delete-rules.xml``): a FileAnnotation's file goes with it once
+    no other annotation uses it, and deleting a file deletes the FileAnnotations on it
+    regardless of permissions."""
+    store = factory.ctx.store
+    annotations: dict[int, Any] = {}
+    files: dict[int, Any] = {}
+    for ann_id in annotation_ids:
+        ann = store.get(ann_id)
+        if ann is None or ann.kind not in modelmap.ANNOTATION_KINDS:
+            continue  # nothing to delete
+        name = f"ome.model.annotations.{ann.kind}[{ann_id}]"
+        if not factory.visible(caller, ann):
+            return _refusal(f"cannot read {name}")
+        if ann.owner_id != caller.user.id and not caller.user.admin:
+            return _refusal(f"not permitted to delete {name}")
+        annotations[ann.id] = ann
+    for file_id in file_ids:
+        file = store.get(file_id, "OriginalFile")
+        if file is None:
+            continue
+        name = f"ome.model.core.OriginalFile[{file_id}]"
+        if not factory.visible(caller, file):
+            return _refusal(f"cannot read {name}")
+        if file.owner_id != caller.user.id and not caller.user.admin:
+            return _refusal(f"not permitted to delete {name}")
+        files[file.id] = file
+        for ann in store.find_by_data("FileAnnotation", "file", file.id):
+            annotations[ann.id] = ann
+    for ann in list(annotations.values()):
+        file_id = ann.data.get("file") if ann.kind == "FileAnnotation" else None
+        if file_id is None or file_id in files:
+            continue
+        users = [a for a in store.find_by_data("FileAnnotation", "file", file_id)
+                 if a.id not in annotations]
+        file = store.get(file_id, "OriginalFile")
+        if file is not None and not users:
+            files[file.id] = file  # orphaned: deleted regardless of permissions
+    links = [link for kind in _ANNOTATION_LINKS for link in store.links_to(kind, annotations)]
+    deleted: dict[str, list[int]] = {}
+    for link in links:
+        deleted.setdefault(f"ome.model.annotations.{link.kind}", []).append(link.id)
+    for ann in annotations.values():
+        deleted.setdefault(f"ome.model.annotations.{ann.kind}", []).append(ann.id)
+    if files:
+        deleted["ome.model.core.OriginalFile"] = sorted(files)
+    if not dry_run:
+        for ann_id in annotations:
+            store.delete(ann_id)  # and its links
+        for file_id in files:
+            store.delete(file_id)
+            factory.ctx.file_path(file_id).unlink(missing_ok=True)
+    return omero.cmd.Delete2Response(deletedObjects=deleted)
