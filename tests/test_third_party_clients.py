@@ -171,6 +171,15 @@ def test_ezomero_map_annotation_round_trip(conn: Any, server: Emulator) -> None:
         ("cell line", "HeLa"), ("passage", "12"), ("treatment", "DMSO"),
         ("treatment", "Taxol")]
 
+    # put_map_annotation saves the loaded annotation again with new values and namespace.
+    ezomero.put_map_annotation(conn, ann_id, {"cell line": "U2OS", "passage": 13},
+                               ns="example.org/third-party/conditions-v2")
+    assert ezomero.get_map_annotation(conn, ann_id) == {"cell line": "U2OS", "passage": "13"}
+    assert ezomero.get_map_annotation_ids(
+        conn, "Image", image_id, ns="example.org/third-party/conditions-v2") == [ann_id]
+    assert ezomero.filter_by_kv(conn, [image_id, server.seeded["zstack"]], "cell line",
+                                "U2OS") == [image_id]
+
 
 def test_ezomero_table_attached_to_a_dataset_round_trips(conn: Any, new_dataset: int
                                                          ) -> None:

@@ -46,6 +46,21 @@ def _get(obj: Any, attr: str) -> Any:
     return unwrap(value)
 
 
+def _annotation_data(kind: str, stored: dict[str, Any], obj: Any) -> dict[str, Any]:
+    """A stored annotation's fields updated from the loaded object a client saves again
+    (ezomero's ``put_map_annotation``: ``MapAnnotationWrapper.setValue`` then ``save``).
+    A real server merges the whole object; fields the client left unset are kept."""
+    data = dict(stored)
+    if _get(obj, "ns") is not None:
+        data["ns"] = _get(obj, "ns")
+    if kind == "MapAnnotation" and getattr(obj, "_mapValue", None) is not None:
+        data["map"] = [[nv.name, nv.value] for nv in obj.getMapValue()]
+    elif kind in ("CommentAnnotation", "TagAnnotation") and \
+            _get(obj, "textValue") is not None:
+        data["text"] = _get(obj, "textValue")
+    return data
+
+
 @servant(omero.api.IUpdate)
 class UpdateI(SessionServant):
     """IUpdate over the emulator's store."""
@@ -187,16 +202,20 @@ class UpdateI(SessionServant):
     def _update(self, caller: Caller, kind: str, oid: int, obj: Any) -> None:
         stored = self.ctx.store.get(oid)
         assert stored is not None
+        annotation = (_annotation_data(stored.kind, stored.data, obj)
+                      if stored.kind in modelmap.ANNOTATION_KINDS else None)
         if stored.owner_id != caller.user.id and not caller.user.admin:
             # Links to another user's object are allowed; changing it is not.
-            if _get(obj, "name") not in (None, stored.name):
+            if _get(obj, "name") not in (None, stored.name) or \
+                    annotation not in (None, stored.data):
                 raise security_violation(f"{kind}:{oid} belongs to another user.")
             self._collections(caller, kind, oid, obj)
             return
         name = _get(obj, "name")
         description = _get(obj, "description")
         self.ctx.store.update(oid, name=name if name is not None else None,
-                              description=description if description is not None else None)
+                              description=description if description is not None else None,
+                              data=annotation)
         self._collections(caller, kind, oid, obj)
 
     def _collections(self, caller: Caller, kind: str, oid: int, obj: Any) -> None:
