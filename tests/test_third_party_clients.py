@@ -181,6 +181,29 @@ def test_ezomero_map_annotation_round_trip(conn: Any, server: Emulator) -> None:
                                 "U2OS") == [image_id]
 
 
+def test_another_users_map_annotation_cannot_be_changed(conn: Any, server: Emulator) -> None:
+    import ezomero
+    import omero
+    from omero.gateway import BlitzGateway
+
+    # demo's annotation on an image of the read-annotate group "other" also belongs to.
+    image_id = server.seeded["shared_image"]
+    ann_id = ezomero.post_map_annotation(conn, "Image", image_id, {"owner": "demo"},
+                                         ns="example.org/third-party/owned")
+    assert isinstance(ann_id, int)
+    other = BlitzGateway("other", "other", host=server.host, port=server.port, group="shared")
+    assert other.connect(), other.getLastError()
+    try:
+        annotation = other.getObject("MapAnnotation", ann_id)
+        assert annotation is not None  # readable: the group is read-annotate
+        annotation.setValue([["owner", "other"]])
+        with pytest.raises(omero.SecurityViolation):
+            annotation.save()
+    finally:
+        other.close()
+    assert ezomero.get_map_annotation(conn, ann_id) == {"owner": "demo"}
+
+
 def test_ezomero_table_attached_to_a_dataset_round_trips(conn: Any, new_dataset: int
                                                          ) -> None:
     import ezomero
