@@ -179,12 +179,12 @@ def _delete_annotations_and_files(factory: _ServiceFactory, caller: Caller,
         for ann in store.find_by_data("FileAnnotation", "file", file.id):
             annotations[ann.id] = ann
     for ann in list(annotations.values()):
-        file_id = ann.data.get("file") if ann.kind == "FileAnnotation" else None
-        if file_id is None or file_id in files:
+        used: int | None = ann.data.get("file") if ann.kind == "FileAnnotation" else None
+        if used is None or used in files:
             continue
-        users = [a for a in store.find_by_data("FileAnnotation", "file", file_id)
+        users = [a for a in store.find_by_data("FileAnnotation", "file", used)
                  if a.id not in annotations]
-        file = store.get(file_id, "OriginalFile")
+        file = store.get(used, "OriginalFile")
         if file is not None and not users:
             files[file.id] = file  # orphaned: deleted regardless of permissions
     links = [link for kind in _ANNOTATION_LINKS for link in store.links_to(kind, annotations)]
