@@ -366,3 +366,22 @@ def test_omero_cli_reports_a_missing_file_and_writes_nothing(omero_cli: OmeroCli
     assert code != 0
     assert "No OriginalFile with input ID" in err
     assert not target.exists()
+
+
+def test_omero_group_list_counts_owners_and_members(omero_cli: OmeroCli) -> None:
+    # IAdmin.lookupGroups returns each group with its memberships loaded, as AdminImpl's
+    # join fetch does; the command line reads owners and members from them.
+    code, out, err = omero_cli("group", "list", "--long", "--style", "csv")
+    assert code == 0, out + err
+    rows = {row["name"]: row for row in csv.DictReader(out.strip().splitlines())}
+    assert (rows["demo"]["owner ids"], rows["demo"]["member ids"]) == ("2", "")
+    assert (rows["other"]["owner ids"], rows["other"]["member ids"]) == ("3", "")
+    assert (rows["shared"]["owner ids"], rows["shared"]["member ids"]) == ("", "2,3")
+    assert rows["shared"]["perms"] == "rwra--"
+
+    # containedGroups: the groups of the logged-in user, with the same memberships.
+    code, out, err = omero_cli("user", "listgroups", "--long", "--style", "csv")
+    assert code == 0, out + err
+    mine = {row["name"]: row for row in csv.DictReader(out.strip().splitlines())}
+    assert set(mine) == {"user", "demo", "shared"}
+    assert mine["shared"]["member ids"] == "2,3"

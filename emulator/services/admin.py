@@ -97,11 +97,25 @@ class AdminI(SessionServant):
         grp = self.ctx.store.group_by_name(name)
         return self._group(grp.id if grp else None, name)
 
+    def _group_with_members(self, grp: Any) -> Any:
+        """A group with its memberships and their experimenters loaded, as AdminImpl's
+        ``lookupGroups``/``containedGroups`` fetch them (``join fetch g.groupExperimenterMap
+        m join fetch m.child``); ``omero group list`` counts owners and members from them."""
+        g = modelmap.group(grp)
+        for user_id in self.ctx.store.group_members(grp.id):
+            user = self.ctx.store.user(user_id)
+            if user is not None:
+                leader = grp.id in self.ctx.store.leader_groups(user_id)
+                g.addGroupExperimenterMap(modelmap.membership(
+                    user_id * 1000 + grp.id, g, self._user(user, user_id), leader))
+        return g
+
     def lookupGroups(self, current: Ice.Current) -> list[Any]:
-        return [modelmap.group(g) for g in self.ctx.store.groups()]
+        return [self._group_with_members(g) for g in self.ctx.store.groups()]
 
     def containedGroups(self, user_id: int, current: Ice.Current) -> list[Any]:
-        return [self._group(g, g) for g in self.ctx.store.member_groups(user_id)]
+        groups = [self.ctx.store.group(g) for g in self.ctx.store.member_groups(user_id)]
+        return [self._group_with_members(g) for g in groups if g is not None]
 
     def containedExperimenters(self, group_id: int, current: Ice.Current) -> list[Any]:
         return [self._user(self.ctx.store.user(u), u)
