@@ -298,6 +298,88 @@ def test_omero_metadata_bulkmap_turns_the_plate_table_into_well_map_annotations(
             [("Drug", drug), ("Dose", str(float(dose)))]], label
 
 
+def test_omero_metadata_workflow_on_a_dataset_adds_and_removes_everything_it_made(
+        omero_cli: OmeroCli, conn: Any, new_dataset: int, tmp_path: Path) -> None:
+    """populate, bulkmap, deletemap and deletebulkanns, as omero-metadata documents them."""
+    import ezomero
+    import omero2pandas
+
+    images = [ezomero.post_image(conn, np.full((8, 8, 1, 1, 1), n, np.uint8), f"img{n}",
+                                 dataset_id=new_dataset) for n in range(3)]
+    source = tmp_path / "dataset.csv"
+    source.write_text("Image,Treatment,Dose\n"
+                      + "".join(f"{iid},T{n},{n}.5\n" for n, iid in enumerate(images)))
+    config = tmp_path / "bulkmap.yml"
+    config.write_text("---\nversion: 2\ndefaults:\n  include: no\n  type: string\n"
+                      "  includeclient: yes\n  visible: yes\n  omitempty: yes\n"
+                      "columns:\n- name: Treatment\n  include: yes\n")
+    target = f"Dataset:{new_dataset}"
+
+    code, out, err = omero_cli("metadata", "populate", "--file", str(source), target)
+    assert code == 0, out + err
+    (bulk,) = conn.getObject("Dataset", new_dataset).listAnnotations(ns=BULK_ANNOTATIONS_NS)
+    table_file_id = bulk.getFile().getId()
+    frame = omero2pandas.read_table(file_id=table_file_id, omero_connector=conn)
+    assert frame["Image"].tolist() == images
+    assert frame["Image Name"].tolist() == ["img0", "img1", "img2"]
+    assert frame["Dose"].tolist() == [0.5, 1.5, 2.5]
+
+    code, out, err = omero_cli("metadata", "populate", "--context", "bulkmap", "--cfg",
+                               str(config), target)
+    assert code == 0, out + err
+    for n, iid in enumerate(images):
+        (ann,) = conn.getObject("Image", iid).listAnnotations(ns=BULK_ANNOTATIONS_NS)
+        assert [tuple(kv) for kv in ann.getValue()] == [("Treatment", f"T{n}")]
+    map_ids = [a.getId() for iid in images
+               for a in conn.getObject("Image", iid).listAnnotations()]
+
+    # deletemap finds the links by the annotation's class and deletes them (Delete2);
+    # the unlinked map annotations go with them, as the server's delete rules say.
+    code, out, err = omero_cli("metadata", "populate", "--context", "deletemap", target)
+    assert code == 0, out + err
+    assert "3 ome.model.annotations.ImageAnnotationLink" in err
+    assert "3 ome.model.annotations.MapAnnotation" in err
+    assert all(not list(conn.getObject("Image", iid).listAnnotations()) for iid in images)
+    assert all(conn.getObject("MapAnnotation", mid) is None for mid in map_ids)
+
+    # deletebulkanns deletes the table's FileAnnotation, and with it the table's file.
+    code, out, err = omero_cli("metadata", "deletebulkanns", target)
+    assert code == 0, out + err
+    assert not list(conn.getObject("Dataset", new_dataset).listAnnotations())
+    assert conn.getObject("OriginalFile", table_file_id) is None
+
+
+def test_deleting_annotation_links_deletes_only_unlinked_map_annotations(
+        conn: Any, new_dataset: int) -> None:
+    # omero-blitz's delete rules: an unlinked map annotation goes with its last link;
+    # one still linked elsewhere stays, and file annotations always stay.
+    import ezomero
+    import omero.model
+    import omero.sys
+
+    first, second = (ezomero.post_image(conn, np.zeros((4, 4, 1, 1, 1), np.uint8), name,
+                                        dataset_id=new_dataset) for name in ("a", "b"))
+    map_id = ezomero.post_map_annotation(conn, "Image", first, {"k": "v"}, ns="x/shared")
+    link = omero.model.ImageAnnotationLinkI()
+    link.parent = omero.model.ImageI(second, False)
+    link.child = omero.model.MapAnnotationI(map_id, False)
+    conn.getUpdateService().saveObject(link)
+    file_ann = ezomero.post_table(conn, [["n"], [1]], "Image", first, title="kept")
+
+    def link_ids(image_id: int) -> dict[int, int]:
+        return {lk.child.id.val: lk.id.val for lk in conn.getQueryService().findAllByQuery(
+            "select l from ImageAnnotationLink l where l.parent.id = :id",
+            omero.sys.ParametersI().addId(image_id))}
+
+    conn.deleteObjects("ImageAnnotationLink", [link_ids(first)[map_id]], wait=True)
+    assert conn.getObject("MapAnnotation", map_id) is not None  # still on the second image
+    conn.deleteObjects("ImageAnnotationLink", [link_ids(second)[map_id]], wait=True)
+    assert conn.getObject("MapAnnotation", map_id) is None
+    conn.deleteObjects("ImageAnnotationLink", [link_ids(first)[file_ann]], wait=True)
+    assert link_ids(first) == {}
+    assert conn.getObject("FileAnnotation", file_ann) is not None
+
+
 def test_hql_class_tests_select_links_by_the_annotation_class(conn: Any, new_dataset: int
                                                                ) -> None:
     # The query omero-metadata's deletemap sends (Hibernate's ``.class`` discriminator).

@@ -95,6 +95,7 @@ def _delete2(factory: _ServiceFactory, caller: Caller, request: Any) -> Any:
     image_ids: list[int] = []
     annotation_ids: list[int] = []
     file_ids: list[int] = []
+    link_ids: list[int] = []
     for name, ids in targets.items():
         short = name.rsplit(".", 1)[-1].removesuffix("I")
         if short == "Image":
@@ -103,9 +104,16 @@ def _delete2(factory: _ServiceFactory, caller: Caller, request: Any) -> Any:
             annotation_ids.extend(int(i) for i in ids)
         elif short == "OriginalFile":
             file_ids.extend(int(i) for i in ids)
+        elif short in _ANNOTATION_LINKS:
+            link_ids.extend(int(i) for i in ids)
         else:
             raise api_usage(f"Delete2 of {short} is not implemented by the emulator "
                             "(only images, annotations and original files).")
+    if link_ids:
+        if image_ids or annotation_ids or file_ids:
+            raise api_usage("The emulator's Delete2 takes annotation links alone, not with "
+                            "other objects in one request.")
+        return _delete_annotation_links(factory, caller, link_ids, bool(request.dryRun))
     if annotation_ids or file_ids:
         if image_ids:
             raise api_usage("The emulator's Delete2 takes images, or annotations and files, "
@@ -201,4 +209,42 @@ def _delete_annotations_and_files(factory: _ServiceFactory, caller: Caller,
         for file_id in files:
             store.delete(file_id)
             factory.ctx.file_path(file_id).unlink(missing_ok=True)
+    return omero.cmd.Delete2Response(deletedObjects=deleted)
+
+
+def _delete_annotation_links(factory: _ServiceFactory, caller: Caller, link_ids: list[int],
+                             dry_run: bool) -> Any:
+    """Annotation links (omero-metadata's deletemap), by omero-blitz's delete rules
+    (``graph-rules/blitz-delete-rules.xml``): an unlinked map, list, XML, comment or basic
+    annotation that no other link uses goes too; file and tag annotations stay."""
+    store = factory.ctx.store
+    links = []
+    for link_id in link_ids:
+        link = store.get_link(link_id)
+        if link is None or link.kind not in _ANNOTATION_LINKS:
+            continue  # nothing to delete
+        name = f"ome.model.annotations.{link.kind}[{link_id}]"
+        if link.owner_id != caller.user.id and not caller.user.admin:
+            return _refusal(f"not permitted to delete {name}")
+        links.append(link)
+    gone = {link.id for link in links}
+    orphans: dict[int, Any] = {}
+    for link in links:
+        ann = store.get(link.child_id)
+        if ann is None or ann.kind not in ("MapAnnotation", "CommentAnnotation"):
+            continue
+        others = [other for kind in _ANNOTATION_LINKS
+                  for other in store.links_to(kind, [ann.id]) if other.id not in gone]
+        if not others:
+            orphans[ann.id] = ann
+    deleted: dict[str, list[int]] = {}
+    for link in links:
+        deleted.setdefault(f"ome.model.annotations.{link.kind}", []).append(link.id)
+    for ann in orphans.values():
+        deleted.setdefault(f"ome.model.annotations.{ann.kind}", []).append(ann.id)
+    if not dry_run:
+        for link in links:
+            store.delete_link(link.id)
+        for ann_id in orphans:
+            store.delete(ann_id)
     return omero.cmd.Delete2Response(deletedObjects=deleted)
