@@ -1,12 +1,17 @@
-"""Settings: a TOML file, overridden by environment variables, overridden by arguments.
+"""Settings in layers; each layer overrides the ones before it, key by key:
 
-* File: ``$CELLPROFILER_OMERO_CONFIG`` if set, else
-  ``${XDG_CONFIG_HOME:-~/.config}/cellprofiler-omero/config.toml`` (absent is fine).
-* Environment: ``CELLPROFILER_OMERO_<SECTION>_<KEY>``, e.g.
-  ``CELLPROFILER_OMERO_TRANSPORTS_READ=pixelbuffer,ice``. Lists are comma
-  separated; tables are ``key=value`` pairs, comma separated; booleans are
-  ``1/0/true/false/yes/no/on/off``.
-* Arguments: ``load_settings(overrides={"transports.read": ["ice"]})``.
+1. Defaults (the dataclasses below).
+2. File: ``$CELLPROFILER_OMERO_CONFIG`` if set, else
+   ``${XDG_CONFIG_HOME:-~/.config}/cellprofiler-omero/config.toml`` (absent is fine).
+3. Environment: ``CELLPROFILER_OMERO_<SECTION>_<KEY>``, e.g.
+   ``CELLPROFILER_OMERO_TRANSPORTS_READ=pixelbuffer,ice``. Lists are comma
+   separated; tables are ``key=value`` pairs, comma separated; booleans are
+   ``1/0/true/false/yes/no/on/off``.
+4. Application: settings the user set in the program hosting the package, e.g.
+   CellProfiler's reader settings (``load_settings(application={key: (value, origin)})``).
+   Only values the user actually set belong here, never the host's defaults, so an
+   unset host setting leaves the environment and the file in charge.
+5. Arguments: ``load_settings(overrides={"transports.read": ["ice"]})`` (CLI options).
 
 Unknown sections or keys and values of the wrong type raise ``ConfigError``
 naming the key and where it came from.
@@ -318,8 +323,28 @@ def load_settings(
     *,
     path: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    application: Mapping[str, tuple[Any, str]] | None = None,
 ) -> Settings:
-    """Settings from the file, then the environment, then ``overrides``."""
+    """Settings from the defaults, the file, the environment, ``application`` and
+    ``overrides``, each overriding the ones before (see the module docstring).
+
+    ``application`` maps ``"section.key"`` to ``(value, origin)``, where ``origin`` names
+    the setting as its user knows it (it appears in error messages).
+    """
+    return load_settings_with_origins(overrides, path=path, environ=environ,
+                                      application=application)[0]
+
+
+def load_settings_with_origins(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    application: Mapping[str, tuple[Any, str]] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """``load_settings`` plus where each setting that is not a default came from
+    (``{"transports.read": "environment variable CELLPROFILER_OMERO_TRANSPORTS_READ"}``),
+    so a program can say which layer decided."""
     config_path = path if path is not None else default_config_path()
     values: dict[str, tuple[Any, str]] = {}
     if config_path.is_file():
@@ -330,6 +355,7 @@ def load_settings(
             raise ConfigError(f"{config_path} is not valid TOML: {exc}.") from None
         values.update(_flatten(data, str(config_path)))
     values.update(_from_env(os.environ if environ is None else environ))
+    values.update(application or {})
     for key, value in (overrides or {}).items():
         values[key] = (value, "argument")
-    return _apply(Settings(), values)
+    return _apply(Settings(), values), {key: origin for key, (_, origin) in values.items()}

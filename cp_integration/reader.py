@@ -143,7 +143,9 @@ class OMEROReader(Reader):
 
     @staticmethod
     def get_settings() -> list[tuple[str, str, str, type, Any]]:
-        return list(session.READER_SETTINGS)
+        """The reader's settings; each default is what applies until the user sets it
+        (environment, settings file, package default), see ``session``."""
+        return session.reader_settings()
 
     # -- plumbing --------------------------------------------------------------------------
 

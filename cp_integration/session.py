@@ -1,19 +1,28 @@
 """The process's OMERO session as CellProfiler uses it.
 
-Settings come from cellprofiler-omero's own configuration, overridden by the OMERO
-reader's settings in CellProfiler's File ▸ Configure Readers (``Reader.OMERO.*``),
-which CellProfiler also hands to its analysis workers. Once connected, the session
-is exported to child processes (analysis workers) through a private hand-off file.
+Settings, each layer overriding the ones after it: explicit arguments
+(``settings(overrides)``) > the OMERO reader's settings in CellProfiler's File ▸
+Configure Readers (``Reader.OMERO.*``) *that the user set* > environment variables >
+the TOML settings file > defaults. A reader setting the user never set is absent from
+CellProfiler's configuration (its dialog writes only what was changed), so the reader's
+own defaults never hide the environment or the file: a headless cluster run can choose
+``CELLPROFILER_OMERO_TRANSPORTS_READ=pixelbuffer,ice``. Analysis workers see the same
+layers: CellProfiler hands them its preferences (only the values that are set,
+``preferences_as_dict``), and they inherit the environment, so the file too.
+
+Once connected, the session is exported to child processes (analysis workers) through
+a private hand-off file.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cellprofiler_omero.core import session as core_session
-from cellprofiler_omero.core.config import load_settings
+from cellprofiler_omero.core.config import Settings, load_settings, load_settings_with_origins
+from cellprofiler_omero.core.errors import ConfigError
 from cellprofiler_omero.core.roles import SessionInfo
 from cellprofiler_omero.core.session import SessionManager
 
@@ -21,18 +30,40 @@ log = logging.getLogger(__name__)
 
 READER_NAME = "OMERO"
 
-#: (key, label, description, type, default) as CellProfiler's reader settings expect.
+#: Reader setting → the package setting it stands for.
+READER_KEYS: dict[str, str] = {"use_tokens": "auth.use_token",
+                               "show_token_message": "auth.show_token_message",
+                               "transports": "transports.read"}
+
+
+def _precedence_help(key: str, default: str) -> str:
+    section, _, name = READER_KEYS[key].partition(".")
+    env = f"CELLPROFILER_OMERO_{section.upper()}_{name.upper()}"
+    return (f"\n\nWhich value counts: a value set here (analysis workers get it too) wins "
+            f"over the environment variable ``{env}``, which wins over ``{name}`` in the "
+            f"``[{section}]`` section of the settings file (``$CELLPROFILER_OMERO_CONFIG``, "
+            f"else ``~/.config/cellprofiler-omero/config.toml``), which wins over the "
+            f"default ({default}). Until you change it here, the value shown is the one "
+            f"those give.")
+
+
+#: (key, label, description, type, default) as CellProfiler's reader settings expect; the
+#: defaults are the package's (``reader_settings()`` shows what applies instead).
 READER_SETTINGS: list[tuple[str, str, str, type, Any]] = [
     ("use_tokens", "Use OMERO tokens",
      "Log in with a saved omero-user-token for the server when there is one "
-     "(Plugins ▸ Connect to OMERO ▸ Set Token, or `cellprofiler-omero login --save-token`).",
+     "(Plugins ▸ Connect to OMERO ▸ Set Token, or `cellprofiler-omero login --save-token`)."
+     + _precedence_help("use_tokens", "on"),
      bool, True),
     ("show_token_message", "Say when connected by token",
      "Show (in the GUI) or log (headless) a message naming the server when CellProfiler "
-     "connects with a saved token. Untick for 'do not show again'.", bool, True),
+     "connects with a saved token. Untick for 'do not show again'."
+     + _precedence_help("show_token_message", "on"), bool, True),
     ("transports", "Transports for reading",
      "Comma-separated transports to read pixels with, tried in order, e.g. "
-     "'pixelbuffer, ice'. Leave as 'ice' unless your server runs omero-ms-pixel-buffer.",
+     "'pixelbuffer, ice'. Use 'ice' unless your server runs omero-ms-pixel-buffer."
+     + _precedence_help("transports", "'ice'")
+     + " Clear the field to hand the choice back to the environment and the settings file.",
      str, "ice"),
 ]
 
@@ -40,26 +71,77 @@ READER_SETTINGS: list[tuple[str, str, str, type, Any]] = [
 token_message_hook: Callable[[SessionInfo], None] | None = None
 
 
-def reader_setting(key: str) -> Any:
-    """The value of ``Reader.OMERO.<key>`` in CellProfiler's configuration (or its default)."""
-    default = next(d for k, _, _, _, d in READER_SETTINGS if k == key)
-    kind = next(t for k, _, _, t, _ in READER_SETTINGS if k == key)
+def user_reader_settings() -> dict[str, Any]:
+    """The OMERO reader settings the user set in CellProfiler (its dialog, or the
+    preferences CellProfiler handed to this analysis worker), by reader key. Settings
+    left at their defaults are absent, and so is an empty transports field."""
     try:
         from cellprofiler_core.preferences import config_read_typed
+    except ImportError:  # CellProfiler is not installed: nothing can have been set
+        return {}
+    found: dict[str, Any] = {}
+    for key, _, _, kind, _ in READER_SETTINGS:
+        try:
+            value = config_read_typed(f"Reader.{READER_NAME}.{key}", kind)
+        except Exception:  # CellProfiler has no usable configuration in this process
+            value = None
+        if value is None or (kind is str and not str(value).strip()):
+            continue
+        found[key] = value
+    return found
 
-        value = config_read_typed(f"Reader.{READER_NAME}.{key}", kind)
-    except Exception:  # no CellProfiler configuration in this process
-        return default
-    return default if value is None else value
+
+def _application_layer() -> dict[str, tuple[Any, str]]:
+    """The user's reader settings as package settings, each naming where it came from."""
+    layer: dict[str, tuple[Any, str]] = {}
+    for key, value in user_reader_settings().items():
+        if key == "transports":
+            value = [name.strip() for name in str(value).split(",") if name.strip()]
+        layer[READER_KEYS[key]] = (value, f"CellProfiler's reader setting "
+                                          f"Reader.{READER_NAME}.{key}")
+    return layer
 
 
-def _overrides() -> dict[str, Any]:
-    transports = [t.strip() for t in str(reader_setting("transports")).split(",") if t.strip()]
-    out: dict[str, Any] = {"auth.use_token": bool(reader_setting("use_tokens")),
-                           "auth.show_token_message": bool(reader_setting("show_token_message"))}
-    if transports:
-        out["transports.read"] = transports
-    return out
+def settings_with_origins(overrides: Mapping[str, Any] | None = None
+                          ) -> tuple[Settings, dict[str, str]]:
+    """``settings(overrides)`` plus where each non-default value came from."""
+    return load_settings_with_origins(overrides, application=_application_layer())
+
+
+def settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """The package settings in CellProfiler: ``overrides`` > the reader settings the user
+    set > environment > settings file > defaults."""
+    return settings_with_origins(overrides)[0]
+
+
+def _reader_value(current: Settings, key: str) -> Any:
+    if key == "use_tokens":
+        return current.auth.use_token
+    if key == "show_token_message":
+        return current.auth.show_token_message
+    if key == "transports":
+        return ", ".join(current.transports.read)
+    raise KeyError(f"no OMERO reader setting {key!r}")
+
+
+def reader_setting(key: str) -> Any:
+    """The value in effect for the reader setting ``key`` (``Reader.OMERO.<key>``): the
+    user's when set in CellProfiler, else what the environment, the settings file or the
+    defaults give."""
+    return _reader_value(settings(), key)
+
+
+def reader_settings() -> list[tuple[str, str, str, type, Any]]:
+    """``READER_SETTINGS`` with each default replaced by the value that applies while the
+    user has not set it (environment, settings file, defaults), so File ▸ Configure
+    Readers shows what a run will use."""
+    try:
+        base = load_settings()
+    except ConfigError as exc:  # the session reports a broken file when it starts
+        log.debug("showing the package defaults as reader defaults: %s", exc)
+        return list(READER_SETTINGS)
+    return [(key, label, text, kind, _reader_value(base, key))
+            for key, label, text, kind, _ in READER_SETTINGS]
 
 
 def _on_token_login(info: SessionInfo) -> None:
@@ -76,8 +158,12 @@ def manager() -> SessionManager:
     """The process-wide session manager, created with CellProfiler's reader settings."""
     current = core_session._manager
     if current is None:
-        settings = load_settings(_overrides())
-        current = SessionManager(settings)
+        chosen, origins = settings_with_origins()
+        # One line saying which layer chose the read transports: what a cluster user
+        # needs to see when a run does not read the way they expected.
+        log.info("OMERO read transports: %s (from %s)", ", ".join(chosen.transports.read),
+                 origins.get("transports.read", "the default"))
+        current = SessionManager(chosen)
         current.on_token_login = _on_token_login
         core_session.set_manager(current)
         from cellprofiler_omero.core import runtime
