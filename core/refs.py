@@ -102,14 +102,33 @@ _API = re.compile(r"/api/v[0-9]+/m/([a-z]+)/([0-9]+)(?:/|$)", re.IGNORECASE)
 _WEB_APPS = re.compile(r"/(webclient|webgateway|iviewer|omero_iviewer|api)(?:/|$)", re.IGNORECASE)
 
 
+#: Longest id text that can be in range (2**63 - 1 has 19 digits); longer text is refused
+#: before ``int()``, which raises its own ``ValueError`` past 4300 digits.
+_MAX_ID_DIGITS = len(str(MAX_ID))
+#: Inputs longer than this are shown shortened in messages (one readable error line).
+_QUOTE_LIMIT = 120
+
+
+def _quote(text: str) -> str:
+    """``repr(text)``, shortened in the middle when long (a 5,000-digit id stays one line)."""
+    if len(text) <= _QUOTE_LIMIT:
+        return repr(text)
+    half = _QUOTE_LIMIT // 2
+    return f"{text[:half] + '…' + text[-half:]!r} ({len(text)} characters)"
+
+
 def _check_id(text: str, original: str) -> int:
-    value = int(text)
-    if value < 0 or value > MAX_ID:
+    """The id ``text`` (ASCII digits) as an int, or ``InvalidReference`` when out of range.
+
+    OMERO ids are Java ``long``s, so anything above ``2**63 - 1`` names nothing.
+    """
+    digits = text.lstrip("0") or "0"
+    if len(digits) > _MAX_ID_DIGITS or int(digits) > MAX_ID:
         raise InvalidReference(
-            f"{original!r} names an object id out of range.",
-            hint="OMERO ids are positive 64-bit integers.",
+            f"{_quote(original)} names an object id too large for OMERO ({len(digits)} digits).",
+            hint=f"OMERO ids are whole numbers from 0 to {MAX_ID} (64-bit); check the link.",
         )
-    return value
+    return int(digits)
 
 
 def _kind_of(name: str) -> Kind | None:
@@ -129,10 +148,42 @@ def _from_token(token: str, original: str, host: str | None, web_base: str | Non
 
 def _bad(text: str, why: str) -> InvalidReference:
     return InvalidReference(
-        f"{text!r} does not name an OMERO image or container ({why}).",
+        f"{_quote(text)} does not name an OMERO image or container ({why}).",
         hint="Use an OMERO.web link such as https://server/webclient/?show=image-123, "
         "'omero:iid=123' or 'Image:123'.",
     )
+
+
+def _redacted(text: str, netloc: str) -> str:
+    """``text`` with the password of a ``user:password@`` part replaced by ``***``."""
+    userinfo, at, rest = netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not (at and colon):
+        return text
+    return text.replace(netloc, f"{user}:***@{rest}", 1)
+
+
+def _refuse_ambiguous_server(text: str, netloc: str, path: str) -> None:
+    """Refuse links whose server a browser and this parser could read differently.
+
+    Python's ``urlsplit`` and browsers (the WHATWG URL standard) disagree on a
+    backslash: browsers read it as ``/``, so ``https://a\\@b/…`` opens ``a`` where
+    ``urlsplit`` finds ``b``. A ``user@`` part is never in an OMERO link either;
+    guessing would send a session to a server the user did not mean.
+    """
+    if "\\" in netloc or "\\" in path:
+        raise InvalidReference(
+            f"{_quote(_redacted(text, netloc))} contains a backslash, which browsers read "
+            "as '/' and this parser would not: it is unclear which server it names.",
+            hint="Copy the link again from the browser's address bar, or give the object "
+                 "as 'Image:123' with --server.")
+    if "@" in netloc:
+        server = netloc.rpartition("@")[2]
+        raise InvalidReference(
+            f"{_quote(_redacted(text, netloc))} has a user name (or password) before the "
+            f"server {server!r}; OMERO links name no user.",
+            hint="Remove the part up to '@' from the link (log in with "
+                 "`cellprofiler-omero login --user NAME` instead).")
 
 
 def _parse_url(text: str) -> tuple[ObjectRef, ...]:
@@ -143,6 +194,7 @@ def _parse_url(text: str) -> tuple[ObjectRef, ...]:
         raise _bad(text, f"not a valid URL: {exc}") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise _bad(text, "not an http(s) URL")
+    _refuse_ambiguous_server(text, parts.netloc, parts.path)
     if not host:
         raise _bad(text, "the URL has no server")
     path = parts.path
@@ -217,6 +269,10 @@ def parse(text: str) -> tuple[ObjectRef, ...]:
 
     if "://" in stripped:
         return _parse_url(stripped)
+    if "@" in stripped:
+        # ``Image:5@host`` is how an ObjectRef prints, not a form anything should guess
+        # a server from (nor ``user@host``).
+        raise _bad(text, "a server cannot be named with '@'; give it with --server HOST")
     raise _bad(text, "unrecognised form")
 
 
@@ -225,7 +281,7 @@ def parse_one(text: str) -> ObjectRef:
     refs = parse(text)
     if len(refs) != 1:
         raise InvalidReference(
-            f"{text!r} names {len(refs)} objects where one was expected.",
+            f"{_quote(text)} names {len(refs)} objects where one was expected.",
             hint="Give one object per reference.",
         )
     return refs[0]
@@ -236,7 +292,7 @@ def parse_image(text: str) -> ObjectRef:
     ref = parse_one(text)
     if ref.kind is not Kind.IMAGE:
         raise InvalidReference(
-            f"{text!r} names a {ref.kind.value}, not an image.",
+            f"{_quote(text)} names a {ref.kind.value}, not an image.",
             hint="Expand containers into image URLs first (`cellprofiler-omero urls`).",
         )
     return ref
