@@ -47,6 +47,9 @@ class ServerSettings:
     secure: bool = False
     #: Group to act in; -1 reads across all groups the user belongs to.
     group: int = -1
+    #: How long connecting may take, in seconds: a server (or a firewall) that accepts
+    #: the connection but never answers fails after this long with one clear error.
+    connect_timeout_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,21 @@ class ReaderSettings:
 
 
 @dataclass(frozen=True)
+class RetrySettings:
+    """Retries of calls that are safe to repeat (reads, look-ups, keyed writes, logins).
+
+    A failing call is tried again after waits that grow exponentially from
+    ``initial_delay_seconds`` up to ``max_delay_seconds`` (each drawn at random below
+    that bound: full jitter, so many workers do not retry in step) until
+    ``budget_seconds`` have passed since its first attempt. 0 turns retries off.
+    """
+
+    budget_seconds: float = 60.0
+    initial_delay_seconds: float = 0.25
+    max_delay_seconds: float = 8.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings; every section is a frozen dataclass with documented defaults."""
 
@@ -136,6 +154,7 @@ class Settings:
     pixelbuffer: PixelBufferSettings = PixelBufferSettings()
     tables: TableSettings = TableSettings()
     reader: ReaderSettings = ReaderSettings()
+    retry: RetrySettings = RetrySettings()
 
     def replace(self, overrides: Mapping[str, Any]) -> Settings:
         """A copy with ``{"section.key": value}`` overrides applied (validated)."""
@@ -275,6 +294,20 @@ def _validate(settings: Settings) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"Setting {key!r} must be positive, not {value}.")
+    timeout = settings.server.connect_timeout_seconds
+    # Ice takes whole milliseconds in a 32-bit int: a day is plenty and keeps it in range.
+    if not 0 < timeout <= 86400:
+        raise ConfigError(
+            f"Setting 'server.connect_timeout_seconds' must be above 0 and at most 86400 "
+            f"(a day), not {timeout}.")
+    if settings.retry.budget_seconds < 0:
+        raise ConfigError(
+            f"Setting 'retry.budget_seconds' must be 0 or more, not "
+            f"{settings.retry.budget_seconds}.", hint="0 turns retries off.")
+    if not 0 < settings.retry.initial_delay_seconds <= settings.retry.max_delay_seconds:
+        raise ConfigError(
+            "Setting 'retry.initial_delay_seconds' must be positive and at most "
+            "'retry.max_delay_seconds'.")
     if settings.pixelbuffer.retries < 0:
         raise ConfigError("Setting 'pixelbuffer.retries' must be 0 or more.")
     if settings.tables.long_strings not in ("truncate", "error"):

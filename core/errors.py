@@ -59,7 +59,16 @@ class ServerError(OmeroError):
 
 
 class NoTransport(OmeroError):
-    """Every configured transport declined or failed."""
+    """Every configured transport declined or failed.
+
+    ``causes`` holds the transports' transient failures (empty when all declined), so a
+    caller can tell a dropped connection (worth retrying) from a server that is absent.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 causes: tuple[OmeroError, ...] = ()) -> None:
+        super().__init__(message, hint=hint)
+        self.causes = causes
 
 
 class PyramidNotReady(OmeroError):
@@ -92,3 +101,45 @@ class PlaneTooLarge(UnsupportedData):
         self.size = size
         self.max_plane = max_plane
         self.pixel_type = pixel_type
+
+
+class RetriesExhausted(ServerError):
+    """A call kept failing with retryable errors until the retry budget was spent.
+
+    ``what`` names the call, ``attempts`` how many were made, ``elapsed_seconds`` how
+    long they took in all, ``budget_seconds`` the budget (``retry.budget_seconds``) and
+    ``last_cause`` the error of the last attempt (also the ``__cause__``).
+    """
+
+    def __init__(self, message: str, *, what: str, attempts: int, elapsed_seconds: float,
+                 budget_seconds: float, last_cause: OmeroError,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.what = what
+        self.attempts = attempts
+        self.elapsed_seconds = elapsed_seconds
+        self.budget_seconds = budget_seconds
+        self.last_cause = last_cause
+
+
+class CannotReachServer(ServerError):
+    """No connection to the server: refused, no such host, or no answer in time.
+
+    ``host`` and ``port`` are the address tried; ``reason`` names the failure (an
+    exception type such as ``ConnectionRefusedException``); ``timeout_seconds`` is
+    the connect timeout that ran out when the server accepted the connection but never
+    answered (``None`` otherwise) and ``setting`` the setting that controls it.
+    """
+
+    retryable = True
+    unreachable = True
+
+    def __init__(self, message: str, *, host: str, port: int, reason: str,
+                 timeout_seconds: float | None = None, setting: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.host = host
+        self.port = port
+        self.reason = reason
+        self.timeout_seconds = timeout_seconds
+        self.setting = setting

@@ -80,6 +80,7 @@ class Registry:
               **kwargs: Any) -> tuple[str, Any]:
         """Ask ``role``'s transports in order; ``(name, result)`` of the first that serves."""
         reasons: list[str] = []
+        failures: list[OmeroError] = []
         for name in names if names is not None else self.order(role):
             caller = self._caller(name, hook_name, role)
             if caller is None:
@@ -92,6 +93,7 @@ class Registry:
                     raise
                 log.warning("transport %s failed for %s (%s); trying the next", name, role, exc)
                 reasons.append(f"{name}: {exc}")
+                failures.append(exc)
                 continue
             if result is None:
                 log.info("transport %s declined %s", name, role)
@@ -102,6 +104,7 @@ class Registry:
         raise NoTransport(
             f"No transport could {role}: " + "; ".join(reasons) + ".",
             hint=f"Check 'transports.{role}' in the settings and that the server is reachable.",
+            causes=tuple(failures),
         )
 
     def connect(self, address: ServerAddress, credentials: Credentials) -> Connection:

@@ -9,9 +9,17 @@ Rules it keeps:
   process (``CELLPROFILER_OMERO_SESSION_FILE``, a 0600 file); the saved
   omero-user-token when ``auth.use_token`` is on **and** its host is the server
   wanted. A key is never sent to another host than the one it came from.
-* A call that fails because the session expired or the connection dropped is
-  retried once after rejoining (session key) or logging in again (password kept
-  in memory only); then ``AuthError`` says how to reconnect. Nothing prompts.
+* Calls given to ``call`` are retried (``core.retry``: exponential backoff with jitter)
+  until ``retry.budget_seconds`` is spent; a call that fails because the session
+  expired or the connection dropped is retried after rejoining (session key) or
+  logging in again (password kept in memory only). Only calls safe to repeat go
+  through ``call``: reads, look-ups, and writes that look for their earlier result
+  first (uploads by client key, table rows by key). A session that cannot be
+  renewed ends in ``AuthError`` saying how to reconnect; a budget spent ends in
+  ``RetriesExhausted``. Nothing prompts.
+* Logins retry the same way (a dropped connection mid-login, e.g. an analysis
+  worker joining the handed-over session); a first login to a host that cannot be
+  reached at all fails at once (a wrong host or port is said without waiting).
 * ``close()`` is idempotent; token and hand-off sessions are detached (they stay
   valid for their owners), password sessions are closed.
 """
@@ -32,9 +40,10 @@ import anyio
 
 from cellprofiler_omero.core import runtime, tokens
 from cellprofiler_omero.core.config import Settings, load_settings
-from cellprofiler_omero.core.errors import AuthError, OmeroError, ServerError, WrongServer
+from cellprofiler_omero.core.errors import AuthError, NoTransport, OmeroError, WrongServer
 from cellprofiler_omero.core.refs import ObjectRef
 from cellprofiler_omero.core.registry import Registry
+from cellprofiler_omero.core.retry import is_retryable, retrying
 from cellprofiler_omero.core.roles import Connection, Credentials, ServerAddress, SessionInfo
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,9 @@ class SessionManager:
         self._lock: anyio.Lock | None = None
         self._keepalive_scope: anyio.CancelScope | None = None
         self._handoff_path: Path | None = None
+        #: The key of a session whose connection failed and is not yet renewed (a
+        #: password session is rejoined by it before logging in again).
+        self._lapsed_key: str | None = None
         self.on_token_login: Callable[[SessionInfo], None] | None = None
 
     # -- state -------------------------------------------------------------------------
@@ -177,11 +189,24 @@ class SessionManager:
                          token.host, token.port, address)
         raise AuthError(f"Not logged in to {address}.", hint=_RECONNECT_HINT)
 
-    async def _open(self, address: ServerAddress, credentials: Credentials, reason: str
-                    ) -> SessionInfo:
-        conn = await anyio.to_thread.run_sync(self.registry.connect, address, credentials)
+    async def _open(self, address: ServerAddress, credentials: Credentials, reason: str,
+                    *, retry: bool = True) -> SessionInfo:
+        """Log in or join; retried within the budget unless ``retry`` is off (renewals,
+        which their caller's retries repeat)."""
+        def attempt() -> Awaitable[Connection]:
+            return anyio.to_thread.run_sync(self.registry.connect, address, credentials)
+
+        if retry:
+            conn = await retrying(
+                attempt, what=f"logging in to {address}", settings=self.settings.retry,
+                # A host that cannot be reached at all on the first login is a wrong
+                # host or port far more often than a restart: say so at once.
+                retry_if=lambda exc: is_retryable(exc) and not _unreachable(exc))
+        else:
+            conn = await attempt()
         old = self.info
         self._conn, self._address, self._credentials = conn, address, credentials
+        self._lapsed_key = None
         info = conn.info
         log.info("connected to %s as %s (group %s) via %s", address, info.user, info.group,
                  info.source)
@@ -199,6 +224,8 @@ class SessionManager:
         A ``ref`` naming another host than the connected server raises ``WrongServer``.
         """
         async with self._get_lock():
+            if self._conn is None and self._credentials is not None:
+                await self._renew_locked()  # lapsed: a failed renewal left no connection
             if self._conn is None:
                 host = ref.host if ref is not None else None
                 port = ref.port if ref is not None else None
@@ -222,48 +249,84 @@ class SessionManager:
             )
 
     async def call(self, func: Callable[[Connection], Awaitable[T]],
-                   ref: ObjectRef | None = None) -> T:
-        """``await func(connection)``, renewing the session once if it has lapsed."""
-        conn = await self.connection(ref)
-        try:
-            return await func(conn)
-        except (AuthError, ServerError) as exc:
-            if not _is_session_failure(exc):
+                   ref: ObjectRef | None = None, *, what: str | None = None) -> T:
+        """``await func(connection)``, retried within ``retry.budget_seconds``.
+
+        ``func`` must be safe to run again after any failure, including one whose reply
+        was lost after the server acted (look for the earlier result before writing).
+        A lapsed session is renewed between attempts; errors that no retry can help
+        (permission denied, bad input, not found, a session that cannot be renewed)
+        are raised at once. ``what`` names the call in the error after the budget.
+        """
+        failed: Connection | None = None
+        lapsed: BaseException | None = None
+
+        async def attempt() -> T:
+            nonlocal failed, lapsed
+            if failed is not None:
+                conn = await self.renew(failed)
+                if ref is not None:
+                    self.check_ref(ref)
+            else:
+                conn = await self.connection(ref)
+            failed = lapsed = None
+            try:
+                return await func(conn)
+            except OmeroError as exc:
+                if _is_session_failure(exc):
+                    log.info("session lapsed or connection dropped (%s); renewing",
+                             type(exc).__name__)
+                    failed, lapsed = conn, exc
                 raise
-            log.info("session lapsed (%s); renewing once", type(exc).__name__)
-            conn = await self.renew(conn)
-            return await func(conn)
+
+        where = self._address or (ref.host if ref is not None else "OMERO")
+        return await retrying(
+            attempt, what=what or f"talking to {where}", settings=self.settings.retry,
+            # A lapse of the session is worth an attempt after renewing it; a renewal
+            # that is refused (AuthError from renew) is not.
+            retry_if=lambda exc: exc is lapsed or is_retryable(exc))
 
     async def renew(self, failed: Connection | None = None) -> Connection:
-        """Rejoin or log in again with the credentials held; ``AuthError`` when impossible."""
+        """Rejoin or log in again with the credentials held (one attempt each).
+
+        ``AuthError`` when the server refuses; a retryable error (the connection
+        dropped again) when the caller's retries may still succeed.
+        """
         async with self._get_lock():
             if self._conn is not None and failed is not None and self._conn is not failed:
                 return self._conn  # another task renewed already
-            address, credentials = self._address, self._credentials
-            if address is None or credentials is None:
-                raise AuthError("Not connected to OMERO.", hint=_RECONNECT_HINT)
-            attempts = [credentials]
-            if credentials.source == "password" and self._conn is not None:
-                # A password session is first rejoined by its key (cheap, same session).
-                attempts.insert(0, Credentials(session_key=self._conn.session_key,
-                                               source="session"))
-            if self._conn is not None:
-                old_conn, self._conn = self._conn, None
-                await _quietly_close(old_conn, detach=True)
-            last: Exception | None = None
-            for attempt in attempts:
-                try:
-                    await self._open(address, attempt, reason="renew")
-                    self._credentials = credentials
-                    assert self._conn is not None
-                    return self._conn
-                except OmeroError as exc:
-                    last = exc
-            raise AuthError(
-                f"The session on {address} has ended and could not be renewed "
-                f"({type(last).__name__}).",
-                hint=_RECONNECT_HINT,
-            ) from last
+            return await self._renew_locked()
+
+    async def _renew_locked(self) -> Connection:
+        address, credentials = self._address, self._credentials
+        if address is None or credentials is None:
+            raise AuthError("Not connected to OMERO.", hint=_RECONNECT_HINT)
+        if self._conn is not None:
+            old_conn, self._conn = self._conn, None
+            self._lapsed_key = old_conn.session_key
+            await _quietly_close(old_conn, detach=True)
+        attempts = [credentials]
+        if credentials.source == "password" and self._lapsed_key is not None:
+            # A password session is first rejoined by its key (cheap, same session).
+            attempts.insert(0, Credentials(session_key=self._lapsed_key, source="session"))
+        failures: list[OmeroError] = []
+        for attempt in attempts:
+            try:
+                await self._open(address, attempt, reason="renew", retry=False)
+                self._credentials = credentials
+                assert self._conn is not None
+                return self._conn
+            except OmeroError as exc:
+                failures.append(exc)
+        retryable = [exc for exc in failures if is_retryable(exc)]
+        if retryable:
+            raise retryable[-1]  # the server may answer the next attempt
+        last = failures[-1]
+        raise AuthError(
+            f"The session on {address} has ended and could not be renewed "
+            f"({type(last).__name__}).",
+            hint=_RECONNECT_HINT,
+        ) from last
 
     def _start_keepalive(self) -> None:
         if self._keepalive_scope is not None:
@@ -347,7 +410,16 @@ class SessionManager:
 
 
 def _is_session_failure(exc: OmeroError) -> bool:
-    return isinstance(exc, AuthError) or getattr(exc, "connection_lost", False)
+    """A failure after which the session must be rejoined before trying again."""
+    return isinstance(exc, AuthError) or bool(getattr(exc, "connection_lost", False)) \
+        or _unreachable(exc)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """No connection could be made at all (refused, timed out, unknown host)."""
+    if isinstance(exc, NoTransport):
+        return any(_unreachable(cause) for cause in exc.causes)
+    return bool(getattr(exc, "unreachable", False))
 
 
 async def _quietly_close(conn: Connection, *, detach: bool) -> None:

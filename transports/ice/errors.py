@@ -39,6 +39,24 @@ class ConnectionLost(ServerError):
     """The connection dropped mid-call; the session may still be alive (rejoin and retry)."""
 
     connection_lost = True
+    retryable = True
+
+
+class ServerUnreachable(ServerError):
+    """No connection could be made (refused, timed out, no such host).
+
+    Worth retrying while a session is being rejoined (a server restarting); a first
+    login fails at once instead, so a wrong host or port is said without waiting.
+    """
+
+    retryable = True
+    unreachable = True
+
+
+class ServerBusy(ServerError):
+    """The server asked to try again later (a lock, a busy database, too many users)."""
+
+    retryable = True
 
 
 def _message(exc: BaseException) -> str:
@@ -57,7 +75,7 @@ def translate(exc: BaseException, what: str, where: str = "") -> OmeroError:
     if isinstance(exc, Glacier2.CannotCreateSessionException):
         return AuthError(f"OMERO{at} could not create a session: {exc.reason}.")
     if isinstance(exc, _UNREACHABLE):
-        return ServerError(f"Cannot reach OMERO{at} ({type(exc).__name__}).",
+        return ServerUnreachable(f"Cannot reach OMERO{at} ({type(exc).__name__}).",
                            hint="Check the server name and port, and that the server is up "
                                 "and reachable from this machine.")
     if isinstance(exc, Ice.SecurityException):
@@ -85,6 +103,11 @@ def translate(exc: BaseException, what: str, where: str = "") -> OmeroError:
             image_id=None, pixels_id=pixels_id,
             retry_after=max(0.0, float(exc.backOff or 0) / 1000.0),
             hint="Try again later; big images become readable once it is built.")
+    if isinstance(exc, omero.ConcurrencyException):
+        # LockTimeout, TryAgain, DatabaseBusyException, …: "simultaneous access of some
+        # resource", with a suggested back-off (ome.conditions.ConcurrencyException).
+        return ServerBusy(f"The server is busy while {what}: {_message(exc)}.",
+                          hint="Try again in a moment.")
     if isinstance(exc, omero.ValidationException):
         return NotFound(f"Not found while {what}: {_message(exc)}.")
     if isinstance(exc, omero.ApiUsageException):
