@@ -293,6 +293,10 @@ class TableSchema:
 
     name: str
     columns: tuple[ColumnSpec, ...]
+    #: Identifies the table across runs (see ``core.tables.table_identity``): a sink
+    #: given one first looks for a table carrying it on the target and continues that
+    #: one, so a rerun never makes a second table for the same run and label.
+    identity: str = ""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -320,6 +324,8 @@ class TableInfo:
     annotation_id: int | None
     rows: int
     name: str
+    #: True when an earlier run (or another process of this run) made the table.
+    reused: bool = False
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,19 @@ Rules (documented for users in the README):
   to one table (CellProfiler's analysis workers): before each batch the rows whose
   keys the server already holds are dropped, so retries and restarts never
   duplicate a row, whoever wrote it first.
+* A schema with an ``identity`` (``table_identity(run_key, label)``) names the table
+  across runs: the identity is stored as the description of the table's
+  FileAnnotation, and opening such a table first looks for one carrying it on the
+  target. Found, it is continued (its columns must match); not found, it is made,
+  then looked for again — when two processes made one at the same moment, the one
+  with the lower annotation id is kept and the other deleted. So one run key and
+  label never has two tables, whoever prepared the run and however often.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -48,6 +56,33 @@ log = logging.getLogger(__name__)
 
 BULK_ANNOTATION_NS = "openmicroscopy.org/omero/bulk_annotations"
 MEASUREMENTS_NS = "openmicroscopy.org/cellprofiler-omero/measurements"
+
+#: How a table's FileAnnotation description starts when it belongs to a run.
+TABLE_IDENTITY_PREFIX = "cellprofiler-omero table"
+#: Hex digits of the run key in table names (``CellProfiler_Image_run-1a2b3c4d``).
+RUN_SUFFIX_DIGITS = 8
+
+
+def run_key(parts: Sequence[str]) -> str:
+    """The SHA-256 (hex) of ``parts``: what identifies a run (see ExportToOMEROTable)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8")
+        # Length-prefixed so that no two different part lists hash alike.
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def table_identity(key: str, label: str) -> str:
+    """The FileAnnotation description that identifies table ``label`` of run ``key``."""
+    return f"{TABLE_IDENTITY_PREFIX} {label} of run {key}"
+
+
+def run_table_name(name: str, key: str) -> str:
+    """The table's name with the run it belongs to: ``<name>_run-<first hex digits>``."""
+    return f"{name}_run-{key[:RUN_SUFFIX_DIGITS]}"
+
 
 _INTEGER_KINDS = (ColumnKind.LONG, ColumnKind.IMAGE, ColumnKind.ROI, ColumnKind.WELL,
                   ColumnKind.PLATE)

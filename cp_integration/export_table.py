@@ -18,6 +18,26 @@ are buffered and appended every *N* image sets, at the end of each group and of
 the run; CellProfiler's analysis workers append after each image set. Appends
 are keyed by ImageNumber (and ObjectNumber), so retries, restarts and several
 workers never duplicate or lose a row. Test mode writes nothing.
+
+Columns come in a fixed order, the same on every run: the key columns
+(ImageNumber, ObjectNumber, Image), then the measurements sorted by name, then (in
+the Image table) the per-image aggregates sorted by object, measurement and
+aggregate. CellProfiler's own column order can change from process to process.
+
+A run is a resumable unit. Its run key is the SHA-256 of (see ``run_key_parts``):
+every module of the pipeline (name, revision, enabled, settings — for this module
+its parent, prefix, text length and relationships choice, not how often it writes),
+and every image set's source (the URL, series, frame, channel, Z and T of every
+image of every image set, by image number). Tables are named
+``<prefix>_<label>_run-<first 8 hex digits of the key>`` and their FileAnnotation's
+description is ``cellprofiler-omero table <label> of run <key>``. A run whose key
+matches tables of the same user on the parent continues them (rows already there
+are skipped by their keys): a rerun after a complete run adds nothing, a rerun after
+a killed run or an expired session completes the tables the first attempt left,
+and cluster jobs of one pipeline over slices (``-f``/``-l``) of the same file list
+fill one set of tables. Changing the pipeline, the images or the parent changes the
+key, and the run makes new tables beside the old ones. "Start new tables on every
+run" adds a random part to the key, so every run makes new tables.
 """
 
 from __future__ import annotations
@@ -26,11 +46,19 @@ import logging
 import math
 import re
 import sys
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from cellprofiler_core.constants.measurement import (
+    C_C,
+    C_FRAME,
+    C_OBJECTS_URL,
+    C_SERIES,
+    C_T,
+    C_URL,
+    C_Z,
     COLTYPE_INTEGER,
     MCA_AVAILABLE_POST_RUN,
 )
@@ -48,7 +76,13 @@ from cellprofiler_omero.core.model import (
     TableSchema,
     TableTarget,
 )
-from cellprofiler_omero.core.tables import TableWriter, check_schema
+from cellprofiler_omero.core.tables import (
+    TableWriter,
+    check_schema,
+    run_key,
+    run_table_name,
+    table_identity,
+)
 from cellprofiler_omero.cp_integration import session
 from cellprofiler_omero.cp_integration.save_images import _tell, source_images
 from cellprofiler_omero.cp_integration.targets import PARENT_KINDS, parse_target
@@ -59,6 +93,12 @@ IMAGE = "Image"
 RELATIONSHIPS = "Relationships"
 AGGREGATES = ("Mean", "Median", "StDev")
 FEATURE_PREFIX = "OMERO_TableFile_"
+#: Version of the run key's definition: bump it when ``run_key_parts`` changes.
+RUN_KEY_VERSION = "cellprofiler-omero run key 1"
+#: The Image measurement categories that say where an image set's images come from.
+IMAGE_SET_SOURCES = (C_URL, C_OBJECTS_URL, C_SERIES, C_FRAME, C_C, C_Z, C_T,
+                     "ObjectsSeries", "ObjectsFrame", "ObjectsChannel", "ObjectsZPlane",
+                     "ObjectsTimepoint")
 
 
 @dataclass(frozen=True)
@@ -99,6 +139,9 @@ def plan_tables(columns: list[tuple[Any, ...]], prefix: str, string_size: int,
         if feature in ("ImageNumber", "ObjectNumber"):
             continue
         by_object.setdefault(obj, []).append((feature, coltype))
+    # Sorted: CellProfiler's column order can differ between processes, and the tables
+    # of a run (and its rerun) must have the same columns in the same order.
+    by_object = {obj: sorted(set(features)) for obj, features in by_object.items()}
     plans = []
 
     def spec(feature: str, coltype: str) -> ColumnSpec:
@@ -173,11 +216,33 @@ def in_analysis_worker() -> bool:
 
 
 class ExportToOMEROTable(Module):
-    """Export measurements to OMERO.tables attached to an OMERO object."""
+    """Export measurements to OMERO.tables attached to an OMERO object.
+
+The tables (PREFIX_Image, PREFIX_OBJECTS for each kind of object, PREFIX_Relationships) are
+attached to the chosen Project, Dataset, Screen, Plate, Well or Image, with an
+``Image`` column so that OMERO.web shows each row beside its image. Columns are in
+a fixed order: the key columns (ImageNumber, ObjectNumber, Image), then the
+measurements sorted by name, then the per-image Mean/Median/StDev of object
+measurements sorted by object and measurement.
+
+**Reruns continue the run's tables.** Every run has a *run key*: a hash of the
+pipeline's modules and settings, of every image set's images (their URLs, series,
+frames, channels, planes) and of the object the tables go to. Table names end in
+``_run-`` and the key's first 8 characters, and each table carries the full key in
+its annotation's description. Running the same pipeline on the same images into
+the same object again finds that run's tables and adds only the rows they lack: a
+rerun after a complete run changes nothing, and a rerun after a run that was
+stopped, crashed or lost its session completes the tables instead of leaving a
+second set beside them. Change the pipeline, the images or the object and the run
+makes new tables (with another suffix) beside the earlier ones.
+
+To start new tables anyway, set *Start new tables on every run?* to Yes (each run
+then gets tables of its own), or delete the old tables in OMERO before rerunning.
+"""
 
     module_name = "ExportToOMEROTable"
     category = "File Processing"
-    variable_revision_number = 1
+    variable_revision_number = 2
 
     def create_settings(self) -> None:
         self.parent_kind = Choice("Attach the tables to", list(PARENT_KINDS), "Dataset",
@@ -196,12 +261,26 @@ class ExportToOMEROTable(Module):
                                        "length (longer text is cut, with a warning).")
         self.wants_relationships = Binary("Export object relationships?", True,
                                           doc="A table of relationships between objects.")
+        self.fresh_tables = Binary(
+            "Start new tables on every run?", False,
+            doc="No (recommended): a rerun of the same pipeline on the same images "
+                "continues that run's tables, adding only the rows they lack, so a run "
+                "that was stopped can simply be run again. Yes: every run makes new "
+                "tables of its own, even for the same pipeline and images.")
         self.check_parent = DoSomething("Check that the object exists and you may annotate "
                                         "it", "Check", self.on_check_parent)
 
     def settings(self) -> list[Any]:
         return [self.parent_kind, self.parent, self.table_prefix, self.flush_every,
-                self.string_size, self.wants_relationships]
+                self.string_size, self.wants_relationships, self.fresh_tables]
+
+    def upgrade_settings(self, setting_values: list[str], variable_revision_number: int,
+                         module_name: str) -> tuple[list[str], int]:
+        if variable_revision_number == 1:
+            # Revision 2 added "Start new tables on every run?" (No: reruns continue).
+            setting_values = [*setting_values, "No"]
+            variable_revision_number = 2
+        return setting_values, variable_revision_number
 
     def visible_settings(self) -> list[Any]:
         return [*self.settings(), self.check_parent]
@@ -250,8 +329,8 @@ class ExportToOMEROTable(Module):
         mgr = session.manager()
 
         async def check() -> bool:
-            conn = await mgr.connection()
-            return await conn.can_write(target.kind, target.id)
+            return await mgr.call(lambda conn: conn.can_write(target.kind, target.id),
+                                  what=f"checking {target.kind} {target.id}")
 
         runtime.run(check)  # NotFound when it does not exist or cannot be read
         session.after_connect(mgr)
@@ -262,6 +341,38 @@ class ExportToOMEROTable(Module):
             _tell(self.check_access())
         except OmeroError as exc:
             _tell(f"Cannot attach tables there: {exc}", error=True)
+
+    # -- the run key -----------------------------------------------------------------------
+
+    def run_key_settings(self) -> list[str]:
+        """This module's part of the run key: what decides which tables rows go to."""
+        target = self.target()
+        return [target.kind, str(target.id), self.table_prefix.value,
+                str(int(self.string_size.value)), str(bool(self.wants_relationships.value))]
+
+    def run_key_parts(self, workspace: Any) -> list[str]:
+        """What identifies this run (documented in the module's help and ARCHITECTURE.md):
+        every module's name, revision, enabled state and settings, then every image set's
+        sources by image number."""
+        parts = [RUN_KEY_VERSION]
+        for module in workspace.pipeline.modules():
+            own = getattr(module, "run_key_settings", None)
+            values = own() if callable(own) else [str(s.unicode_value)
+                                                  for s in module.settings()]
+            parts += [f"module {module.module_num} {module.module_name} "
+                      f"v{module.variable_revision_number} enabled={module.enabled}",
+                      str(len(values)), *values]
+        m = workspace.measurements
+        numbers = list(m.get_image_numbers())
+        parts.append(f"image sets {len(numbers)}")
+        features = sorted(f for f in m.get_feature_names(IMAGE)
+                          if f.split("_", 1)[0] in IMAGE_SET_SOURCES)
+        for feature in features:
+            values = m.get_measurement(IMAGE, feature, numbers) if numbers else []
+            parts += [feature, *(str(v) for v in values)]
+        if self.fresh_tables.value:
+            parts.append(f"fresh {uuid.uuid4().hex}")
+        return parts
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -285,10 +396,18 @@ class ExportToOMEROTable(Module):
         target = self.target()
         mgr = session.manager()
         state = self._state()
+        key = run_key(self.run_key_parts(workspace))
+        plans = [replace(plan, schema=replace(
+            plan.schema, name=run_table_name(plan.schema.name, key),
+            identity=table_identity(key, plan.label))) for plan in plans]
         state["plans"] = plans
+        log.info("ExportToOMEROTable: run key %s", key)
         for plan in plans:
             writer = TableWriter(mgr, target, plan.schema, key_columns=plan.keys)
             info = runtime.run(writer.open)
+            if info.reused:
+                log.info("continuing table %s (OriginalFile %s, %d rows) of an earlier "
+                         "attempt of this run", info.name, info.file_id, info.rows)
             state["writers"][plan.schema.name] = writer
             workspace.measurements.add_experiment_measurement(
                 FEATURE_PREFIX + plan.label, info.file_id)

@@ -7,4 +7,4 @@ compat.install()
 
 
 class ExportToOMEROTable(_Module):
-    """Export measurements to OMERO.tables beside the images they describe."""
+    __doc__ = _Module.__doc__  # CellProfiler shows the class docstring as the module's help

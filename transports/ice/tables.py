@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,7 +14,7 @@ import omero.model
 from omero.rtypes import rlong, rstring, unwrap
 
 from cellprofiler_omero.core.config import Settings
-from cellprofiler_omero.core.errors import NotFound, PermissionDenied
+from cellprofiler_omero.core.errors import NotFound, PermissionDenied, UnsupportedData
 from cellprofiler_omero.core.model import (
     ColumnKind,
     TableInfo,
@@ -23,6 +25,9 @@ from cellprofiler_omero.core.tables import BULK_ANNOTATION_NS, MEASUREMENTS_NS
 from cellprofiler_omero.transports.ice.connection import ALL_GROUPS, IceConnection, params
 
 log = logging.getLogger(__name__)
+
+#: How long to wait for the server to delete a duplicate table made by a race.
+DELETE_WAIT_SECONDS = 60.0
 
 _COLUMNS = {
     ColumnKind.LONG: omero.grid.LongColumn, ColumnKind.DOUBLE: omero.grid.DoubleColumn,
@@ -61,6 +66,7 @@ class IceTableSink:
         self._annotation_id: int | None = None
         self._table: Any = None
         self._ctx: dict[str, str] = {}
+        self._reused = False
 
     def _group(self) -> int:
         rows = self.conn.sf.getQueryService().projection(
@@ -81,6 +87,10 @@ class IceTableSink:
             self._table = resources.openTable(omero.model.OriginalFileI(rlong(self._file_id),
                                                                         False), self._ctx)
             return self._table
+        if self.schema.identity:
+            found = self._find()
+            if found:
+                return self._adopt(resources, *found[0])
         target = sf.getQueryService().findByQuery(
             f"select o from {self.target.kind} o where o.id = :id",
             params(id=self.target.id), ALL_GROUPS)
@@ -99,6 +109,8 @@ class IceTableSink:
                                        else MEASUREMENTS_NS)
         ann = omero.model.FileAnnotationI()
         ann.setNs(rstring(ns))
+        if self.schema.identity:
+            ann.setDescription(rstring(self.schema.identity))
         ann.setFile(omero.model.OriginalFileI(rlong(self._file_id), False))
         link = getattr(omero.model, f"{self.target.kind}AnnotationLinkI")()
         link.setParent(getattr(omero.model, f"{self.target.kind}I")(rlong(self.target.id),
@@ -107,15 +119,96 @@ class IceTableSink:
         saved = sf.getUpdateService().saveAndReturnObject(link, self._ctx)
         self._annotation_id = int(unwrap(saved.getChild().getId()))
         self._table = table
+        if self.schema.identity:
+            # Looked for again: another process preparing the same run may have made one
+            # at the same moment. Everyone keeps the oldest, so there is one table.
+            found = self._find()
+            oldest = found[0] if found else (self._annotation_id, self._file_id)
+            if oldest[0] != self._annotation_id:
+                mine = self._annotation_id
+                log.info("table %s was made by another process at the same time; using "
+                         "its table (file %s) and deleting this one", self.schema.name,
+                         oldest[1])
+                self._discard(mine)
+                return self._adopt(resources, *oldest)
         log.info("created table %s (file %s) on %s %s", self.schema.name, self._file_id,
                  self.target.kind, self.target.id)
         return table
+
+    def _find(self) -> list[tuple[int, int]]:
+        """``(annotation id, file id)`` of this user's tables on the target that carry the
+        schema's identity, oldest first."""
+        query = self.conn.sf.getQueryService()
+        p = params(id=self.target.id, uid=self.conn.info.user_id)
+        p.add("identity", rstring(self.schema.identity))
+        rows = query.projection(
+            f"select a.id from {self.target.kind}AnnotationLink l join l.child a "
+            "where l.parent.id = :id and a.description = :identity "
+            "and a.details.owner.id = :uid order by a.id", p, ALL_GROUPS)
+        ids = [int(unwrap(row[0])) for row in rows]
+        if not ids:
+            return []
+        rows = query.projection(
+            "select a.id, a.file.id from FileAnnotation a where a.id in (:ids) order by a.id",
+            params(ids=ids), ALL_GROUPS)
+        return [(int(unwrap(row[0])), int(unwrap(row[1]))) for row in rows]
+
+    def _adopt(self, resources: Any, annotation_id: int, file_id: int) -> Any:
+        """Continue the table an earlier run (or another process) made."""
+        table = resources.openTable(omero.model.OriginalFileI(rlong(file_id), False),
+                                    self._ctx)
+        if table is None:
+            raise NotFound(f"The table of {self.schema.name!r} (file {file_id}) cannot be "
+                           "opened.", hint="Check that OMERO.tables is running.")
+        names = tuple(h.name for h in table.getHeaders(self._ctx))
+        if names != self.schema.names:
+            with contextlib.suppress(Exception):
+                table.close(self._ctx)
+            raise UnsupportedData(
+                f"Table {self.schema.name!r} (file {file_id}) on {self.target.kind} "
+                f"{self.target.id} belongs to this run but has other columns than this "
+                "pipeline writes.",
+                hint="Delete that table, or choose 'Start new tables on every run'.")
+        self._file_id, self._annotation_id, self._table = file_id, annotation_id, table
+        self._reused = True
+        log.info("continuing table %s (file %s) on %s %s", self.schema.name, file_id,
+                 self.target.kind, self.target.id)
+        return table
+
+    def _discard(self, annotation_id: int) -> None:
+        """Delete a table this process just made (and nobody else has written to)."""
+        import omero.cmd  # here, as in the uploader: omero.model must be loaded first
+
+        table, self._table = self._table, None
+        if table is not None:
+            with contextlib.suppress(Exception):
+                table.close(self._ctx)
+        request = omero.cmd.Delete2(targetObjects={"FileAnnotation": [annotation_id]})
+        try:
+            handle = self.conn.sf.submit(request, self._ctx)
+        except omero.ServerError as exc:
+            log.warning("could not delete the duplicate table annotation %s (%s); it is "
+                        "empty and safe to delete", annotation_id, type(exc).__name__)
+            return
+        try:
+            deadline = time.monotonic() + DELETE_WAIT_SECONDS
+            response = handle.getResponse()
+            while response is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+                response = handle.getResponse()
+            if response is None or isinstance(response, omero.cmd.ERR):
+                log.warning("could not delete the duplicate table annotation %s; it is "
+                            "empty and safe to delete", annotation_id)
+        finally:
+            with contextlib.suppress(omero.ServerError):
+                handle.close()
 
     async def info(self) -> TableInfo:
         def run() -> TableInfo:
             table = self._ensure()
             return TableInfo(int(self._file_id or 0), self._annotation_id,
-                             int(table.getNumberOfRows(self._ctx)), self.schema.name)
+                             int(table.getNumberOfRows(self._ctx)), self.schema.name,
+                             reused=self._reused)
 
         return await self.conn.call(run, what=f"opening table {self.schema.name!r}")
 
