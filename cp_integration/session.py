@@ -74,7 +74,7 @@ token_message_hook: Callable[[SessionInfo], None] | None = None
 def user_reader_settings() -> dict[str, Any]:
     """The OMERO reader settings the user set in CellProfiler (its dialog, or the
     preferences CellProfiler handed to this analysis worker), by reader key. Settings
-    left at their defaults are absent, and so is an empty transports field."""
+    left at their defaults are absent, and so is a transports field naming none."""
     try:
         from cellprofiler_core.preferences import config_read_typed
     except ImportError:  # CellProfiler is not installed: nothing can have been set
@@ -85,8 +85,8 @@ def user_reader_settings() -> dict[str, Any]:
             value = config_read_typed(f"Reader.{READER_NAME}.{key}", kind)
         except Exception:  # CellProfiler has no usable configuration in this process
             value = None
-        if value is None or (kind is str and not str(value).strip()):
-            continue
+        if value is None or (kind is str and not str(value).replace(",", "").strip()):
+            continue  # unset, or a text field cleared to hand the choice back
         found[key] = value
     return found
 

@@ -193,6 +193,12 @@ class Emulator:
         """Expire sessions now (all, one user's, or the given keys); returns how many."""
         return int(self._control("expire-sessions", {"user": user, "keys": keys})["expired"])
 
+    def http_requests(self) -> dict[str, int]:
+        """How many requests the pixel-buffer service answered since the start, by method
+        and status (``{"GET 200": 12, "OPTIONS 200": 1}``); compare before and after."""
+        result: dict[str, int] = self._control("http-requests", {})
+        return result
+
     def sessions(self) -> list[dict[str, Any]]:
         """The open sessions: user, reference count, whether alive (never their keys)."""
         result: list[dict[str, Any]] = self._control("sessions", {})

@@ -5,7 +5,7 @@ The port stands for a web server configured as the service's README says
 ``/tile/`` reaches the service unchanged, ``/tile`` without the slash answers nginx's
 ``301`` to ``/tile/`` (for every method, query kept), and other paths are not the
 service's (``404``; OMERO.web would be there). ``/_emulator/…`` (faults, expiring
-sessions) needs the emulator's control token.
+sessions, counts of the service's answers) needs the emulator's control token.
 
 The service, as glencoesoftware/omero-ms-pixel-buffer answers (``PixelBufferMicroserviceVerticle``,
 ``PixelBufferVerticle``, ``TileCtx``, ``TileRequestHandler``; omero-ms-core's
@@ -132,6 +132,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # Count the service's answers (method and status) so tests can prove which
+        # transport a client read through; a real server's access log holds the same.
+        if urlsplit(self.path).path.startswith(LOCATION):
+            self.server.count(f"{self.command} {code}")
+        super().send_response(code, message)
+
     def _error(self, status: int, message: str = "") -> None:
         # The service ends failed requests with the status alone (no body), except 400.
         self._send(status, message.encode(), "text/plain" if message else None)
@@ -220,6 +227,8 @@ class _Handler(BaseHTTPRequestHandler):
                          "live": ctx.store.live_session(s.uuid, touch=False) is not None}
                         for s in ctx.store.sessions()]
             self._send(200, json.dumps(sessions).encode(), "application/json")
+        elif path == "/_emulator/http-requests":
+            self._send(200, json.dumps(self.server.counts()).encode(), "application/json")
         else:
             self._error(404, "unknown control path")
 
@@ -379,6 +388,17 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], ctx: Context) -> None:
         super().__init__(address, _Handler)
         self.ctx = ctx
+        self._counts: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
+
+    def count(self, what: str) -> None:
+        with self._counts_lock:
+            self._counts[what] = self._counts.get(what, 0) + 1
+
+    def counts(self) -> dict[str, int]:
+        """Answers under ``/tile/`` since the start, by ``"METHOD status"``."""
+        with self._counts_lock:
+            return dict(self._counts)
 
 
 class HttpServer:
