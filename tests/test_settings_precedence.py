@@ -81,6 +81,30 @@ def set_cp(preferences: Any, key: str, value: Any) -> None:
     preferences.config_write(f"Reader.{session.READER_NAME}.{key}", value)
 
 
+# -- the core's layers ------------------------------------------------------------------
+
+def test_load_settings_puts_the_application_layer_between_environment_and_arguments(
+        tmp_path: Path) -> None:
+    from cellprofiler_omero.core.config import load_settings_with_origins
+
+    path = tmp_path / "config.toml"
+    path.write_text('[transports]\nread = ["a"]\nupload = ["a"]\ntables = ["a"]\n'
+                    '[server]\nport = 1\n')
+    env = {"CELLPROFILER_OMERO_TRANSPORTS_READ": "b", "CELLPROFILER_OMERO_TRANSPORTS_UPLOAD": "b",
+           "CELLPROFILER_OMERO_SERVER_PORT": "2"}
+    application = {"transports.read": (["c"], "the host's setting R"),
+                   "server.port": (3, "the host's setting P")}
+    chosen, origins = load_settings_with_origins({"server.port": 4}, path=path, environ=env,
+                                                 application=application)
+    assert (chosen.transports.read, chosen.transports.upload, chosen.transports.tables,
+            chosen.server.port) == (("c",), ("b",), ("a",), 4)
+    assert origins == {"transports.read": "the host's setting R",
+                       "transports.upload": "environment variable "
+                                            "CELLPROFILER_OMERO_TRANSPORTS_UPLOAD",
+                       "transports.tables": str(path), "server.port": "argument"}
+    assert "transports.connect" not in origins  # defaults have no origin
+
+
 # -- each layer, for every reader setting --------------------------------------------------
 
 @pytest.mark.parametrize("key", list(LAYERS))
