@@ -183,8 +183,8 @@ class SaveImagesToOMERO(Module):
         mgr = session.manager()
 
         async def check() -> bool:
-            conn = await mgr.connection()
-            return await conn.can_write("Dataset", dataset)
+            return await mgr.call(lambda conn: conn.can_write("Dataset", dataset),
+                                  what=f"checking Dataset {dataset}")
 
         if not runtime.run(check):
             from cellprofiler_omero.core.errors import PermissionDenied
@@ -251,8 +251,9 @@ class SaveImagesToOMERO(Module):
         mgr = session.manager()
 
         async def name() -> str:
-            conn = await mgr.connection(ref)
-            return (await conn.image_meta(ref.id)).name
+            meta = await mgr.call(lambda conn: conn.image_meta(ref.id), ref,
+                                  what=f"reading image {ref.id}")
+            return meta.name
 
         try:
             return runtime.run(name)
