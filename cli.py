@@ -204,8 +204,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(handler, args)
 
 
+#: Exit status of a failure this package did not expect (``EX_SOFTWARE`` of sysexits.h).
+EXIT_BUG = 70
+
+
 def _run(handler: Handler, args: argparse.Namespace) -> int:
-    """Run a command; expected failures become one ``error: …`` line on stderr."""
+    """Run a command; failures become one ``error: …`` line on stderr.
+
+    Expected failures (``OmeroError``) say what to do. Anything else is a bug: it is
+    reported in one line too (no traceback for users), and ``-vv`` shows where.
+    """
     from cellprofiler_omero.commands.common import UsageError
 
     try:
@@ -223,3 +231,11 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except Exception as exc:  # the last place before a user's terminal
+        if args.verbose >= 2:
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"error: unexpected {type(exc).__name__}{': ' + text if text else ''} (a bug "
+              "in cellprofiler-omero: run again with -vv to see where, and please report "
+              "it)", file=sys.stderr)
+        return EXIT_BUG

@@ -125,6 +125,8 @@ def cmd_login(args: argparse.Namespace) -> int:
     host, port = _target(args, settings.auth.token_dir,
                          (settings.server.host, settings.server.port))
     where = f"{host}:{port}"
+    if args.save_token:
+        tokens.check_writable(settings.auth.token_dir)
     user = args.user or _ask_user(where)
     password = _password(user, where)
     with common.session(args) as manager:
@@ -160,10 +162,13 @@ def cmd_logout(args: argparse.Namespace) -> int:
     path = folder / "token"
     try:
         token = tokens.read_token(settings.auth.token_dir)
-    except AuthError:
-        # A malformed token cannot be used or ended; deleting it is all there is to do.
-        path.unlink(missing_ok=True)
-        print(f"Deleted the unreadable token file {path}.")
+    except tokens.TokenFileError as exc:
+        # A malformed token cannot be used or ended; deleting it is all there is to do
+        # (a folder in its place is left for the user: it may hold anything).
+        if path.is_dir():
+            raise
+        tokens.remove_token(settings.auth.token_dir)
+        print(f"Deleted the unusable token file {path}: it {exc.reason}.")
         return 0
     if token is None:
         print(f"Not logged in: there is no saved token in {folder}.")

@@ -11,9 +11,18 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from cellprofiler_omero.core.errors import AuthError, NoTransport, OmeroError, ServerError
+from cellprofiler_omero.core.config import ENV_PREFIX
+from cellprofiler_omero.core.errors import (
+    AuthError,
+    CannotReachServer,
+    NoTransport,
+    OmeroError,
+    ServerError,
+)
+from cellprofiler_omero.core.tokens import TokenFileError
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -164,18 +173,48 @@ def server_label(manager: SessionManager, host: str | None = None,
     return "the OMERO server"
 
 
-_ICE_EXCEPTION = re.compile(r"\(([A-Za-z]+Exception)\)")
+def unreachable(where: str, exc: OmeroError) -> OmeroError:
+    """One clear error for a server that cannot be reached (instead of the transport list).
 
-
-def unreachable(where: str, exc: OmeroError) -> ServerError:
-    """One clear error for a server that cannot be reached (instead of the transport list)."""
-    found = _ICE_EXCEPTION.search(exc.message)
-    reason = found.group(1) if found else exc.message.rstrip(".")
+    Built from the facts the failure carries (``CannotReachServer``: address, reason,
+    timeout), found in ``exc`` itself, among a ``NoTransport``'s causes or behind a
+    spent retry budget. Otherwise the one transport's own error, or ``exc`` itself.
+    """
+    found = _cannot_reach(exc)
+    if found is None:
+        causes = exc.causes if isinstance(exc, NoTransport) else ()
+        return causes[0] if len(causes) == 1 else exc
+    address = f"{found.host}:{found.port}" if found.host else where
+    if found.timeout_seconds is not None:
+        setting = found.setting or "server.connect_timeout_seconds"
+        env = ENV_PREFIX + setting.replace(".", "_").upper()
+        return ServerError(
+            f"no answer from {address} within {found.timeout_seconds:g} s.",
+            hint=f"Check the server name and port (--server/--port; OMERO's Ice port is "
+                 f"usually 4064), that the server is up and that no firewall drops the "
+                 f"connection; on a slow network raise {setting} in the settings "
+                 f"(or ${env}).")
     return ServerError(
-        f"cannot reach {where} ({reason}).",
+        f"cannot reach {address} ({found.reason}).",
         hint="Check the server name and port (--server/--port, or server.host and "
              "server.port in the settings) and that the server is up and reachable from "
              "this machine.")
+
+
+def _cannot_reach(exc: BaseException | None, depth: int = 0) -> CannotReachServer | None:
+    """The ``CannotReachServer`` behind ``exc`` (itself, a cause, or a last attempt's)."""
+    if exc is None or depth > 5:
+        return None
+    if isinstance(exc, CannotReachServer):
+        return exc
+    if isinstance(exc, NoTransport):
+        for cause in exc.causes:
+            found = _cannot_reach(cause, depth + 1)
+            if found is not None:
+                return found
+        return None
+    # A spent retry budget keeps its last attempt's error (RetriesExhausted.last_cause).
+    return _cannot_reach(getattr(exc, "last_cause", None), depth + 1)
 
 
 def connect(manager: SessionManager, args: argparse.Namespace, *, host: str | None = None,
@@ -192,6 +231,8 @@ def connect(manager: SessionManager, args: argparse.Namespace, *, host: str | No
         return run(manager.connect, host, port, **credentials)
     except (NoTransport, ServerError) as exc:
         raise unreachable(server_label(manager, host, port), exc) from None
+    except TokenFileError:
+        raise  # names the file and what to do already
     except AuthError:
         token = None if credentials else _token_in_use(manager, host, port)
         if token is None:
@@ -246,6 +287,25 @@ def _isatty(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # replaced or closed streams (tests, pipes)
         return False
+
+
+class OutputError(OmeroError):
+    """An output file cannot be written; ``path`` is the file, ``reason`` why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"Cannot write {path} ({reason}).",
+                         hint="Choose a file in a folder you can write to (-o FILE).")
+        self.path = path
+        self.reason = reason
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a command's whole output to ``path`` at once (only after it all succeeded,
+    so a failed command leaves no file behind)."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(path, exc.strerror or type(exc).__name__) from None
 
 
 def print_json(data: Any) -> None:

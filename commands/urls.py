@@ -104,7 +104,7 @@ def cmd_urls(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        args.output.write_text(text, encoding="utf-8")
+        common.write_output(args.output, text)
         what = "a LoadData CSV of" if args.loaddata else "URLs of"
         common.note(f"wrote {what} {len(images)} image(s) to {args.output}")
     return 0

@@ -386,6 +386,15 @@ def load_settings_with_origins(
                 data = tomllib.load(handle)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{config_path} is not valid TOML: {exc}.") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{config_path} is not valid TOML: not UTF-8 text.",
+                              hint="Save the settings file as UTF-8.") from None
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot read the settings file {config_path} "
+                f"({exc.strerror or type(exc).__name__}).",
+                hint="Make it readable, or point $CELLPROFILER_OMERO_CONFIG elsewhere.",
+            ) from None
         values.update(_flatten(data, str(config_path)))
     values.update(_from_env(os.environ if environ is None else environ))
     values.update(application or {})

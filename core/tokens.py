@@ -125,18 +125,25 @@ def read_token(configured_dir: str = "") -> Token | None:
     return parse_token(text, path)
 
 
+def check_writable(configured_dir: str = "") -> None:
+    """Raise ``TokenFileError`` when a token clearly cannot be saved (a folder in the
+    token file's place), so a login can refuse before it makes a session on the server."""
+    path = token_dir(configured_dir) / "token"
+    if path.is_dir():
+        raise TokenFileError(path, "is a folder, so no token can be saved there",
+                             hint=f"Remove the folder {path} and log in again.")
+
+
 def write_token(token: Token, configured_dir: str = "") -> Path:
     """Save ``token`` privately (folder 0700, file 0600) and return the file's path.
 
     Raises ``TokenFileError`` when the folder or file cannot be written (nothing is
     left half-written: the token is written beside it and renamed into place).
     """
+    check_writable(configured_dir)
     folder = token_dir(configured_dir)
     path = folder / "token"
     partial = folder / ".token.partial"
-    if path.is_dir():
-        raise TokenFileError(path, "is a folder, so no token can be saved there",
-                             hint=f"Remove the folder {path} and log in again.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, stat.S_IRWXU)

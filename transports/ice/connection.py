@@ -21,7 +21,7 @@ from omero.model.enums import UnitsLength
 from omero.rtypes import unwrap
 
 from cellprofiler_omero.core.config import Settings
-from cellprofiler_omero.core.errors import AuthError, NotFound
+from cellprofiler_omero.core.errors import AuthError, CannotReachServer, NotFound
 from cellprofiler_omero.core.model import (
     Channel,
     ImageMeta,
@@ -85,13 +85,16 @@ class IceConnection:
             "omero.host": address.host,
             "omero.port": str(address.port),
             "Ice.MessageSizeMax": str(settings.ice.message_limit_kib),
-            "Ice.Override.ConnectTimeout": "10000",
+            # Covers the TCP connect, the SSL handshake and Ice's connection validation:
+            # a server that accepts the connection and never answers fails after this.
+            "Ice.Override.ConnectTimeout": str(_timeout_ms(settings)),
             "Ice.ThreadPool.Client.SizeMax": str(max(4, settings.ice.concurrency)),
         }
         where = str(address)
         client = omero.client(pmap=[f"--{k}={v}" for k, v in props.items()])
         client.setAgent("cellprofiler-omero")
         try:
+            _reach(client)
             if credentials.session_key is not None:
                 client.joinSession(credentials.session_key)
             else:
@@ -105,6 +108,8 @@ class IceConnection:
             ec = client.getSession().getAdminService().getEventContext()
         except (Ice.Exception, omero.ServerError, omero.ClientError) as exc:
             _discard(client)
+            if isinstance(exc, _NOT_REACHED):
+                raise _cannot_reach(exc, address, settings) from None
             if isinstance(exc, omero.ClientError):
                 raise AuthError(f"OMERO on {where} refused the session: {exc}.") from None
             raise translate(exc, "logging in", where) from None
@@ -138,6 +143,7 @@ class IceConnection:
         other = omero.client(props)
         other.setAgent("cellprofiler-omero;secure=False")
         try:
+            _reach(other)
             other.joinSession(client.getSessionId())
         except (Ice.Exception, omero.ServerError, omero.ClientError) as exc:
             _discard(other)
@@ -506,6 +512,51 @@ def _config_ms(config: Any, key: str) -> int:
         return int(config.getConfigValue(key) or 0)
     except ValueError:
         return 0
+
+
+#: Ice's failures to establish a connection (ConnectionRefused is a ConnectFailed,
+#: ConnectTimeout the one where the server never answered).
+_NOT_REACHED = (Ice.ConnectFailedException, Ice.ConnectTimeoutException, Ice.DNSException)
+
+_TIMEOUT_SETTING = "server.connect_timeout_seconds"
+
+
+def _timeout_ms(settings: Settings) -> int:
+    """``server.connect_timeout_seconds`` as Ice's whole milliseconds (at least 1)."""
+    return max(1, round(settings.server.connect_timeout_seconds * 1000))
+
+
+def _reach(client: Any) -> None:
+    """Open the connection to the client's router before logging in (blocking).
+
+    ``omero.client.createSession`` tries three times on a connect timeout and then
+    reports only "Obtained null object prox"; connecting first fails once, after
+    ``Ice.Override.ConnectTimeout``, with Ice's own exception. ``createSession`` then
+    reuses the connection.
+    """
+    client.getRouter(client.getCommunicator()).ice_getConnection()
+
+
+def _cannot_reach(exc: Exception, address: ServerAddress, settings: Settings
+                  ) -> CannotReachServer:
+    """The core's error, with the facts, for a connection Ice could not establish."""
+    where = str(address)
+    reason = type(exc).__name__
+    if isinstance(exc, Ice.ConnectTimeoutException):
+        seconds = settings.server.connect_timeout_seconds
+        env = "CELLPROFILER_OMERO_" + _TIMEOUT_SETTING.replace(".", "_").upper()
+        return CannotReachServer(
+            f"No answer from {where} within {seconds:g} s.",
+            host=address.host, port=address.port, reason=reason, timeout_seconds=seconds,
+            setting=_TIMEOUT_SETTING,
+            hint=f"Check that {where} is an OMERO server's Ice port (usually 4064) and "
+                 f"that no firewall drops the connection; on a slow network raise "
+                 f"{_TIMEOUT_SETTING} (or ${env}).")
+    return CannotReachServer(
+        f"Cannot reach OMERO on {where} ({reason}).",
+        host=address.host, port=address.port, reason=reason,
+        hint="Check the server name and port, and that the server is up and reachable "
+             "from this machine.")
 
 
 def _discard(client: Any) -> None:
