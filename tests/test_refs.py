@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
@@ -162,7 +163,7 @@ _pieces = st.sampled_from([
     "https://", "http://", "omero:", "iid=", "webclient/", "?show=", "image-", "dataset-",
     "|", "&", "=", "/", "img_detail/", "iviewer/", "?images=", ",", "host", ":", "[", "]",
     "%7C", "..", "-", "render_thumbnail/size/", "api/v0/m/", "images/", "9", "12", "0",
-    "99999999999999999999", " ", "\n", "\x00", "é", "٣",
+    "99999999999999999999", " ", "\n", "\x00", "é", "٣", "9" * 5000, "0" * 4400, "@", "\\",
 ])
 
 
@@ -171,3 +172,114 @@ _pieces = st.sampled_from([
 def test_fuzzed_url_like_text_either_parses_or_raises_invalid_reference(text: str) -> None:
     with contextlib.suppress(InvalidReference):
         refs.parse(text)
+
+
+# -- ids of any length, links naming a user ------------------------------------------------
+
+#: Every form that carries an id, with ``{}`` where the digits go.
+ID_FORMS = [
+    "omero:iid={}", "Image:{}", "Dataset:{}", "image-{}", "image.id-{}",
+    f"https://{H}/webclient/?show=image-{{}}", f"https://{H}/webclient/?show=image-1|image-{{}}",
+    f"https://{H}/webclient/img_detail/{{}}/", f"https://{H}/iviewer/?images={{}}",
+    f"https://{H}/webgateway/render_thumbnail/size/96/{{}}/", f"https://{H}/api/v0/m/plates/{{}}/",
+]
+
+
+@pytest.mark.parametrize("form", ID_FORMS)
+@pytest.mark.parametrize("digits", [20, 4300, 4301, 5000, 100_000])
+def test_ids_of_any_length_above_a_java_long_are_invalid_references(form: str, digits: int
+                                                                    ) -> None:
+    text = form.format("9" * digits)
+    with pytest.raises(InvalidReference) as info:
+        refs.parse(text)
+    message = str(info.value)
+    assert "too large for OMERO" in message and f"({digits} digits)" in message
+    # The message stays one readable line however long the input.
+    assert len(message) < 600 and "\n" not in message
+    if len(text) > 120:  # long input is shown shortened, with its length
+        assert f"({len(text)} characters)" in message
+    else:
+        assert repr(text) in message
+
+
+@pytest.mark.parametrize("form", ID_FORMS)
+def test_the_largest_java_long_is_the_largest_id(form: str) -> None:
+    assert refs.parse(form.format(2**63 - 1))[-1].id == 2**63 - 1
+    with pytest.raises(InvalidReference, match="too large"):
+        refs.parse(form.format(2**63))
+
+
+def test_leading_zeros_do_not_count_against_the_id() -> None:
+    assert refs.parse_one("omero:iid=" + "0" * 5000 + "7").id == 7
+    assert refs.parse_one("Image:" + "0" * 5000).id == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        (f"https://user@{H}/webclient/?show=image-1", H),
+        (f"https://user:secret@{H}/webclient/?show=image-1", H),
+        (f"https://{H}@127.0.0.1/webclient/?show=image-1", "127.0.0.1"),
+        ("https://@127.0.0.1/webclient/img_detail/5/", "127.0.0.1"),
+    ],
+)
+def test_links_with_a_user_part_are_refused_not_guessed(text: str, names: str) -> None:
+    with pytest.raises(InvalidReference) as info:
+        refs.parse(text)
+    message = str(info.value)
+    assert "user name (or password) before the server" in message
+    assert f"{names!r}" in message
+    assert "secret" not in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Browsers open 127.0.0.2 (a backslash is a '/' to them); urlsplit finds 127.0.0.1.
+        "https://127.0.0.2\\@127.0.0.1/webclient/?show=image-1",
+        f"https://{H}\\webclient/?show=image-1",
+        f"https://{H}/webclient\\img_detail/4/",
+    ],
+)
+def test_links_with_a_backslash_are_refused_not_guessed(text: str) -> None:
+    with pytest.raises(InvalidReference, match="backslash, which browsers read as '/'"):
+        refs.parse(text)
+
+
+def test_a_server_after_at_outside_a_link_is_refused_with_the_way_to_name_it() -> None:
+    for text in ("Image:5@omero.example.org", "demo@omero.example.org"):
+        with pytest.raises(InvalidReference, match="give it with --server HOST"):
+            refs.parse(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(ID_FORMS), st.integers(min_value=0, max_value=12_000),
+       st.sampled_from("0123456789"), st.sampled_from(["", "0", "00"]))
+def test_fuzzed_digit_strings_of_any_length_parse_or_raise_invalid_reference(
+        form: str, length: int, digit: str, zeros: str) -> None:
+    digits = zeros + digit * length or "0"
+    significant = digits.lstrip("0") or "0"  # int() itself refuses over 4300 digits
+    in_range = len(significant) <= 19 and int(significant) <= 2**63 - 1
+    try:
+        parsed = refs.parse(form.format(digits))
+    except InvalidReference:
+        assert not in_range
+        return
+    assert in_range and parsed[-1].id == int(significant)
+
+
+_authority = st.text(alphabet="ab.1:@\\[]%/", max_size=12)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_authority, st.sampled_from(["/webclient/?show=image-1", "/webclient/img_detail/3/",
+                                    "\\webclient/?show=image-1"]))
+def test_fuzzed_authorities_never_yield_a_host_with_a_user_or_backslash(authority: str,
+                                                                        rest: str) -> None:
+    try:
+        parsed = refs.parse(f"https://{authority}{rest}")
+    except InvalidReference:
+        return
+    for ref in parsed:
+        assert ref.host is not None and "@" not in ref.host and "\\" not in ref.host
+        assert ref.web_base is not None and "@" not in urlsplit(ref.web_base).netloc
