@@ -138,8 +138,10 @@ def test_tables_match_cellprofilers_measurements(full_run: dict[str, Any],
         dataset = conn.getObject("Dataset", full_run["dataset"])
         made = [a for a in dataset.listAnnotations()
                 if a.getId() in full_run["tables"] and a.getFile() is not None]
-        namespaces = {a.getFile().getName(): a.getNs() for a in made}
-        tables = {a.getFile().getName(): a.getFile().getId() for a in made}
+        # Named <prefix>_<label>_run-<run key>: looked up by what comes before the run.
+        namespaces = {a.getFile().getName().rsplit("_run-", 1)[0]: a.getNs() for a in made}
+        tables = {a.getFile().getName().rsplit("_run-", 1)[0]: a.getFile().getId()
+                  for a in made}
         # Tables with an Image column show beside images in OMERO.web (bulk annotations).
         bulk = "openmicroscopy.org/omero/bulk_annotations"
         assert namespaces["CellProfiler_Image"] == namespaces["CellProfiler_Nuclei"] == bulk
@@ -207,7 +209,7 @@ def test_two_analysis_workers_write_one_consistent_table(cp_env: dict[str, str],
     assert conn.connect()
     try:
         dataset = conn.getObject("Dataset", scratch_dataset)
-        files = {a.getFile().getName(): a.getFile().getId()
+        files = {a.getFile().getName().rsplit("_run-", 1)[0]: a.getFile().getId()
                  for a in dataset.listAnnotations()
                  if a.getFile() is not None and a.getFile().getName().startswith("Workers_")}
         nuclei = omero2pandas.read_table(file_id=files["Workers_Nuclei"], omero_connector=conn)
