@@ -211,7 +211,7 @@ def run_cellprofiler(pipeline: Path, file_list: Path, output: Path, env: dict[st
     bar.close()
     report.image_sets = len(done)
     report.objects = next((rows for name, _, rows in report.tables
-                           if name.endswith("_Nuclei")), 0)
+                           if name.rsplit("_run-", 1)[0].endswith("_Nuclei")), 0)
     return code
 
 

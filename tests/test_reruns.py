@@ -133,6 +133,26 @@ def test_a_lost_reply_while_attaching_the_table_leaves_one_table(
         (info.annotation_id, info.file_id)]
 
 
+def test_columns_do_not_depend_on_the_order_cellprofiler_lists_measurements() -> None:
+    from cellprofiler_omero.cp_integration.export_table import plan_tables
+
+    columns = [("Image", "Metadata_Z", "integer"), ("Image", "Metadata_C", "integer"),
+               ("Image", "Count_Nuclei", "integer"), ("Nuclei", "AreaShape_Area", "float"),
+               ("Nuclei", "AreaShape_Perimeter", "float"), ("Cells", "AreaShape_Area", "float")]
+
+    def order(cols: list[tuple[str, str, str]]) -> list[list[str]]:
+        return [list(p.schema.names) for p in plan_tables(cols, "CP", 64, True)]
+
+    assert order(columns) == order(columns[::-1])
+    assert order(columns)[0] == [
+        "ImageNumber", "Image", "Count_Nuclei", "Metadata_C", "Metadata_Z",
+        "Mean_Cells_AreaShape_Area", "Median_Cells_AreaShape_Area",
+        "StDev_Cells_AreaShape_Area", "Mean_Nuclei_AreaShape_Area",
+        "Median_Nuclei_AreaShape_Area", "StDev_Nuclei_AreaShape_Area",
+        "Mean_Nuclei_AreaShape_Perimeter", "Median_Nuclei_AreaShape_Perimeter",
+        "StDev_Nuclei_AreaShape_Perimeter"]
+
+
 # -- real headless CellProfiler ------------------------------------------------------------
 
 N_SETS = 8
@@ -189,7 +209,12 @@ class Rig:
                 str(out / "pipeline.cppipe"), "--file-list", str(out / "files.txt"), "-o",
                 str(out), "--plugins-directory", str(plugins_dir()), "-L", "INFO"]
 
-    def cellprofiler(self, pipeline: str, out: Path, env: dict[str, str]) -> str:
+    def cellprofiler(self, pipeline: str, out: Path, env: dict[str, str], *,
+                     hash_seed: int | None = None) -> str:
+        """Run CellProfiler to the end (``hash_seed``: its PYTHONHASHSEED, which decides the
+        order in which CellProfiler's Metadata module lists its measurements)."""
+        if hash_seed is not None:
+            env = {**env, "PYTHONHASHSEED": str(hash_seed)}
         result = subprocess.run(self.command(pipeline, out), env=env, capture_output=True,
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -344,7 +369,8 @@ def complete(rig: Rig) -> Iterator[dict[str, Any]]:
     dataset_id = rig.dataset("rerun complete")
     mgr, env = rig.login("complete")
     try:
-        rig.cellprofiler(rig.pipeline_for(dataset_id), rig.tmp / "complete", env)
+        rig.cellprofiler(rig.pipeline_for(dataset_id), rig.tmp / "complete", env,
+                         hash_seed=1)
         contents = _check_one_complete_run(rig, dataset_id, None)
         tables = {f: rig.table(f) for f in contents.tables.values()}
         yield {"dataset": dataset_id, "env": env, "contents": contents, "tables": tables}
@@ -366,8 +392,9 @@ def test_a_rerun_after_a_complete_run_changes_nothing(rig: Rig,
 
 def test_fresh_tables_are_new_and_every_run_has_the_same_columns(
         rig: Rig, complete: dict[str, Any]) -> None:
+    # Hash seeds 1 and 3 make CellProfiler list the Metadata measurements in other orders.
     rig.cellprofiler(rig.pipeline_for(complete["dataset"], fresh=True), rig.tmp / "fresh",
-                     complete["env"])
+                     complete["env"], hash_seed=3)
     after = rig.contents(complete["dataset"])
     new = {n: f for n, f in after.tables.items() if n not in complete["contents"].tables}
     assert len(new) == 2  # a new set, named for its own run
