@@ -168,6 +168,16 @@ class SaveImagesToOMERO(Module):
             return None
         return parse_target(self.dataset.value, "Dataset")
 
+    def run_key_settings(self) -> list[str]:
+        """This module's part of ExportToOMEROTable's run key: its settings, with the
+        Dataset as its id (an id and a link to the same Dataset are one run)."""
+        try:
+            dataset = str(self.dataset_id())
+        except OmeroError:  # not a Dataset reference: validation says so
+            dataset = self.dataset.value
+        return [dataset if setting is self.dataset else str(setting.unicode_value)
+                for setting in self.settings()]
+
     def validate_module(self, pipeline: Any) -> None:
         if self.wants_dataset.value:
             try:

@@ -153,6 +153,44 @@ def test_columns_do_not_depend_on_the_order_cellprofiler_lists_measurements() ->
         "StDev_Nuclei_AreaShape_Perimeter"]
 
 
+def test_the_run_key_is_the_pipeline_the_image_sets_and_the_parents(
+        cellprofiler_plugins: None) -> None:
+    import io
+
+    from cellprofiler_core.measurement import Measurements
+    from cellprofiler_core.pipeline import Pipeline
+
+    from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
+
+    pipeline = Pipeline()
+    pipeline.loadtxt(io.StringIO(nuclei_pipeline(5)), raise_on_error=True)
+    save, export = pipeline.modules()[-2:]
+    identify = pipeline.modules()[4]
+
+    def key(urls: tuple[str, ...] = ("omero:iid=1", "omero:iid=2")) -> str:
+        m = Measurements()
+        m.add_all_measurements("Image", "ImageNumber", list(range(1, len(urls) + 1)))
+        m.add_all_measurements("Image", "URL_DNA", list(urls))
+        workspace = type("Workspace", (), {"pipeline": pipeline, "measurements": m})()
+        return run_key(export.run_key_parts(workspace))
+
+    first = key()
+    assert key() == first
+    export.parent.value = save.dataset.value = "https://omero.example.org/webclient/?show=dataset-5"
+    export.flush_every.value = 7  # how often rows are sent changes no row
+    assert key() == first
+    assert key(("omero:iid=2", "omero:iid=1")) != first  # other image sets
+    export.parent.value = "6"
+    assert key() != first  # another parent
+    export.parent.value = "5"
+    identify.size_range.max = 60
+    assert key() != first  # another pipeline
+    identify.size_range.max = 45
+    assert key() == first
+    export.fresh_tables.value = True
+    assert len({key(), key(), first}) == 3  # every run its own tables
+
+
 # -- real headless CellProfiler ------------------------------------------------------------
 
 N_SETS = 8
