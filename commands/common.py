@@ -42,47 +42,62 @@ class UsageError(OmeroError):
 # -- argument types ------------------------------------------------------------------------
 
 
+#: Largest count or offset a command takes: OMERO's paging (``Filter``) uses Java ints.
+MAX_COUNT = 2**31 - 1
+#: Longest time to idle: about 19 years, far beyond any server's limit, and well within
+#: the Java long of milliseconds it becomes.
+MAX_MINUTES = 10**7
+
+
+def _whole_number(text: str, what: str = "a whole number") -> int:
+    """``text`` as an int of at most 10 ASCII digits (``int()`` would take any length)."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    if len(digits.lstrip("0")) > 10:
+        raise argparse.ArgumentTypeError(f"{digits[:20]}… is too large")
+    return int(digits)
+
+
+def _at_most(value: int, text: str, limit: int) -> int:
+    if value > limit:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large (at most {limit})")
+    return value
+
+
 def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    """An argparse type: an integer of at least 1 (and at most ``MAX_COUNT``)."""
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
+    return _at_most(value, text, MAX_COUNT)
 
 
 def non_negative_int(text: str) -> int:
-    """An argparse type: an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
+    """An argparse type: an integer of at least 0 (and at most ``MAX_COUNT``)."""
+    return _at_most(_whole_number(text), text, MAX_COUNT)
 
 
 def port_number(text: str) -> int:
     """An argparse type: a TCP port."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+        value = _whole_number(text, "a port number")
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a port number") from None
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
     return value
 
 
-_DURATION_PART = re.compile(r"(\d+)\s*(d|h|m|min|s)?\s*")
+_DURATION_PART = re.compile(r"([0-9]{1,9})\s*(d|h|m|min|s)?\s*")
 _SECONDS = {"d": 86400, "h": 3600, "m": 60, "min": 60, "s": 1, None: 60}
 
 
 def duration_minutes(text: str) -> int:
     """An argparse type: ``90m``, ``2h``, ``600s``, ``1h30m``, ``1d`` or plain minutes.
 
-    Returns whole minutes (seconds round up: a token idles out in minutes).
+    Returns whole minutes (seconds round up: a token idles out in minutes), at most
+    ``MAX_MINUTES``.
     """
     rest = text.strip().lower()
     seconds = 0
@@ -95,10 +110,13 @@ def duration_minutes(text: str) -> int:
         position = match.end()
     if not rest or position != len(rest):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration; use e.g. 90m, 2h, 600s, 1h30m or plain minutes")
+            f"{text[:40]!r} is not a duration; use e.g. 90m, 2h, 600s, 1h30m or plain minutes")
     minutes = math.ceil(seconds / 60)
     if minutes < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is shorter than a minute")
+    if minutes > MAX_MINUTES:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is too long (at most "
+                                         f"{MAX_MINUTES} minutes)")
     return minutes
 
 

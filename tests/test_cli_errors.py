@@ -277,3 +277,20 @@ def test_an_unexpected_failure_is_one_line_and_minus_vv_shows_the_traceback(
         "run again with -vv to see where, and please report it)"]
     with pytest.raises(RuntimeError, match="unforeseen"):
         main(["-vv", "ls"])
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("ls", "--limit", HUGE), "is too large"),
+    (("ls", "--limit", "3000000000"), "at most 2147483647"),
+    (("ls", "--offset", HUGE), "is too large"),
+    (("whoami", "--port", HUGE), "is not a port number"),
+    (("login", "--user", "demo", "--time-to-idle", HUGE), "is too long"),
+], ids=["limit", "limit-java-int", "offset", "port", "time-to-idle"])
+def test_numbers_of_any_length_in_options_are_usage_errors(
+        capsys: pytest.CaptureFixture[str], args: tuple[str, ...], needle: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+    assert len(lines[0]) < 300
