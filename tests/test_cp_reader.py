@@ -83,7 +83,11 @@ def test_reader_reads_urls_directly() -> None:
     assert OMEROReader.supports_url() is True
 
 
-def test_omero_scheme_is_passed_through_not_downloaded() -> None:
+def test_omero_scheme_is_passed_through_not_downloaded(cellprofiler_plugins: None) -> None:
+    # CellProfiler configured first, as it always is before plugins load: without it,
+    # compat.install() imports the Images module in a process with neither wx nor
+    # headless mode, that import fails half way, and later imports of
+    # cellprofiler_core.modules.* in the same process fail too.
     from cellprofiler_core.constants.image import PASSTHROUGH_SCHEMES
     from cellprofiler_core.utilities.pathname import pathname2url
 
