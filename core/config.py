@@ -139,8 +139,8 @@ class RetrySettings:
     """
 
     budget_seconds: float = 60.0
-    initial_delay_seconds: float = 0.25
-    max_delay_seconds: float = 8.0
+    initial_delay_seconds: float = 0.2
+    max_delay_seconds: float = 3.0
 
 
 @dataclass(frozen=True)

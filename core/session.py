@@ -324,7 +324,7 @@ class SessionManager:
         last = failures[-1]
         raise AuthError(
             f"The session on {address} has ended and could not be renewed "
-            f"({type(last).__name__}).",
+            f"({last.message}).",
             hint=_RECONNECT_HINT,
         ) from last
 

@@ -335,7 +335,8 @@ def outputs(emu: Emulator, manager: SessionManager, dataset: int) -> dict[str, A
             label = file_name[len(PREFIX) + 1:].split("_run-")[0]
             assert label not in tables, f"two tables for {label}: {files}"
             frame = omero2pandas.read_table(file_id=file_id, omero_connector=conn)
-            own = [c for c in frame.columns if c.startswith("OMERO_")]
+            # This run's own uploads (ids, links) and CellProfiler's timings differ by run.
+            own = [c for c in frame.columns if c.startswith(("OMERO_", "ExecutionTime_"))]
             keys = [c for c in ("ImageNumber", "ObjectNumber") if c in frame.columns]
             if "OMERO_ImageID_Nuclei" in frame.columns:
                 for number, image_id in zip(frame["ImageNumber"],

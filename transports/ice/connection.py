@@ -74,6 +74,7 @@ class IceConnection:
         self._closed = False
         self._lock = threading.Lock()
         self._max_plane: tuple[int, int] | None = None
+        self._services: _Services | None = None
 
     # -- opening --------------------------------------------------------------------------
 
@@ -167,7 +168,10 @@ class IceConnection:
 
     @property
     def sf(self) -> Any:
-        return self.client.getSession()
+        """The session's ServiceFactory, its stateless services' proxies kept."""
+        if self._services is None:
+            self._services = _Services(self.client.getSession())
+        return self._services
 
     async def call(self, func: Callable[..., T], *args: Any, what: str) -> T:
         """Run a blocking omero-py call in a worker thread, translating its errors."""
@@ -504,6 +508,39 @@ class IceConnection:
             return str(unwrap(session.getUuid()))
 
         return await self.call(run, what="creating a session for a token")
+
+
+class _Services:
+    """A ServiceFactory whose stateless services are asked for once per connection.
+
+    Each ``getQueryService()`` is a remote call; BlitzGateway keeps the proxies it got,
+    and so does this: every call saved is one less that a flaky network can drop, and
+    retries (``core.retry``) repeat whole operations. Everything else is the factory's.
+    """
+
+    _STATELESS = frozenset({"getQueryService", "getUpdateService", "getAdminService",
+                            "getConfigService", "getPixelsService", "getContainerService",
+                            "getSessionService", "getMetadataService"})
+
+    def __init__(self, sf: Any) -> None:
+        self._sf = sf
+        self._proxies: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._sf, name)
+        if name not in self._STATELESS:
+            return attr
+
+        def service(*args: Any) -> Any:
+            if args:  # a call context: not what is cached
+                return attr(*args)
+            with self._lock:
+                if name not in self._proxies:
+                    self._proxies[name] = attr()
+                return self._proxies[name]
+
+        return service
 
 
 def _config_ms(config: Any, key: str) -> int:

@@ -53,6 +53,17 @@ class ServerUnreachable(ServerError):
     unreachable = True
 
 
+class SessionGone(AuthError):
+    """The server no longer knows the session (or the router connection carrying it).
+
+    On a call: the session expired, so it is renewed before trying again. While
+    logging in: the connection dropped between two login calls and Ice re-sent one on
+    a new connection that carries no router session; a new attempt logs in afresh.
+    """
+
+    retryable = True
+
+
 class ServerBusy(ServerError):
     """The server asked to try again later (a lock, a busy database, too many users)."""
 
@@ -82,7 +93,7 @@ def translate(exc: BaseException, what: str, where: str = "") -> OmeroError:
         return ServerError(f"The secure connection to OMERO{at} failed: {exc.reason}.",
                            hint="Check the server's certificate or connect without SSL.")
     if isinstance(exc, Ice.ObjectNotExistException):
-        return AuthError(f"The OMERO session{at} has expired or was closed while {what}.",
+        return SessionGone(f"The OMERO session{at} has expired or was closed while {what}.",
                          hint="Log in again (`cellprofiler-omero login`).")
     if isinstance(exc, _DROPPED):
         return ConnectionLost(f"The connection to OMERO{at} dropped while {what}.",
