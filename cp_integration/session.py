@@ -11,7 +11,9 @@ layers: CellProfiler hands them its preferences (only the values that are set,
 ``preferences_as_dict``), and they inherit the environment, so the file too.
 
 Once connected, the session is exported to child processes (analysis workers) through
-a private hand-off file.
+a private hand-off file. A worker joins it on first use (``SessionManager.connection``),
+and that join is retried like every login, with backoff, within ``retry.budget_seconds``:
+one dropped call while a worker logs in does not fail the run.
 """
 
 from __future__ import annotations
