@@ -8,6 +8,7 @@ written down and counted), with the emulator's fault switches: dropped connectio
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import subprocess
 import sys
@@ -344,7 +345,7 @@ def outputs(emu: Emulator, manager: SessionManager, dataset: int) -> dict[str, A
                     hashes[int(number)] = pixel_hash(manager, int(image_id))
             columns[label] = list(frame.columns)
             rows = frame.drop(columns=own)
-            tables[label] = {tuple(int(v) for v in key): tuple(row)
+            tables[label] = {tuple(int(v) for v in key): tuple(map(comparable, row))
                              for key, row in zip(rows[keys].itertuples(index=False),
                                                  rows.itertuples(index=False), strict=True)}
             assert len(tables[label]) == len(frame), f"{label} has a row twice"
@@ -352,6 +353,11 @@ def outputs(emu: Emulator, manager: SessionManager, dataset: int) -> dict[str, A
         conn.close()
     return {"labels": hashes, "label_names": sorted(images.values()), "tables": tables,
             "columns": columns}
+
+
+def comparable(value: Any) -> Any:
+    """NaN (a measurement CellProfiler could not make) as None, so equal runs compare equal."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def pixel_hash(manager: SessionManager, image_id: int) -> str:
@@ -414,6 +420,10 @@ def test_a_workers_dropped_login_is_tried_again(emu: Emulator, sources: dict[str
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "finished: 4 image sets" in result.stdout
     assert len(log.lines("dropping connection on createSession")) == 1
+    # CellProfiler relays its workers' log lines, each marked with the worker.
+    retried = [line for line in (result.stdout + result.stderr).splitlines()
+               if "[Worker" in line and "logging in to" in line and "(attempt 1:" in line]
+    assert len(retried) == 1, result.stdout[-4000:] + result.stderr[-4000:]
     made = outputs(emu, sources["manager"], dataset)
     assert sorted(made["labels"]) == [1, 2, 3, 4]
     assert sorted(key[0] for key in made["tables"]["Image"]) == [1, 2, 3, 4]
