@@ -306,10 +306,13 @@ def cellprofiler_run(emu: Emulator, sources: dict[str, Any], name: str,
     pipeline = nuclei_pipeline(dataset, save_labels=True, table_prefix=PREFIX)
     urls = [f"omero:iid={i}" for i in sources["ids"]]
     log = FaultLog(emu)
+    # The default budget (60 s), with short waits between attempts to keep CI quick.
+    env = {**sources["env"], "CELLPROFILER_OMERO_RETRY_INITIAL_DELAY_SECONDS": "0.05",
+           "CELLPROFILER_OMERO_RETRY_MAX_DELAY_SECONDS": "0.5"}
     if faults:
         emu.set_faults(**faults)
     try:
-        run_cellprofiler(pipeline, urls, sources["tmp"] / name, sources["env"])
+        run_cellprofiler(pipeline, urls, sources["tmp"] / name, env)
     finally:
         emu.clear_faults()
     return {"outputs": outputs(emu, sources["manager"], dataset),
