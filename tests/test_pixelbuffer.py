@@ -611,7 +611,7 @@ def test_403_after_one_renewal_falls_back_to_ice(settings_for: Any, faults: Emul
     run(reader.aclose)
     run(manager.close)
     np.testing.assert_array_equal(data[0, 0], synthetic.every_type(TEST_SEED.seed, 64)["int16"])
-    assert "renewing once" in caplog.text
+    assert "session lapsed or connection dropped (SessionRefused); renewing" in caplog.text
     # One tile before the renewal, one after; then Ice.
     assert len(tile_requests(sent)) == 3
     assert len(warnings_about(caplog, image)) == 1
