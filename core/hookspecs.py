@@ -22,6 +22,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from cellprofiler_omero.core.config import Settings
+    from cellprofiler_omero.core.errors import AuthError
     from cellprofiler_omero.core.model import (
         ImageMeta,
         NewImage,
@@ -102,4 +103,35 @@ def omero_table_written(session: SessionInfo, table: TableInfo, rows_added: int)
 def omero_session_changed(
     old: SessionInfo | None, new: SessionInfo | None, reason: str
 ) -> None:
-    """The process's connection was opened, renewed, switched or closed."""
+    """The process's connection was opened, renewed, switched or closed.
+
+    ``old`` is who was connected before (``None``: nobody), ``new`` who is now (``None``:
+    the session was closed). ``new.source`` says how the session was obtained:
+    ``"token"`` when a saved omero-user-token logged in (the "connected by token"
+    message is shown or logged from this hook), ``"environment"`` for a session handed
+    over by a parent process. ``reason``: ``"connect"`` (a login the user or a read
+    asked for), ``"renew"`` (a lapsed session renewed, the user did nothing), or when
+    closing the closer's reason (``"close"``, ``"switch"``, ``"relogin"``, ``"quit"`` …).
+
+    Called on the event loop's thread (``core.runtime``), inside the session lock:
+    do not block and do not call the session manager; hand work to another thread
+    (the GUI posts it to the wx main loop).
+    """
+
+
+@hookspec(firstresult=True)
+def omero_login_needed(image: ObjectRef, error: AuthError) -> bool | None:
+    """A read of ``image`` was refused for want of a session; may the reader try again?
+
+    ``error`` is the refusal (no session and no saved token or hand-off, or a lapsed
+    session that could not be renewed). An application that can ask the user to log
+    in (the CellProfiler GUI) does so and returns ``True`` once connected, ``False``
+    when the user declined; ``None`` leaves the decision to the next plugin. With no
+    answer (headless runs, analysis workers) the reader raises ``error``. The reader
+    retries the read once after ``True``.
+
+    Called on the thread that asked for the image (a CellProfiler worker or the GUI
+    thread), never on the event loop's thread, so an implementation may block until
+    the user answers; when called on the GUI thread it must not wait for the GUI
+    thread.
+    """

@@ -73,7 +73,6 @@ class SessionManager:
         #: The key of a session whose connection failed and is not yet renewed (a
         #: password session is rejoined by it before logging in again).
         self._lapsed_key: str | None = None
-        self.on_token_login: Callable[[SessionInfo], None] | None = None
 
     # -- state -------------------------------------------------------------------------
 
@@ -210,9 +209,9 @@ class SessionManager:
         info = conn.info
         log.info("connected to %s as %s (group %s) via %s", address, info.user, info.group,
                  info.source)
+        # Observers learn from ``info.source`` whether a saved token logged in (the GUI
+        # says so, see ``hookspecs.omero_session_changed``).
         self.registry.hook.omero_session_changed(old=old, new=info, reason=reason)
-        if credentials.source == "token" and self.on_token_login is not None:
-            self.on_token_login(info)
         self._start_keepalive()
         return info
 

@@ -44,6 +44,7 @@ from cellprofiler_core.constants.image import (
 from cellprofiler_core.reader import Reader
 
 from cellprofiler_omero.core import refs, runtime
+from cellprofiler_omero.core.errors import AuthError
 from cellprofiler_omero.core.model import ImageMeta, PixelType, Region
 from cellprofiler_omero.core.reading import ImageReader
 from cellprofiler_omero.core.refs import ObjectRef
@@ -155,11 +156,20 @@ class OMEROReader(Reader):
         return self._image
 
     def metadata(self) -> ImageMeta:
-        """The image's metadata (connecting to OMERO on first use)."""
+        """The image's metadata (connecting to OMERO on first use).
+
+        Refused for want of a session, the reader asks the ``omero_login_needed`` hook
+        (the GUI shows its Connect dialog) and tries once more when a plugin says so.
+        """
         if self._meta is None:
             mgr = session.manager()
             was_connected = mgr.connected
-            self._meta = runtime.run(self._reader().metadata)
+            try:
+                self._meta = runtime.run(self._reader().metadata)
+            except AuthError as exc:
+                if not session.login_needed(self.ref, exc):
+                    raise
+                self._meta = runtime.run(self._reader().metadata)
             if not was_connected:
                 session.after_connect(mgr)
         return self._meta

@@ -19,12 +19,14 @@ one dropped call while a worker logs in does not fail the run.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from cellprofiler_omero.core import session as core_session
 from cellprofiler_omero.core.config import Settings, load_settings, load_settings_with_origins
-from cellprofiler_omero.core.errors import ConfigError
+from cellprofiler_omero.core.errors import AuthError, ConfigError
+from cellprofiler_omero.core.hookspecs import hookimpl
+from cellprofiler_omero.core.refs import ObjectRef
 from cellprofiler_omero.core.roles import SessionInfo
 from cellprofiler_omero.core.session import SessionManager
 
@@ -68,10 +70,6 @@ READER_SETTINGS: list[tuple[str, str, str, type, Any]] = [
      + " Clear the field to hand the choice back to the environment and the settings file.",
      str, "ice"),
 ]
-
-#: Called with the session info when a token logs in and the message is wanted (GUI sets it).
-token_message_hook: Callable[[SessionInfo], None] | None = None
-
 
 def user_reader_settings() -> dict[str, Any]:
     """The OMERO reader settings the user set in CellProfiler (its dialog, or the
@@ -146,14 +144,38 @@ def reader_settings() -> list[tuple[str, str, str, type, Any]]:
             for key, label, text, kind, _ in READER_SETTINGS]
 
 
-def _on_token_login(info: SessionInfo) -> None:
-    if not reader_setting("show_token_message"):
-        return
-    if token_message_hook is not None:
-        token_message_hook(info)
-    else:
-        log.info("Connected to OMERO server %s as %s using a saved token.", info.server.host,
-                 info.user)
+def is_token_login(new: SessionInfo | None, reason: str) -> bool:
+    """Whether an ``omero_session_changed`` call is a login by saved token that the user
+    should hear about: a new connection (not a silent renewal) by token, with the
+    ``show_token_message`` setting on."""
+    return (new is not None and new.source == "token" and reason == "connect"
+            and bool(reader_setting("show_token_message")))
+
+
+class TokenMessageLog:
+    """The "connected by token" message where no window shows it: one log line.
+
+    Registered with every session manager this module makes; the GUI registers its own
+    observer, which shows the message in a window as well.
+    """
+
+    @hookimpl
+    def omero_session_changed(self, old: SessionInfo | None, new: SessionInfo | None,
+                              reason: str) -> None:
+        if new is not None and is_token_login(new, reason):
+            log.info("Connected to OMERO server %s as %s using a saved token.",
+                     new.server.host, new.user)
+
+
+#: The plugin name of ``TokenMessageLog`` in the session manager's registry.
+TOKEN_MESSAGE_PLUGIN = "cellprofiler-omero-token-message"
+
+
+def login_needed(image: ObjectRef, error: AuthError) -> bool:
+    """Ask the registered plugins (``omero_login_needed``) whether reading ``image``
+    may be tried again after ``error``; False when no plugin answers (headless)."""
+    answer = manager().registry.hook.omero_login_needed(image=image, error=error)
+    return bool(answer)
 
 
 def manager() -> SessionManager:
@@ -166,7 +188,7 @@ def manager() -> SessionManager:
         log.info("OMERO read transports: %s (from %s)", ", ".join(chosen.transports.read),
                  origins.get("transports.read", "the default"))
         current = SessionManager(chosen)
-        current.on_token_login = _on_token_login
+        current.registry.register(TokenMessageLog(), TOKEN_MESSAGE_PLUGIN)
         core_session.set_manager(current)
         from cellprofiler_omero.core import runtime
 

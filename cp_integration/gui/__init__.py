@@ -6,9 +6,10 @@ does the wiring, and only in a process that shows CellProfiler's window:
 
 * the Plugins menu entries *Connect to OMERO*, *Connect to OMERO (no token)*,
   *Browse OMERO for images* and *Disconnect from OMERO*;
-* the "connected by token" message (``cp_integration.session.token_message_hook``);
+* the "connected by token" message (from the ``omero_session_changed`` hook);
 * the Connect dialog opening by itself when a pipeline needs OMERO and no session
-  exists (before a run, and when the reader is refused for want of a login);
+  exists (before a run, and when the reader is refused for want of a login: the
+  ``omero_login_needed`` hook);
 * the window title naming the connected server and user, the file list accepting
   dropped OMERO links, and the session ending when CellProfiler quits.
 

@@ -368,11 +368,6 @@ def show_token_message(info: SessionInfo) -> None:
         dialog.Destroy()
 
 
-def token_message_hook(info: SessionInfo) -> None:
-    """``cp_integration.session.token_message_hook``: called on the event loop, so post it."""
-    bridge.after(show_token_message, info)
-
-
 # -- flows ---------------------------------------------------------------------------------------
 
 def open_dialog(host: str | None = None, port: int | None = None, *, notice: str = "",

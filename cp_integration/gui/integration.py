@@ -65,8 +65,6 @@ def install() -> None:
     for key, label, tooltip in MENU:
         menu_ids[key] = wx.NewIdRef()
         PLUGIN_MENU_ENTRIES.append((callbacks[key], menu_ids[key], label, tooltip))
-    session.token_message_hook = connect.token_message_hook
-    _install_reader_login()
     _install_prepare_run()
     _observe()
     if wx.GetApp() is not None:
@@ -188,13 +186,29 @@ def end_session(reason: str) -> None:
     connect.unpublish()
 
 
-class _Observer:
-    """Follows the session manager's changes (they arrive on the event loop's thread)."""
+class GuiPlugin:
+    """The GUI's part in the session manager's plugin registry.
+
+    Follows session changes (title, browser, the "connected by token" message) and
+    answers readers that need a login with the Connect dialog.
+    """
 
     @hookimpl
     def omero_session_changed(self, old: SessionInfo | None, new: SessionInfo | None,
                               reason: str) -> None:
+        # On the event loop's thread: everything that touches a window is posted.
         bridge.after(_session_changed, old, new)
+        if new is not None and session.is_token_login(new, reason):
+            bridge.after(connect.show_token_message, new)
+
+    @hookimpl
+    def omero_login_needed(self, image: refs.ObjectRef, error: AuthError) -> bool | None:
+        # On the reader's thread (a worker thread or the GUI thread), never the loop's.
+        return login_for(image, error)
+
+
+#: The name ``GuiPlugin`` is registered under.
+PLUGIN_NAME = "cellprofiler-omero-gui"
 
 
 def _session_changed(old: SessionInfo | None, new: SessionInfo | None) -> None:
@@ -211,9 +225,8 @@ def _observe() -> None:
     except Exception as exc:  # e.g. a broken settings file: the menu says so when used
         log.warning("cellprofiler-omero: cannot follow the OMERO session: %s", exc)
         return
-    name = "cellprofiler-omero-gui"
-    if registry.pm.get_plugin(name) is None:
-        registry.register(_Observer(), name)
+    if registry.pm.get_plugin(PLUGIN_NAME) is None:
+        registry.register(GuiPlugin(), PLUGIN_NAME)
 
 
 # -- logging in when a pipeline needs it -------------------------------------------------------
@@ -247,33 +260,6 @@ def login_for(ref: refs.ObjectRef, error: AuthError) -> bool:
     finally:
         if not on_main:
             _login_lock.release()
-
-
-def _install_reader_login() -> None:
-    """Retry a reader once after the user logs in, when it was refused for want of a login.
-
-    The reader connects lazily from any thread; in the GUI process an ``AuthError`` (no
-    session, or one that lapsed and could not be renewed) opens the Connect dialog on
-    the GUI thread instead of failing the image.
-    """
-    from cellprofiler_omero.cp_integration import reader as reader_module
-
-    cls = reader_module.OMEROReader
-    original: Callable[..., Any] = cls.metadata
-    if getattr(original, "_cellprofiler_omero_gui", False):
-        return
-
-    @functools.wraps(original)
-    def metadata(self: Any) -> Any:
-        try:
-            return original(self)
-        except AuthError as exc:
-            if not login_for(self.ref, exc):
-                raise
-            return original(self)
-
-    metadata._cellprofiler_omero_gui = True  # type: ignore[attr-defined]
-    cls.metadata = metadata  # type: ignore[method-assign]
 
 
 def omero_host_needed(pipeline: Any) -> tuple[bool, str | None]:
