@@ -354,6 +354,19 @@ class Page:
         return self.offset + len(self.items) < self.total
 
 
+@dataclass(frozen=True)
+class Group:
+    """One of the user's groups, as a browser shows it at the top of the tree."""
+
+    id: int
+    name: str
+    #: How many containers the user owns at the group's top level (what
+    #: ``Connection.group_children`` pages through).
+    child_count: int
+    #: True for the group the session is in now.
+    current: bool = False
+
+
 def planes_of(size_z: int, size_c: int, size_t: int) -> Sequence[tuple[int, int, int]]:
     """Every (z, c, t) of an image in OMERO's XYZCT order."""
     return [(z, c, t) for t in range(size_t) for c in range(size_c) for z in range(size_z)]

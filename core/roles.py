@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from cellprofiler_omero.core.model import (
+    Group,
     ImageMeta,
     NewImage,
     Node,
@@ -96,6 +97,22 @@ class Connection(Protocol):
 
     async def children(self, ref: ObjectRef | None, offset: int, limit: int) -> Page:
         """One page of ``ref``'s children; ``None`` lists the user's top-level containers."""
+
+    async def groups(self) -> list[Group]:
+        """The user's groups to browse, the current one first, then by name.
+
+        The server's built-in groups (system, user, guest) are left out. A transport
+        whose server has no groups to show answers ``[]``: browsers then show
+        ``children(None)`` instead.
+        """
+
+    async def group_children(self, group_id: int, offset: int, limit: int) -> Page:
+        """One page of what the user owns at the top of a group, in the order shown:
+        Projects, Datasets in no Project, Screens, Plates in no Screen (each by name)."""
+
+    async def thumbnails(self, image_ids: Sequence[int], size: int) -> dict[int, bytes]:
+        """JPEG thumbnails by image id, longest side ``size`` pixels, of images in any of
+        the user's groups; images without one (or unknown ids) are left out."""
 
     async def can_write(self, kind: str, object_id: int) -> bool:
         """Whether the current user may link new objects to this one."""

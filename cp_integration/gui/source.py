@@ -1,10 +1,10 @@
 """What the OMERO browser shows, fetched page by page: no wx here, so it is testable headless.
 
 The tree is the user's groups ▸ Projects ▸ Datasets ▸ Images and groups ▸ Screens ▸
-Plates ▸ Wells ▸ fields. Below a group, the core's transport-neutral
-``Connection.children`` answers every level; the group level itself (and thumbnails)
-need OMERO's own services, reached through the Ice transport's session. With another
-transport the browser shows one "My data" node whose children are
+Plates ▸ Wells ▸ fields. Every level comes from the connection's role
+(``core.roles.Connection``: ``groups``, ``group_children``, ``children``,
+``thumbnails``) through ``SessionManager.call``, so a lapsed session is renewed as for
+reads. A connection that shows no groups gets one "My data" node whose children are
 ``children(None)`` (the user's Projects and Screens).
 
 Every listing is a ``Page``: the browser asks for ``PAGE_SIZE`` children at a time and
@@ -13,17 +13,16 @@ shows a "load more…" entry while ``Page.has_more``, so a 1536-well plate is ne
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cellprofiler_omero.core import refs
 from cellprofiler_omero.core.errors import NoTransport, OmeroError
 from cellprofiler_omero.core.model import Node, Page
 from cellprofiler_omero.core.refs import Kind, ObjectRef
+from cellprofiler_omero.core.roles import Connection
 from cellprofiler_omero.core.session import SessionManager
 
 #: Children fetched per request; the environment variable exists for tests and huge screens.
@@ -33,19 +32,6 @@ THUMBNAIL_SIZE = 96
 
 GROUP = "Group"
 MY_DATA = "MyData"
-# OMERO's built-in groups (by name, for servers that do not answer getSecurityRoles).
-_SYSTEM_GROUPS = {"system", "user", "guest"}
-
-# What a group holds, in the order shown: (kind, count query, page query). Datasets and
-# Plates that sit in a Project or Screen are shown there, not at the top.
-_GROUP_LEVEL: tuple[tuple[str, str, str, str], ...] = (
-    ("Project", "Project p", "", "ProjectDatasetLink"),
-    ("Dataset", "Dataset p", " and not exists (select l from ProjectDatasetLink l "
-                             "where l.child = p)", "DatasetImageLink"),
-    ("Screen", "Screen p", "", "ScreenPlateLink"),
-    ("Plate", "Plate p", " and not exists (select l from ScreenPlateLink l where l.child = p)",
-     ""),
-)
 
 
 @dataclass(frozen=True)
@@ -107,162 +93,53 @@ def details(node: Node) -> list[tuple[str, str]]:
 
 
 class BrowseSource:
-    """Async listings for the browser, through the process's session manager."""
+    """Async listings for the browser, through the process's session manager.
+
+    Every request goes through ``SessionManager.call`` and the connection's role
+    (``core.roles.Connection``) only: a lapsed session is renewed and a dropped call
+    retried, for group listings and thumbnails as for reads.
+    """
 
     def __init__(self, manager: SessionManager) -> None:
         self.manager = manager
 
-    async def _conn(self) -> Any:
+    async def _conn(self) -> Connection:
         return await self.manager.connection()
-
-    @staticmethod
-    def _ice(conn: Any) -> Any | None:
-        return conn if getattr(conn, "transport", None) == "ice" and hasattr(conn, "sf") \
-            else None
 
     # -- listing --------------------------------------------------------------------------
 
     async def roots(self) -> list[Entry]:
-        """The user's groups (current group first), or one "My data" node without Ice."""
-        conn = await self._conn()
-        ice = self._ice(conn)
-        if ice is None:
+        """The user's groups (current group first), or one "My data" node when the
+        connection shows no groups."""
+        groups = await self.manager.call(lambda c: c.groups(), what="listing your groups")
+        if not groups:
+            conn = await self._conn()
             return [Entry(Node(MY_DATA, 0, f"My data on {conn.info.server.host}"))]
-        return list(await ice.call(self._groups, ice, what="listing your groups"))
-
-    @staticmethod
-    def _groups(ice: Any) -> list[Entry]:
-        from omero.rtypes import unwrap
-
-        from cellprofiler_omero.transports.ice.connection import ALL_GROUPS, params
-
-        sf = ice.sf
-        ec = sf.getAdminService().getEventContext()
-        hidden: set[int] = set()
-        try:
-            roles = sf.getAdminService().getSecurityRoles()
-            hidden = {int(roles.systemGroupId), int(roles.userGroupId), int(roles.guestGroupId)}
-        except Exception:  # servers (or emulators) without roles: hide the built-ins by name
-            hidden = set()
-        ids = [int(g) for g in ec.memberOfGroups]
-        rows = sf.getQueryService().projection(
-            "select g.id, g.name from ExperimenterGroup g where g.id in (:ids) "
-            "order by lower(g.name)", params(ids=ids), ALL_GROUPS)
-        current = int(ec.groupId)
-        uid = int(ec.userId)
-        out: list[Entry] = []
-        for row in rows:
-            gid, name = int(unwrap(row[0])), str(unwrap(row[1]))
-            if gid in hidden or name in _SYSTEM_GROUPS:
-                continue
-            count = sum(BrowseSource._count(ice, kind_from, extra, uid, gid)
-                        for _, kind_from, extra, _ in _GROUP_LEVEL)
-            out.append(Entry(Node(GROUP, gid, name, count), gid))
-        out.sort(key=lambda e: (e.node.id != current, e.node.name.lower()))
-        return out
-
-    @staticmethod
-    def _count(ice: Any, kind_from: str, extra: str, uid: int, gid: int) -> int:
-        from omero.rtypes import unwrap
-
-        from cellprofiler_omero.transports.ice.connection import ALL_GROUPS, params
-
-        rows = ice.sf.getQueryService().projection(
-            f"select count(p) from {kind_from} where p.details.owner.id = :uid and "
-            f"p.details.group.id = :gid{extra}", params(uid=uid, gid=gid), ALL_GROUPS)
-        return int(unwrap(rows[0][0])) if rows else 0
+        return [Entry(Node(GROUP, g.id, g.name, g.child_count), g.id) for g in groups]
 
     async def children(self, entry: Entry, offset: int, limit: int = 0) -> Page:
         """One page of ``entry``'s children (``limit`` 0: ``PAGE_SIZE``)."""
         limit = limit or PAGE_SIZE
-        conn = await self._conn()
         if entry.node.kind == GROUP:
-            ice = self._ice(conn)
-            assert ice is not None
-            page: Page = await ice.call(self._group_children, ice, entry.node.id, offset,
-                                        limit, what=f"listing group {entry.node.name}")
-            return page
+            gid = entry.node.id
+            return await self.manager.call(lambda c: c.group_children(gid, offset, limit),
+                                           what=f"listing group {entry.node.name}")
         if entry.node.kind == MY_DATA:
             return await self.manager.call(lambda c: c.children(None, offset, limit))
         ref = entry.ref
         assert ref is not None
-        return await self.manager.call(lambda c: c.children(ref, offset, limit))
-
-    @staticmethod
-    def _group_children(ice: Any, gid: int, offset: int, limit: int) -> Page:
-        from omero.rtypes import unwrap
-
-        from cellprofiler_omero.transports.ice.connection import ALL_GROUPS, params
-
-        query = ice.sf.getQueryService()
-        uid = ice.info.user_id
-        items: list[Node] = []
-        total = 0
-        for kind, kind_from, extra, link in _GROUP_LEVEL:
-            count = BrowseSource._count(ice, kind_from, extra, uid, gid)
-            # This kind holds the overall rows [total, total + count); take the part of
-            # the requested rows [offset, offset + limit) that falls in it.
-            start, end = max(0, offset - total), min(count, offset + limit - total)
-            total += count
-            if end <= start:
-                continue
-            p = params(uid=uid, gid=gid)
-            p.page(start, end - start)
-            for obj in query.findAllByQuery(
-                    f"select p from {kind_from} where p.details.owner.id = :uid and "
-                    f"p.details.group.id = :gid{extra} order by lower(p.name), p.id", p,
-                    ALL_GROUPS):
-                oid = int(unwrap(obj.getId()))
-                if kind == "Plate":
-                    n_rows = query.projection("select count(w) from Well w where "
-                                              "w.plate.id = :id", params(id=oid), ALL_GROUPS)
-                else:
-                    n_rows = query.projection(f"select count(l) from {link} l where "
-                                              "l.parent.id = :id", params(id=oid), ALL_GROUPS)
-                n = int(unwrap(n_rows[0][0])) if n_rows else 0
-                items.append(Node(kind, oid, str(unwrap(obj.getName())), n))
-        return Page(tuple(items), offset, total)
+        return await self.manager.call(lambda c: c.children(ref, offset, limit), ref)
 
     # -- thumbnails -----------------------------------------------------------------------
 
     async def thumbnails(self, image_ids: Sequence[int], size: int = THUMBNAIL_SIZE
                          ) -> dict[int, bytes]:
-        """JPEG thumbnails by image id (missing ones are left out; ``{}`` without Ice)."""
+        """JPEG thumbnails by image id (images without one are left out)."""
         if not image_ids:
             return {}
-        conn = await self._conn()
-        ice = self._ice(conn)
-        if ice is None:
-            return {}
-        result: dict[int, bytes] = await ice.call(self._thumbnails, ice, list(image_ids),
-                                                  size, what="loading thumbnails")
-        return result
-
-    @staticmethod
-    def _thumbnails(ice: Any, image_ids: list[int], size: int) -> dict[int, bytes]:
-        from omero.rtypes import rint, unwrap
-
-        from cellprofiler_omero.transports.ice.connection import ALL_GROUPS, params
-
-        sf = ice.sf
-        # The ThumbnailStore works on Pixels ids, which on a real server differ from
-        # image ids.
-        rows = sf.getQueryService().projection(
-            "select p.id, p.image.id from Pixels p where p.image.id in (:ids)",
-            params(ids=image_ids), ALL_GROUPS)
-        by_pixels = {int(unwrap(r[0])): int(unwrap(r[1])) for r in rows}
-        if not by_pixels:
-            return {}
-        store = sf.createThumbnailStore()
-        try:
-            # Thumbnails of images from several groups need the all-groups context.
-            found = store.getThumbnailByLongestSideSet(rint(size), list(by_pixels),
-                                                       ALL_GROUPS)
-        finally:
-            with contextlib.suppress(Exception):  # a failed close must not lose thumbnails
-                store.close()
-        return {by_pixels[int(pid)]: bytes(data) for pid, data in found.items()
-                if int(pid) in by_pixels and data}
+        ids = list(image_ids)
+        return await self.manager.call(lambda c: c.thumbnails(ids, size),
+                                       what="loading thumbnails")
 
     # -- file list ------------------------------------------------------------------------
 
@@ -289,11 +166,7 @@ class BrowseSource:
         return list(dict.fromkeys(out))
 
     async def _images_in(self, ref: ObjectRef) -> list[ObjectRef]:
-        async def images(conn: Any) -> list[ObjectRef]:
-            result: list[ObjectRef] = await conn.images_in(ref)
-            return result
-
-        return await self.manager.call(images)
+        return await self.manager.call(lambda c: c.images_in(ref), ref)
 
 
 def error_text(exc: BaseException) -> str:

@@ -6,7 +6,7 @@ installed package would be, and proves a plugin can serve without changes to cor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from cellprofiler_omero.core.errors import AuthError, NotFound, TransportUnavail
 from cellprofiler_omero.core.hookspecs import hookimpl
 from cellprofiler_omero.core.model import (
     Channel,
+    Group,
     ImageMeta,
     Node,
     Page,
@@ -58,6 +59,15 @@ class MemoryConnection:
 
     async def children(self, ref: ObjectRef | None, offset: int, limit: int) -> Page:
         return Page((Node("Image", 1, "mem1"),), 0, 1)
+
+    async def groups(self) -> list[Group]:
+        return []  # no groups: a browser shows children(None)
+
+    async def group_children(self, group_id: int, offset: int, limit: int) -> Page:
+        return Page((), offset, 0)
+
+    async def thumbnails(self, image_ids: Sequence[int], size: int) -> dict[int, bytes]:
+        return {}
 
     async def can_write(self, kind: str, object_id: int) -> bool:
         return False

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -18,12 +19,13 @@ import omero
 import omero.clients
 import omero.sys
 from omero.model.enums import UnitsLength
-from omero.rtypes import unwrap
+from omero.rtypes import rint, unwrap
 
 from cellprofiler_omero.core.config import Settings
 from cellprofiler_omero.core.errors import AuthError, CannotReachServer, NotFound
 from cellprofiler_omero.core.model import (
     Channel,
+    Group,
     ImageMeta,
     Node,
     Page,
@@ -389,95 +391,96 @@ class IceConnection:
         p.page(offset, limit)
         return list(self._query().findAllByQuery(hql, p, ALL_GROUPS))
 
-    def _image_node(self, image: Any, name: str | None = None) -> Node:
-        px = image.getPrimaryPixels()
-        size = tuple(unwrap(getattr(px, f"getSize{a}")()) for a in "XYZCT")
-        return Node("Image", unwrap(image.getId()), name or unwrap(image.getName()),
-                    None, size, unwrap(px.getPixelsType().getValue()))
+    def _listing(self, kinds: Sequence[_Rows], offset: int, limit: int, **values: Any
+                 ) -> Page:
+        """Rows ``[offset, offset + limit)`` of a listing that shows ``kinds`` one after
+        the other: every listing of the browser and of ``ls`` is this one query pair
+        (count, then page) per kind."""
+        items: list[Node] = []
+        total = 0
+        for kind in kinds:
+            count = self._count(kind.count, **values)
+            # This kind holds the listing's rows [total, total + count); fetch the part
+            # of the requested rows that falls in it.
+            start, end = max(0, offset - total), min(count, offset + limit - total)
+            if end > start:
+                for n, row in enumerate(self._page(kind.page, start, end - start, **values)):
+                    items.append(kind.node(self, row, total + start + n))
+            total += count
+        return Page(tuple(items), offset, total)
 
     def _children(self, ref: ObjectRef | None, offset: int, limit: int) -> Page:
-        uid = self._info.user_id
         if ref is None:
-            n_projects = self._count("select count(p) from Project p where "
-                                     "p.details.owner.id = :uid", uid=uid)
-            n_screens = self._count("select count(s) from Screen s where "
-                                    "s.details.owner.id = :uid", uid=uid)
-            items: list[Node] = []
-            if offset < n_projects:
-                for p in self._page("select p from Project p where p.details.owner.id = :uid "
-                                    "order by lower(p.name), p.id", offset, limit, uid=uid):
-                    pid = unwrap(p.getId())
-                    items.append(Node("Project", pid, unwrap(p.getName()), self._count(
-                        "select count(l) from ProjectDatasetLink l where l.parent.id = :id",
-                        id=pid)))
-            rest = limit - len(items)
-            if rest > 0:
-                for s in self._page("select s from Screen s where s.details.owner.id = :uid "
-                                    "order by lower(s.name), s.id",
-                                    max(0, offset - n_projects), rest, uid=uid):
-                    sid = unwrap(s.getId())
-                    items.append(Node("Screen", sid, unwrap(s.getName()), self._count(
-                        "select count(l) from ScreenPlateLink l where l.parent.id = :id",
-                        id=sid)))
-            return Page(tuple(items), offset, n_projects + n_screens)
+            return self._listing(_TOP_LEVEL, offset, limit, uid=self._info.user_id)
         self._exists(ref.kind, ref.id)
-        oid = ref.id
-        if ref.kind is Kind.PROJECT:
-            total = self._count("select count(l) from ProjectDatasetLink l where "
-                                "l.parent.id = :id", id=oid)
-            nodes = []
-            for ds in self._page("select d from Dataset d join d.projectLinks l where "
-                                 "l.parent.id = :id order by lower(d.name), d.id",
-                                 offset, limit, id=oid):
-                did = unwrap(ds.getId())
-                nodes.append(Node("Dataset", did, unwrap(ds.getName()), self._count(
-                    "select count(l) from DatasetImageLink l where l.parent.id = :id",
-                    id=did)))
-            return Page(tuple(nodes), offset, total)
-        if ref.kind is Kind.DATASET:
-            total = self._count("select count(l) from DatasetImageLink l where "
-                                "l.parent.id = :id", id=oid)
-            images = self._page("select i from Image i join fetch i.pixels p join fetch "
-                                "p.pixelsType join i.datasetLinks l where l.parent.id = :id "
-                                "order by lower(i.name), i.id", offset, limit, id=oid)
-            return Page(tuple(self._image_node(i) for i in images), offset, total)
-        if ref.kind is Kind.SCREEN:
-            total = self._count("select count(l) from ScreenPlateLink l where "
-                                "l.parent.id = :id", id=oid)
-            nodes = []
-            for pl in self._page("select p from Plate p join p.screenLinks l where "
-                                 "l.parent.id = :id order by lower(p.name), p.id",
-                                 offset, limit, id=oid):
-                plid = unwrap(pl.getId())
-                nodes.append(Node("Plate", plid, unwrap(pl.getName()), self._count(
-                    "select count(w) from Well w where w.plate.id = :id", id=plid)))
-            return Page(tuple(nodes), offset, total)
-        if ref.kind is Kind.PLATE:
-            total = self._count("select count(w) from Well w where w.plate.id = :id", id=oid)
-            nodes = []
-            for well in self._page("select w from Well w where w.plate.id = :id "
-                                   "order by w.row, w.column", offset, limit, id=oid):
-                wid = unwrap(well.getId())
-                pos = PlatePosition(oid, "", wid, unwrap(well.getRow()),
-                                    unwrap(well.getColumn()), 0)
-                # A well without row or column has no label: name it by its id.
-                nodes.append(Node("Well", wid, pos.well_name or f"Well {wid}", self._count(
-                    "select count(ws) from WellSample ws where ws.well.id = :id", id=wid),
-                    extra={k: v for k, v in (("row", pos.row), ("column", pos.column))
-                           if v is not None}))
-            return Page(tuple(nodes), offset, total)
-        if ref.kind is Kind.WELL:
-            total = self._count("select count(ws) from WellSample ws where ws.well.id = :id",
-                                id=oid)
-            samples = self._page("select ws from WellSample ws join fetch ws.image i join "
-                                 "fetch i.pixels p join fetch p.pixelsType where "
-                                 "ws.well.id = :id order by ws.id", offset, limit, id=oid)
-            return Page(tuple(self._image_node(ws.getImage(), f"Field {offset + n + 1}: "
-                                               f"{unwrap(ws.getImage().getName())}")
-                              for n, ws in enumerate(samples)), offset, total)
         if ref.kind is Kind.IMAGE:
             return Page((), offset, 0)
-        raise NotFound(f"Cannot list the children of {ref}.")
+        kinds = _CHILDREN.get(ref.kind)
+        if kinds is None:
+            raise NotFound(f"Cannot list the children of {ref}.")
+        return self._listing(kinds, offset, limit, id=ref.id)
+
+    # -- groups and thumbnails (the GUI browser) --------------------------------------------
+
+    async def groups(self) -> list[Group]:
+        return await self.call(self._groups, what="listing your groups")
+
+    def _groups(self) -> list[Group]:
+        admin = self.sf.getAdminService()
+        ec = admin.getEventContext()
+        # Every user may read the security roles (the built-in groups' ids).
+        roles = admin.getSecurityRoles()
+        builtin = {int(roles.systemGroupId), int(roles.userGroupId), int(roles.guestGroupId)}
+        ids = [int(g) for g in ec.memberOfGroups if int(g) not in builtin]
+        if not ids:
+            return []
+        rows = self._query().projection(
+            "select g.id, g.name from ExperimenterGroup g where g.id in (:ids)",
+            params(ids=ids), ALL_GROUPS)
+        uid, current = int(ec.userId), int(ec.groupId)
+        out = []
+        for row in rows:
+            gid = int(unwrap(row[0]))
+            count = sum(self._count(kind.count, uid=uid, gid=gid) for kind in _GROUP_LEVEL)
+            out.append(Group(gid, str(unwrap(row[1])), count, gid == current))
+        out.sort(key=lambda g: (not g.current, g.name.lower(), g.id))
+        return out
+
+    async def group_children(self, group_id: int, offset: int, limit: int) -> Page:
+        return await self.call(self._group_children, group_id, offset, limit,
+                               what=f"listing group {group_id}")
+
+    def _group_children(self, group_id: int, offset: int, limit: int) -> Page:
+        return self._listing(_GROUP_LEVEL, offset, limit, uid=self._info.user_id,
+                             gid=group_id)
+
+    async def thumbnails(self, image_ids: Sequence[int], size: int) -> dict[int, bytes]:
+        if not image_ids:
+            return {}
+        return await self.call(self._thumbnails, list(image_ids), size,
+                               what="loading thumbnails")
+
+    def _thumbnails(self, image_ids: list[int], size: int) -> dict[int, bytes]:
+        # The ThumbnailStore works on Pixels ids, which on a real server differ from
+        # image ids.
+        rows = self._query().projection(
+            "select p.id, p.image.id from Pixels p where p.image.id in (:ids)",
+            params(ids=image_ids), ALL_GROUPS)
+        by_pixels = {int(unwrap(r[0])): int(unwrap(r[1])) for r in rows}
+        if not by_pixels:
+            return {}
+        store = self.sf.createThumbnailStore()
+        try:
+            # Thumbnails of images from several groups need the all-groups context.
+            found = store.getThumbnailByLongestSideSet(rint(size), list(by_pixels),
+                                                       ALL_GROUPS)
+        finally:
+            try:
+                store.close()
+            except (Ice.Exception, omero.ServerError) as exc:  # keep the thumbnails
+                log.debug("closing the thumbnail store failed: %s", type(exc).__name__)
+        return {by_pixels[int(pid)]: bytes(data) for pid, data in found.items()
+                if int(pid) in by_pixels and data}
 
     # -- permissions and tokens -----------------------------------------------------------
 
@@ -508,6 +511,110 @@ class IceConnection:
             return str(unwrap(session.getUuid()))
 
         return await self.call(run, what="creating a session for a token")
+
+
+# -- listings: what ``children``, ``group_children`` and ``groups`` count and page ----------
+
+@dataclass(frozen=True)
+class _Rows:
+    """One kind of row in a listing: ``count`` gives how many, ``page`` the rows in the
+    order shown (both with the listing's parameters), ``node`` makes the entry of a row
+    given its position in the whole listing."""
+
+    count: str
+    page: str
+    node: Callable[[IceConnection, Any, int], Node]
+
+
+#: How many children one container has (``:id`` is the container), by its kind: both a
+#: listing's total and each listed container's ``child_count``.
+_CHILD_COUNT: dict[str, str] = {
+    "Project": "select count(l) from ProjectDatasetLink l where l.parent.id = :id",
+    "Dataset": "select count(l) from DatasetImageLink l where l.parent.id = :id",
+    "Screen": "select count(l) from ScreenPlateLink l where l.parent.id = :id",
+    "Plate": "select count(w) from Well w where w.plate.id = :id",
+    "Well": "select count(ws) from WellSample ws where ws.well.id = :id",
+}
+
+
+def _container(kind: str) -> Callable[[IceConnection, Any, int], Node]:
+    """The entry of a Project, Dataset, Screen or Plate row, with its child count."""
+    def node(conn: IceConnection, obj: Any, _position: int) -> Node:
+        oid = int(unwrap(obj.getId()))
+        return Node(kind, oid, str(unwrap(obj.getName())),
+                    conn._count(_CHILD_COUNT[kind], id=oid))
+
+    return node
+
+
+def _image_node(image: Any, name: str | None = None) -> Node:
+    px = image.getPrimaryPixels()
+    size = tuple(unwrap(getattr(px, f"getSize{a}")()) for a in "XYZCT")
+    return Node("Image", unwrap(image.getId()), name or unwrap(image.getName()),
+                None, size, unwrap(px.getPixelsType().getValue()))
+
+
+def _well_node(conn: IceConnection, well: Any, _position: int) -> Node:
+    wid = int(unwrap(well.getId()))
+    pos = PlatePosition(0, "", wid, unwrap(well.getRow()), unwrap(well.getColumn()), 0)
+    # A well without row or column has no label: name it by its id.
+    return Node("Well", wid, pos.well_name or f"Well {wid}",
+                conn._count(_CHILD_COUNT["Well"], id=wid),
+                extra={k: v for k, v in (("row", pos.row), ("column", pos.column))
+                       if v is not None})
+
+
+def _field_node(conn: IceConnection, sample: Any, position: int) -> Node:
+    image = sample.getImage()
+    return _image_node(image, f"Field {position + 1}: {unwrap(image.getName())}")
+
+
+def _owned(kind: str, where: str = "") -> _Rows:
+    """What the user (``:uid``) owns of ``kind``; ``where`` narrows it (``o`` is the row)."""
+    condition = f"o.details.owner.id = :uid{where}"
+    return _Rows(f"select count(o) from {kind} o where {condition}",
+                 f"select o from {kind} o where {condition} order by lower(o.name), o.id",
+                 _container(kind))
+
+
+#: ``children(None)``: the user's Projects, then Screens, in every group.
+_TOP_LEVEL = (_owned("Project"), _owned("Screen"))
+
+#: A group's top level (``:gid``): Projects, Datasets in no Project, Screens, Plates in
+#: no Screen; a Dataset or Plate that has a parent is shown there.
+_IN_GROUP = " and o.details.group.id = :gid"
+_GROUP_LEVEL = (
+    _owned("Project", _IN_GROUP),
+    _owned("Dataset", _IN_GROUP + " and not exists (select l from ProjectDatasetLink l "
+                                  "where l.child = o)"),
+    _owned("Screen", _IN_GROUP),
+    _owned("Plate", _IN_GROUP + " and not exists (select l from ScreenPlateLink l "
+                                "where l.child = o)"),
+)
+
+#: What each kind of container holds, by kind (``:id`` is the container).
+_CHILDREN: dict[Kind, tuple[_Rows, ...]] = {
+    Kind.PROJECT: (_Rows(_CHILD_COUNT["Project"],
+                         "select d from Dataset d join d.projectLinks l where "
+                         "l.parent.id = :id order by lower(d.name), d.id",
+                         _container("Dataset")),),
+    Kind.DATASET: (_Rows(_CHILD_COUNT["Dataset"],
+                         "select i from Image i join fetch i.pixels p join fetch "
+                         "p.pixelsType join i.datasetLinks l where l.parent.id = :id "
+                         "order by lower(i.name), i.id",
+                         lambda conn, image, _position: _image_node(image)),),
+    Kind.SCREEN: (_Rows(_CHILD_COUNT["Screen"],
+                        "select p from Plate p join p.screenLinks l where "
+                        "l.parent.id = :id order by lower(p.name), p.id",
+                        _container("Plate")),),
+    Kind.PLATE: (_Rows(_CHILD_COUNT["Plate"],
+                       "select w from Well w where w.plate.id = :id order by w.row, w.column",
+                       _well_node),),
+    Kind.WELL: (_Rows(_CHILD_COUNT["Well"],
+                      "select ws from WellSample ws join fetch ws.image i join fetch "
+                      "i.pixels p join fetch p.pixelsType where ws.well.id = :id "
+                      "order by ws.id", _field_node),),
+}
 
 
 class _Services:
