@@ -81,12 +81,18 @@ def _blitz_thumbnails(blitz: Any, image_ids: list[int], size: int) -> dict[int, 
 # -- browsing through the role -------------------------------------------------------------
 
 def test_browser_data_source_imports_without_wx() -> None:
+    import subprocess
     import sys
 
-    from cellprofiler_omero.cp_integration.gui import source
-
-    assert source.BrowseSource is not None
-    assert "wx" not in sys.modules
+    # ``None`` in sys.modules makes any ``import wx`` fail, even where wx is installed.
+    code = ("import sys\nsys.modules['wx'] = None\n"
+            "from cellprofiler_omero.cp_integration.gui.source import BrowseSource\n"
+            "print(sorted(m for m, mod in sys.modules.items() if mod is not None\n"
+            "             and m.startswith(('wx', 'omero', 'Ice'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"  # nor the Ice transport: only the role
 
 
 def test_group_listing_renews_a_lapsed_session_and_matches_blitzgateway(
