@@ -84,6 +84,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from cellprofiler_omero.commands import auth, browse, urls
+    from cellprofiler_omero.commands import run as run_commands
 
     parser = Parser(
         prog="cellprofiler-omero",
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_parsers(sub)
     browse.add_parsers(sub)
     urls.add_parsers(sub)
+    run_commands.add_parsers(sub)
 
     from cellprofiler_omero.emulator.runner import add_arguments
 

@@ -1,0 +1,572 @@
+"""Run a CellProfiler pipeline over OMERO images on a Dask cluster.
+
+The driver (this process) builds the image sets with CellProfiler's own machinery
+(``Pipeline.prepare_run``: NamesAndTypes, Metadata, Groups or LoadData), which also
+creates the run's OMERO.tables once and records their file ids as experiment
+measurements. Image sets are cut into batches (a group is never split) and each batch
+is one Dask task. Nothing here schedules, queues or talks to workers itself: Dask does.
+
+On every worker process a ``WorkerPlugin`` prepares once: CellProfiler headless with
+this package's plugins, the pipeline loaded, the run's initial measurements, and the
+driver's OMERO session joined through a private (0600) hand-off file written inside
+the worker. The session key travels only inside the plugin's pickled state (Dask's
+own connection to the worker, the same channel that carries code a worker will run);
+it is never a task argument, a task key, a log line or a process argument.
+
+A batch runs the image sets in the worker's process like CellProfiler's analysis
+worker does (``prepare_group`` on a group's first image set, ``run_image_set`` each,
+``post_group`` on its last), then flushes ExportToOMEROTable's buffered rows and
+returns CellProfiler's measurements for the batch; the driver merges them into one
+HDF5 file (``--output``) and runs ``post_run``. Results are written exactly once
+because every write looks for itself first: table rows by their key columns
+(ImageNumber, ObjectNumber), uploads by their client key. A batch Dask re-runs
+(its worker died) skips what the first attempt wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import stat
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distributed import WorkerPlugin
+
+from cellprofiler_omero.core.errors import OmeroError
+from cellprofiler_omero.core.session import HANDOFF_ENV, SessionManager
+
+log = logging.getLogger(__name__)
+
+#: The WorkerPlugin's name prefix (one plugin per run; the run id follows).
+PLUGIN_PREFIX = "cellprofiler-omero-run-"
+MEASUREMENTS_FILE = "measurements.h5"
+
+
+class TooManyFailures(OmeroError):
+    """More image sets failed than ``--max-failures`` allows; the run was stopped."""
+
+    def __init__(self, message: str, *, failed: int, limit: int, hint: str | None = None
+                 ) -> None:
+        super().__init__(message, hint=hint)
+        self.failed = failed
+        self.limit = limit
+
+
+class RunFailed(OmeroError):
+    """The run could not be prepared or a batch failed as a whole (not one image set)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Image sets that run together in one task; ``group_start``/``group_end`` say
+    whether the batch begins/ends a group (whole groups only, or ungrouped image sets)."""
+
+    number: int
+    image_numbers: tuple[int, ...]
+    grouped: bool
+
+
+@dataclass
+class Failure:
+    """An image set that failed: where and the first line of its error."""
+
+    image_number: int
+    module: str
+    error: str
+
+
+@dataclass
+class RunReport:
+    """What a run did (the summary, ``--json``, and tests read it)."""
+
+    pipeline: str = ""
+    run_id: str = ""
+    image_sets: int = 0
+    done: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    batches: int = 0
+    workers: int = 0
+    dashboard: str | None = None
+    uploaded: int = 0
+    tables: list[tuple[str, int, int]] = field(default_factory=list)
+    output: str | None = None
+    phases: list[tuple[str, float]] = field(default_factory=list)
+    #: image number → the worker (address, pid) that ran it (groups stay on one worker).
+    ran_on: dict[int, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The end summary, like the demo's."""
+        state = "finished" if not self.failures else "finished with failures"
+        lines = ["", f"cellprofiler-omero run: {state}",
+                 f"  image sets           : {self.done} done, {len(self.failures)} failed, "
+                 f"of {self.image_sets} ({self.batches} batches on {self.workers} workers)"]
+        for failure in self.failures[:10]:
+            lines.append(f"    image set {failure.image_number} failed in {failure.module}: "
+                         f"{failure.error}")
+        if len(self.failures) > 10:
+            lines.append(f"    … and {len(self.failures) - 10} more (see --json)")
+        lines.append(f"  images uploaded      : {self.uploaded}")
+        for name, file_id, rows in self.tables:
+            lines.append(f"  table rows           : {rows:6d} in {name} (OriginalFile {file_id})")
+        if self.output:
+            lines.append(f"  measurements         : {self.output}")
+        if self.dashboard:
+            lines.append(f"  Dask dashboard       : {self.dashboard}")
+        lines.append("  time per phase       : "
+                     + ", ".join(f"{n} {s:.1f} s" for n, s in self.phases))
+        return "\n".join(lines)
+
+    def as_json(self) -> str:
+        """The report as JSON (for scripts)."""
+        data = asdict(self)
+        data["ran_on"] = {str(k): v for k, v in self.ran_on.items()}
+        return json.dumps(data, indent=2)
+
+
+# -- CellProfiler in this process -----------------------------------------------------------
+
+_cp_lock = threading.Lock()
+_cp_ready = False
+
+
+def setup_cellprofiler(output_dir: str | None = None) -> None:
+    """CellProfiler headless, with this package's plugins (the reader and both modules)."""
+    global _cp_ready
+    with _cp_lock:
+        import cellprofiler_core.preferences as preferences
+
+        preferences.set_headless()  # before any preference: headless needs no wx
+        if output_dir is not None:
+            preferences.set_default_output_directory(output_dir)
+        from cellprofiler_core.utilities.core import modules
+
+        if _cp_ready or "ExportToOMEROTable" in modules.all_modules:
+            _cp_ready = True  # already set up (by a notebook, or a test)
+            return
+        # mysqlclient is deliberately not installed (ExportToDatabase to MySQL only).
+        logging.getLogger("cellprofiler.modules.exporttodatabase").setLevel(logging.ERROR)
+        from cellprofiler_core.reader import activate_readers, fill_readers
+        from cellprofiler_core.utilities.core.modules import fill_modules
+        from cellprofiler_core.utilities.core.plugins import load_plugins
+
+        from cellprofiler_omero.cp_integration import plugins_dir
+
+        preferences.set_plugin_directory(str(plugins_dir()), globally=False)
+        # Readers first: fill_modules() also loads the plugins (our reader among them),
+        # and fill_readers() would clear every reader registered before it.
+        fill_readers(check_config=False)
+        fill_modules()
+        load_plugins()
+        activate_readers(check_config=False)
+        _cp_ready = True
+
+
+def load_pipeline(text: str) -> Any:
+    """A CellProfiler ``Pipeline`` from ``.cppipe`` text (errors raised, not skipped)."""
+    import io
+
+    from cellprofiler_core.pipeline import Pipeline
+
+    pipeline = Pipeline()
+    pipeline.loadtxt(io.StringIO(text), raise_on_error=True)
+    return pipeline
+
+
+# -- batches --------------------------------------------------------------------------------
+
+
+def make_batches(groups: Sequence[Sequence[int]], batch_size: int, *, grouped: bool
+                 ) -> list[Batch]:
+    """Whole groups packed into batches of about ``batch_size`` image sets (a group larger
+    than that is one batch of its own); ungrouped image sets are cut every ``batch_size``."""
+    batches: list[Batch] = []
+    current: list[int] = []
+    for group in groups:
+        if current and len(current) + len(group) > batch_size:
+            batches.append(Batch(len(batches) + 1, tuple(current), grouped))
+            current = []
+        current.extend(int(n) for n in group)
+        if not grouped:
+            while len(current) >= batch_size:
+                batches.append(Batch(len(batches) + 1, tuple(current[:batch_size]), grouped))
+                current = current[batch_size:]
+    if current:
+        batches.append(Batch(len(batches) + 1, tuple(current), grouped))
+    return batches
+
+
+# -- the worker side ------------------------------------------------------------------------
+
+
+class CellProfilerOmeroRun(WorkerPlugin):
+    """The run's Dask ``WorkerPlugin``: prepares each worker process once for one run."""
+
+    def __init__(self, run_id: str, pipeline_text: str, measurements: bytes,
+                 session_payload: str, environment: dict[str, str]) -> None:
+        self.name = PLUGIN_PREFIX + run_id
+        self.run_id = run_id
+        self.pipeline_text = pipeline_text
+        self.measurements = measurements
+        self._session_payload = session_payload
+        self.environment = environment
+        self.pipeline: Any = None
+        self.initial: Any = None
+        self.lock = threading.Lock()
+        self._handoff: str | None = None
+
+    def __repr__(self) -> str:  # never the session key (dashboards and logs show reprs)
+        return f"<cellprofiler-omero run {self.run_id}>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for key in ("pipeline", "initial", "lock", "_handoff"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.pipeline = None
+        self.initial = None
+        self.lock = threading.Lock()
+        self._handoff = None
+
+    def setup(self, worker: Any = None) -> None:
+        """Join the session (private file in this process), prepare CellProfiler."""
+        from cellprofiler_core.utilities.measurement import load_measurements_from_buffer
+
+        os.environ.update(self.environment)
+        fd, name = tempfile.mkstemp(prefix="cellprofiler-omero-", suffix=".session")
+        os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self._session_payload)
+        self._handoff = name
+        os.environ[HANDOFF_ENV] = name
+        setup_cellprofiler(tempfile.gettempdir())
+        self.pipeline = load_pipeline(self.pipeline_text)
+        self.pipeline.calculate_last_image_uses()
+        self.initial = load_measurements_from_buffer(self.measurements)
+        log.info("worker prepared for run %s (pid %d)", self.run_id, os.getpid())
+
+    def teardown(self, worker: Any = None) -> None:
+        """Detach from the session and remove the hand-off file."""
+        from cellprofiler_omero.core import runtime
+        from cellprofiler_omero.core import session as core_session
+
+        manager = core_session._manager
+        if manager is not None:
+            with contextlib.suppress(Exception):
+                runtime.run(manager.close)
+        if self._handoff is not None:
+            Path(self._handoff).unlink(missing_ok=True)
+            if os.environ.get(HANDOFF_ENV) == self._handoff:
+                del os.environ[HANDOFF_ENV]
+
+
+def worker_plugin(run_id: str, pipeline_text: str, measurements: bytes, session_payload: str,
+                  environment: dict[str, str]) -> CellProfilerOmeroRun:
+    """The ``distributed.WorkerPlugin`` that prepares each worker for run ``run_id``."""
+    return CellProfilerOmeroRun(run_id, pipeline_text, measurements, session_payload,
+                                environment)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def run_batch(run_id: str, image_numbers: Sequence[int], grouped: bool) -> dict[str, Any]:
+    """One batch on this worker (a Dask task): returns its measurements and outcomes."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    plugin = worker.plugins[PLUGIN_PREFIX + run_id]
+    with plugin.lock:  # one batch at a time: a CellProfiler pipeline is not thread-safe
+        return _run_batch(plugin, list(image_numbers), grouped,
+                          f"{worker.address} pid {os.getpid()}")
+
+
+def _run_batch(plugin: CellProfilerOmeroRun, image_numbers: list[int], grouped: bool, where: str
+               ) -> dict[str, Any]:
+    from cellprofiler_core.measurement import Measurements
+    from cellprofiler_core.pipeline import RunException
+    from cellprofiler_core.workspace import Workspace
+
+    from cellprofiler_omero.cp_integration.export_table import ExportToOMEROTable
+
+    pipeline = plugin.pipeline
+    m = Measurements(copy=plugin.initial)
+    failures: list[dict[str, Any]] = []
+    current: dict[str, int] = {"n": 0}
+
+    def on_event(_pipeline: Any, event: Any) -> None:
+        if isinstance(event, RunException):
+            failures.append({"image_number": current["n"], "module": event.module.module_name,
+                             "error": _first_line(event.error)})
+            event.cancel_run = False
+            event.skip_thisset = True  # this image set only; the batch goes on
+
+    pipeline.add_listener(on_event)
+    done: list[int] = []
+    try:
+        last_workspace = None
+        for n in image_numbers:
+            if m["Image", "Group_Index", n] == 1:
+                # The first image set of a group (always, ungrouped pipelines: their one
+                # group's modules keep per-run state in the measurements).
+                group_numbers = [i for i in image_numbers
+                                 if m["Image", "Group_Number", i] == m["Image", "Group_Number", n]]
+                workspace = Workspace(pipeline, None, None, None, m, None, None)
+                pipeline.prepare_group(workspace, m.get_grouping_keys(), group_numbers)
+            current["n"] = n
+            before = len(failures)
+            last_workspace = pipeline.run_image_set(m, n, None, None, None)
+            if len(failures) == before:
+                errors = [f for f in m.get_feature_names("Image") if f.startswith("ModuleError_")]
+                if any(m["Image", f, n] for f in errors):
+                    failures.append({"image_number": n, "module": errors[0].split("_", 1)[1],
+                                     "error": "failed (see the worker's log)"})
+            if len(failures) == before:
+                done.append(n)
+        if grouped and last_workspace is not None:
+            pipeline.post_group(last_workspace, m.get_grouping_keys())
+        # Rows still buffered in ExportToOMEROTable go out before the batch reports done.
+        for module in pipeline.modules():
+            if isinstance(module, ExportToOMEROTable) and module._run_state is not None:
+                module.flush()
+        contents = m.file_contents()
+    finally:
+        pipeline.remove_listener(on_event)
+        m.close()
+    return {"measurements": contents, "done": done, "failures": failures, "where": where,
+            "image_numbers": image_numbers}
+
+
+# -- the driver side ------------------------------------------------------------------------
+
+
+def _copy_measurements(received: Any, measurements: Any, image_numbers: list[int]) -> None:
+    """Copy a batch's measurements into the run's (as CellProfiler's analysis runner does)."""
+    if not image_numbers:
+        return
+    measurements.copy_relationships(received)
+    for obj in received.get_object_names():
+        if obj == "Experiment":
+            continue  # written by prepare_run / post_run on the driver
+        for feature in received.get_feature_names(obj):
+            measurements[obj, feature, image_numbers] = received[obj, feature, image_numbers]
+
+
+@contextlib.contextmanager
+def _phase(report: RunReport, name: str, say: Callable[[str], None]) -> Iterator[None]:
+    say(f"[run] {name}…")
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        report.phases.append((name, time.monotonic() - started))
+
+
+def _session_payload(manager: SessionManager) -> tuple[str, dict[str, str]]:
+    """The session hand-off's contents (host, port, key) and the workers' environment."""
+    env = manager.export_for_workers()
+    if not env:
+        raise RunFailed("Not connected to OMERO; cannot hand the session to workers.",
+                        hint="Log in first (`cellprofiler-omero login`).")
+    payload = Path(env[HANDOFF_ENV]).read_text()
+    data = json.loads(payload)
+    environment = {"CELLPROFILER_OMERO_SERVER_HOST": str(data["host"]),
+                   "CELLPROFILER_OMERO_SERVER_PORT": str(data["port"])}
+    return payload, environment
+
+
+def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionManager, *,
+                 workers: int | None = None, scheduler: str | None = None,
+                 batch_size: int | None = None, output: str | Path | None = None,
+                 max_failures: int | None = None, progress: bool | None = None,
+                 say: Callable[[str], None] = log.info,
+                 on_batch: Callable[[dict[str, Any]], None] | None = None) -> RunReport:
+    """Run ``pipeline`` over the image ``urls`` on a Dask cluster and return the report.
+
+    ``manager`` must be connected (the workers join its session). Without ``scheduler``
+    a ``LocalCluster`` of ``workers`` processes (default: the machine's cores) runs the
+    batches and is stopped afterwards. ``max_failures`` stops the run (``TooManyFailures``)
+    once more image sets than that have failed. CellProfiler's measurements of the run are
+    written to ``output``/measurements.h5. Usable from a notebook.
+    """
+    from cellprofiler_omero.core import session as core_session
+
+    report = RunReport(pipeline=str(pipeline), run_id=uuid.uuid4().hex[:12])
+    pipeline_text = Path(pipeline).read_text()
+    out_dir = Path(output) if output is not None else Path(tempfile.mkdtemp(
+        prefix="cellprofiler-omero-run-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    core_session.set_manager(manager)  # the modules' prepare_run uses this session
+    with _phase(report, "prepare the image sets and tables", say):
+        setup_cellprofiler(str(out_dir))
+        payload, environment = _session_payload(manager)
+        measurements, workspace, cp_pipeline, batches = _prepare(
+            pipeline_text, urls, out_dir, batch_size, workers)
+    report.image_sets = len(measurements.get_image_numbers())
+    report.batches = len(batches)
+    report.output = str(out_dir / MEASUREMENTS_FILE)
+    with _cluster(scheduler, workers) as client:
+        report.dashboard = _dashboard(client)
+        if report.dashboard:
+            say(f"[run] Dask dashboard: {report.dashboard}")
+        plugin = worker_plugin(report.run_id, pipeline_text, measurements.file_contents(),
+                               payload, environment)
+        with _phase(report, "start the workers", say):
+            client.register_plugin(plugin, name=plugin.name)
+            report.workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        with _phase(report, "run the image sets", say):
+            _run_batches(client, report, batches, measurements, max_failures, progress,
+                         on_batch)
+    with _phase(report, "finish the tables and measurements", say):
+        cp_pipeline.post_run(workspace)
+        report.tables = _tables(cp_pipeline)
+        report.uploaded = _uploaded(measurements, cp_pipeline)
+        measurements.flush()
+        measurements.close()
+    say(report.summary())
+    return report
+
+
+def _prepare(pipeline_text: str, urls: Sequence[str], out_dir: Path, batch_size: int | None,
+             workers: int | None) -> tuple[Any, Any, Any, list[Batch]]:
+    from cellprofiler_core.image import ImageSetList
+    from cellprofiler_core.measurement import Measurements
+    from cellprofiler_core.workspace import Workspace
+
+    cp_pipeline = load_pipeline(pipeline_text)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
+        handle.write("\n".join(urls) + "\n")
+    try:
+        cp_pipeline.read_file_list(handle.name)
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
+    target = out_dir / MEASUREMENTS_FILE
+    target.unlink(missing_ok=True)
+    measurements = Measurements(filename=str(target), mode="w")
+    workspace = Workspace(cp_pipeline, None, None, None, measurements, ImageSetList())
+    if not cp_pipeline.prepare_run(workspace):
+        raise RunFailed("CellProfiler could not prepare the run (no image sets, or a "
+                        "module's settings are not valid).",
+                        hint="Open the pipeline in CellProfiler with these images and fix "
+                             "what it reports.")
+    numbers = list(measurements.get_image_numbers())
+    if not numbers:
+        raise RunFailed("The pipeline found no image sets among the images.",
+                        hint="Check NamesAndTypes' rules against the images.")
+    keys, groupings = cp_pipeline.get_groupings(workspace)
+    grouped = bool(keys)
+    groups = [list(g[1]) for g in groupings] if grouped else [[n] for n in numbers]
+    size = batch_size or max(1, math.ceil(len(numbers) / (4 * max(1, workers or os.cpu_count()
+                                                                  or 1))))
+    return measurements, workspace, cp_pipeline, make_batches(groups, size, grouped=grouped)
+
+
+@contextlib.contextmanager
+def _cluster(scheduler: str | None, workers: int | None) -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        with Client(scheduler) as client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    # One thread per worker process: CellProfiler runs one image set at a time per process.
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.wait_for_workers(n)
+        yield client
+
+
+def _dashboard(client: Any) -> str | None:
+    try:
+        link = client.dashboard_link
+    except Exception:  # no dashboard (bokeh not installed): not an error
+        return None
+    return str(link) if link else None
+
+
+def _run_batches(client: Any, report: RunReport, batches: list[Batch], measurements: Any,
+                 max_failures: int | None, progress: bool | None,
+                 on_batch: Callable[[dict[str, Any]], None] | None) -> None:
+    from cellprofiler_core.utilities.measurement import load_measurements_from_buffer
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    futures = [client.submit(run_batch, report.run_id, batch.image_numbers, batch.grouped,
+                             key=f"cellprofiler-batch-{report.run_id}-{batch.number}",
+                             pure=False)
+               for batch in batches]
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=report.image_sets, unit="image set", desc="image sets", disable=not show,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as exc:
+                raise RunFailed(f"A batch failed as a whole: {_first_line(exc)}",
+                                hint="See the workers' logs.") from exc
+            received = load_measurements_from_buffer(result["measurements"])
+            try:
+                _copy_measurements(received, measurements, result["done"])
+            finally:
+                received.close()
+            for n in result["image_numbers"]:
+                report.ran_on[int(n)] = result["where"]
+            report.done += len(result["done"])
+            report.failures += [Failure(**f) for f in result["failures"]]
+            bar.update(len(result["image_numbers"]))
+            bar.set_postfix(failed=len(report.failures))
+            if on_batch is not None:
+                on_batch(result)
+            if max_failures is not None and len(report.failures) > max_failures:
+                first = report.failures[0]
+                raise TooManyFailures(
+                    f"{len(report.failures)} image set(s) failed, more than --max-failures "
+                    f"{max_failures}; the run was stopped (first: image set "
+                    f"{first.image_number} in {first.module}: {first.error}).",
+                    failed=len(report.failures), limit=max_failures,
+                    hint="Fix the failing images, or raise --max-failures; rerunning "
+                         "continues the same tables.")
+    finally:
+        bar.close()
+        client.cancel([f for f in futures if not f.done()])
+
+
+def _tables(cp_pipeline: Any) -> list[tuple[str, int, int]]:
+    from cellprofiler_omero.cp_integration.export_table import ExportToOMEROTable
+
+    found: list[tuple[str, int, int]] = []
+    for module in cp_pipeline.modules():
+        if isinstance(module, ExportToOMEROTable):
+            found += list(getattr(module, "_summary", []))
+    return found
+
+
+def _uploaded(measurements: Any, cp_pipeline: Any) -> int:
+    from cellprofiler_omero.cp_integration.save_images import SaveImagesToOMERO
+
+    count = 0
+    numbers = measurements.get_image_numbers()
+    for module in cp_pipeline.modules():
+        if isinstance(module, SaveImagesToOMERO) and measurements.has_feature(
+                "Image", module.id_feature):
+            values = measurements["Image", module.id_feature, numbers]
+            count += sum(1 for v in values if v is not None and not (
+                isinstance(v, float) and math.isnan(v)) and int(v) > 0)
+    return count

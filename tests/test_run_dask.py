@@ -1,0 +1,224 @@
+"""``cellprofiler-omero run``: a pipeline over OMERO images on a Dask cluster.
+
+Small image sets (160² fields, a few nuclei each) on the shared emulator; LocalClusters of
+two worker processes, and one ``dask scheduler`` + two ``dask worker`` processes.
+Results land exactly once: one label image per image set, one Image-table row per image
+set, no duplicate (ImageNumber, ObjectNumber), the same rows as a single-process run.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cellprofiler_omero.core.config import Settings
+from cellprofiler_omero.core.session import SessionManager
+from cellprofiler_omero.emulator import Emulator, synthetic
+from tests.conftest import run
+
+pytestmark = [pytest.mark.cellprofiler, pytest.mark.slow]
+
+N_SETS = 6
+FIELD = 160
+
+
+@dataclass
+class Rig:
+    """The emulator, a BlitzGateway connection, the source images and a logged-in driver."""
+
+    emulator: Emulator
+    conn: Any
+    manager: SessionManager
+    tmp: Path
+    urls: list[str] = field(default_factory=list)
+    sources: int = 0
+
+    def dataset(self, name: str) -> int:
+        import omero.model
+        from omero.rtypes import rstring
+
+        ds = omero.model.DatasetI()
+        ds.setName(rstring(name))
+        return int(self.conn.getUpdateService().saveAndReturnObject(ds).getId().getValue())
+
+    def pipeline(self, dataset_id: int, *, grouped: bool = False) -> Path:
+        """The demo pipeline into ``dataset_id`` (grouped by image name parity if asked)."""
+        from cellprofiler_core.pipeline import Pipeline
+
+        from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
+
+        pipeline = Pipeline()
+        pipeline.loadtxt(io.StringIO(nuclei_pipeline(dataset_id, table_prefix="Dask")),
+                         raise_on_error=True)
+        export = pipeline.modules()[-1]
+        export.wants_relationships.value = False
+        if grouped:
+            _group_by_parity(pipeline)
+        out = io.StringIO()
+        pipeline.dump(out)
+        path = self.tmp / f"pipeline-{dataset_id}.cppipe"
+        path.write_text(out.getvalue())
+        return path
+
+    def tables(self, dataset_id: int) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
+        """The dataset's tables by name prefix (Dask_Image, Dask_Nuclei): columns and rows."""
+        import omero.model
+        from omero.rtypes import rlong
+
+        found = {}
+        dataset = self.conn.getObject("Dataset", dataset_id)
+        for ann in dataset.listAnnotations():
+            if ann.OMERO_TYPE.__name__ != "FileAnnotationI":
+                continue
+            name = ann.getFile().getName()
+            resources = self.conn.c.sf.sharedResources()
+            table = resources.openTable(omero.model.OriginalFileI(
+                rlong(int(ann.getFile().getId())), False))
+            try:
+                names = [h.name for h in table.getHeaders()]
+                n = int(table.getNumberOfRows())
+                data = table.read(list(range(len(names))), 0, n) if n else None
+                cols = [list(c.values) for c in data.columns] if data else [[] for _ in names]
+            finally:
+                table.close()
+            rows = [tuple(None if isinstance(v, float) and math.isnan(v) else v for v in r)
+                    for r in zip(*cols, strict=True)]
+            found[name.rsplit("_run-", 1)[0]] = (names, rows)
+        return found
+
+    def labels(self, dataset_id: int) -> list[str]:
+        return sorted(i.getName() for i in self.conn.getObject("Dataset", dataset_id)
+                      .listChildren())
+
+
+def _group_by_parity(pipeline: Any) -> None:
+    """Metadata extracts ``Parity`` (odd/even) from the image name; Groups groups by it."""
+    from cellprofiler_core.modules.groups import Groups
+    from cellprofiler_core.modules.metadata import Metadata
+
+    metadata = next(m for m in pipeline.modules() if isinstance(m, Metadata))
+    metadata.wants_metadata.value = True
+    group = metadata.extraction_methods[0]
+    group.extraction_method.value = "Extract from image file headers"
+    metadata.add_extraction_method()
+    extract = metadata.extraction_methods[1]
+    extract.extraction_method.value = "Extract from file/folder names"
+    extract.source.value = "File name"
+    extract.file_regexp.value = r"^dask (?P<Parity>odd|even) field"
+    groups = next(m for m in pipeline.modules() if isinstance(m, Groups))
+    groups.wants_groups.value = True
+    groups.grouping_metadata[0].metadata_choice.value = "Parity"
+
+
+@pytest.fixture(scope="module")
+def rig(emulator: Emulator, cellprofiler_plugins: None,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    from omero.gateway import BlitzGateway
+
+    from cellprofiler_omero.core.uploading import upload
+
+    tmp = tmp_path_factory.mktemp("dask")
+    conn = BlitzGateway("demo", "demo", host=emulator.host, port=emulator.port)
+    assert conn.connect()
+    manager = SessionManager(Settings().replace({
+        "server.host": emulator.host, "server.port": emulator.port,
+        "auth.token_dir": str(tmp / "tokens"), "auth.keepalive_seconds": 3600}))
+    run(lambda: manager.connect(user="demo", password="demo"))
+    rig = Rig(emulator, conn, manager, tmp)
+    rig.sources = rig.dataset("dask sources")
+    for index in range(N_SETS):
+        pixels, _labels = synthetic.nuclei_and_cells(3000 + index, FIELD, n_cells=4)
+        parity = "odd" if index % 2 else "even"
+        image = run(lambda p=pixels, n=f"dask {parity} field {index}": upload(
+            manager, p, name=n, axes="CYX", dataset_id=rig.sources,
+            channel_names=["DAPI", "Cytoplasm"]))
+        rig.urls.append(f"omero:iid={image.id}")
+    yield rig
+    run(manager.close)
+    conn.close()
+
+
+def _run(rig: Rig, dataset_id: int, **kw: Any) -> Any:
+    from cellprofiler_omero.cp_integration.distributed import run_pipeline
+
+    kw.setdefault("workers", 2)
+    kw.setdefault("batch_size", 1)
+    return run_pipeline(rig.pipeline(dataset_id, grouped=kw.pop("grouped", False)),
+                        rig.urls, rig.manager, output=rig.tmp / f"out-{dataset_id}",
+                        progress=False, **kw)
+
+
+def _check_exactly_once(rig: Rig, dataset_id: int) -> dict[str, Any]:
+    tables = rig.tables(dataset_id)
+    assert sorted(tables) == ["Dask_Image", "Dask_Nuclei"], sorted(tables)
+    names, images = tables["Dask_Image"]
+    assert sorted(row[0] for row in images) == list(range(1, N_SETS + 1))
+    _, nuclei = tables["Dask_Nuclei"]
+    keys = [(row[0], row[1]) for row in nuclei]
+    assert len(keys) == len(set(keys)) == sum(
+        row[names.index("Count_Nuclei")] for row in images) > 0
+    assert rig.labels(dataset_id) == sorted(
+        f"dask {'odd' if i % 2 else 'even'} field {i}_nuclei" for i in range(N_SETS))
+    return tables
+
+
+def _comparable(table: tuple[list[str], list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+    """Rows without what differs between two runs (timings, the label images' ids/links)."""
+    names, rows = table
+    keep = [i for i, n in enumerate(names)
+            if not n.startswith(("ExecutionTime_", "OMERO_ImageID_", "OMERO_URL_"))]
+    return sorted((tuple(r[i] for i in keep) for r in rows), key=repr)
+
+
+@pytest.fixture(scope="module")
+def single_process(rig: Rig) -> dict[str, Any]:
+    """The same pipeline over the same images in one headless CellProfiler process."""
+    from cellprofiler_omero.cp_integration import plugins_dir
+
+    dataset_id = rig.dataset("dask single process")
+    out = rig.tmp / "single"
+    out.mkdir()
+    (out / "files.txt").write_text("\n".join(rig.urls) + "\n")
+    env = {**os.environ, **rig.manager.export_for_workers(),
+           "CELLPROFILER_OMERO_SERVER_HOST": rig.emulator.host,
+           "CELLPROFILER_OMERO_SERVER_PORT": str(rig.emulator.port)}
+    result = subprocess.run(
+        [sys.executable, "-m", "cellprofiler", "-c", "-r", "-p",
+         str(rig.pipeline(dataset_id)), "--file-list", str(out / "files.txt"), "-o", str(out),
+         "--plugins-directory", str(plugins_dir())],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return _check_exactly_once(rig, dataset_id)
+
+
+def test_two_workers_write_each_result_once_and_the_same_rows_as_one_process(
+        rig: Rig, single_process: dict[str, Any]) -> None:
+    dataset_id = rig.dataset("dask two workers")
+    report = _run(rig, dataset_id)
+    assert (report.image_sets, report.done, report.failures) == (N_SETS, N_SETS, [])
+    assert report.uploaded == N_SETS
+    assert len({report.ran_on[n] for n in range(1, N_SETS + 1)}) == 2  # both workers ran
+    tables = _check_exactly_once(rig, dataset_id)
+    for name in ("Dask_Image", "Dask_Nuclei"):
+        assert _comparable(tables[name]) == _comparable(single_process[name])
+    # CellProfiler's measurements of the whole run, merged into one file.
+    from cellprofiler_core.measurement import Measurements
+
+    merged = Measurements(filename=report.output, mode="r")
+    try:
+        assert sorted(merged.get_image_numbers()) == list(range(1, N_SETS + 1))
+        counts = merged["Image", "Count_Nuclei", list(range(1, N_SETS + 1))]
+        names, images = tables["Dask_Image"]
+        by_number = {row[0]: row[names.index("Count_Nuclei")] for row in images}
+        assert [int(c) for c in counts] == [by_number[n] for n in range(1, N_SETS + 1)]
+    finally:
+        merged.close()
