@@ -20,6 +20,7 @@ from cellprofiler_omero.core.errors import (
     CannotReachServer,
     NoTransport,
     OmeroError,
+    RetriesExhausted,
     ServerError,
 )
 from cellprofiler_omero.core.tokens import TokenFileError
@@ -231,8 +232,9 @@ def _cannot_reach(exc: BaseException | None, depth: int = 0) -> CannotReachServe
             if found is not None:
                 return found
         return None
-    # A spent retry budget keeps its last attempt's error (RetriesExhausted.last_cause).
-    return _cannot_reach(getattr(exc, "last_cause", None), depth + 1)
+    if isinstance(exc, RetriesExhausted):  # a spent budget keeps its last attempt's error
+        return _cannot_reach(exc.last_cause, depth + 1)
+    return None
 
 
 def connect(manager: SessionManager, args: argparse.Namespace, *, host: str | None = None,

@@ -1,16 +1,48 @@
-"""The exceptions users of cellprofiler-omero can catch.
+"""The exceptions users of cellprofiler-omero can catch: the core's failure contract.
 
-Every message says what happened and what to do next. ``transient`` marks the
-failures after which another transport (or a later retry) may succeed.
+Every message says what happened and what to do next; the facts are attributes, so
+no caller ever reads the text. Transports translate their own exceptions (Ice,
+omero-py, HTTP) into these types, and the core decides by type alone (as httpx's
+``_exceptions.py`` does for its transports)::
+
+    OmeroError                      base of everything raised here
+    ├── ConfigError                 a setting is unknown or invalid (also ValueError)
+    ├── InvalidReference            a text names no OMERO object (also ValueError)
+    ├── AuthError                   not logged in, bad credentials, session not renewable
+    │   └── SessionGone             the server no longer knows the session  [retryable]
+    ├── NotFound                    no such object, or the user cannot see it
+    ├── PermissionDenied            the object exists; the user may not do that
+    ├── WrongServer                 a reference names another server
+    ├── UnsupportedData             data this package cannot represent (also ValueError)
+    │   └── PlaneTooLarge           a plane above the server's maximum plane size
+    ├── PyramidNotReady             the server is still building a pyramid
+    ├── NoTransport                 every transport declined or failed (``causes``)
+    ├── TransportUnavailable        this transport cannot serve now  [transient]
+    └── ServerError                 the server failed  [transient]
+        ├── ConnectionLost          the connection dropped mid-call  [retryable]
+        ├── CannotReachServer       no connection could be made  [retryable]
+        ├── ServerBusy              the server asked to try again later  [retryable]
+        └── RetriesExhausted        the retry budget was spent (``last_cause``)
+
+``transient`` marks the failures after which another transport may succeed;
+``retryable`` those after which a later attempt may (``core.retry``). A
+``SessionGone``, ``ConnectionLost`` or ``CannotReachServer`` on a call also tells the
+session manager to rejoin the session before the next attempt.
 """
 
 from __future__ import annotations
 
 
 class OmeroError(Exception):
-    """Base of every error raised by cellprofiler-omero."""
+    """Base of every error raised by cellprofiler-omero.
+
+    ``message`` says what happened, ``hint`` what to do (``None`` when the message says
+    it already); ``str(error)`` is both, for people. ``transient``: another transport
+    may succeed; ``retryable``: a later attempt of the same call may succeed.
+    """
 
     transient: bool = False
+    retryable: bool = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
@@ -28,6 +60,17 @@ class InvalidReference(OmeroError, ValueError):
 
 class AuthError(OmeroError):
     """Not logged in, the session expired and could not be renewed, or bad credentials."""
+
+
+class SessionGone(AuthError):
+    """The server no longer knows the session (or the connection that carried it).
+
+    On a call: the session expired or was closed, so it is renewed before trying again.
+    While logging in: the connection dropped between two login calls; a new attempt
+    logs in afresh.
+    """
+
+    retryable = True
 
 
 class NotFound(OmeroError):
@@ -61,14 +104,41 @@ class ServerError(OmeroError):
 class NoTransport(OmeroError):
     """Every configured transport declined or failed.
 
-    ``causes`` holds the transports' transient failures (empty when all declined), so a
-    caller can tell a dropped connection (worth retrying) from a server that is absent.
+    ``attempts`` names each transport asked and what became of it, as
+    ``(transport, outcome)`` pairs in the order asked; ``outcome`` is ``"declined"``,
+    ``"not offered"`` or the failure's message. ``causes`` holds the transports'
+    transient failures (empty when all declined), so a caller can tell a dropped
+    connection (worth retrying) from a server that is absent, and ``role`` names the
+    role asked for (``"connect"``, ``"read"``, …).
     """
 
     def __init__(self, message: str, *, hint: str | None = None,
-                 causes: tuple[OmeroError, ...] = ()) -> None:
+                 causes: tuple[OmeroError, ...] = (),
+                 attempts: tuple[tuple[str, str], ...] = (), role: str = "") -> None:
         super().__init__(message, hint=hint)
         self.causes = causes
+        self.attempts = attempts
+        self.role = role
+
+    @property
+    def only_cause(self) -> OmeroError | None:
+        """The failure of the one transport asked, when exactly one was asked and failed:
+        its own message says what to do better than the list of transports."""
+        if len(self.attempts) == 1 and len(self.causes) == 1:
+            return self.causes[0]
+        return None
+
+
+class ConnectionLost(ServerError):
+    """The connection dropped mid-call; the session may still be alive (rejoin and retry)."""
+
+    retryable = True
+
+
+class ServerBusy(ServerError):
+    """The server asked to try again later (a lock, a busy database, too many users)."""
+
+    retryable = True
 
 
 class PyramidNotReady(OmeroError):
@@ -132,7 +202,6 @@ class CannotReachServer(ServerError):
     """
 
     retryable = True
-    unreachable = True
 
     def __init__(self, message: str, *, host: str, port: int, reason: str,
                  timeout_seconds: float | None = None, setting: str | None = None,

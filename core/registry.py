@@ -81,10 +81,12 @@ class Registry:
         """Ask ``role``'s transports in order; ``(name, result)`` of the first that serves."""
         reasons: list[str] = []
         failures: list[OmeroError] = []
+        attempts: list[tuple[str, str]] = []
         for name in names if names is not None else self.order(role):
             caller = self._caller(name, hook_name, role)
             if caller is None:
                 reasons.append(f"{name}: does not offer {role}")
+                attempts.append((name, "not offered"))
                 continue
             try:
                 result = caller(**kwargs)
@@ -93,18 +95,20 @@ class Registry:
                     raise
                 log.warning("transport %s failed for %s (%s); trying the next", name, role, exc)
                 reasons.append(f"{name}: {exc}")
+                attempts.append((name, exc.message))
                 failures.append(exc)
                 continue
             if result is None:
                 log.info("transport %s declined %s", name, role)
                 reasons.append(f"{name}: declined")
+                attempts.append((name, "declined"))
                 continue
             log.info("transport %s serves %s", name, role)
             return name, result
         raise NoTransport(
             f"No transport could {role}: " + "; ".join(reasons) + ".",
             hint=f"Check 'transports.{role}' in the settings and that the server is reachable.",
-            causes=tuple(failures),
+            causes=tuple(failures), attempts=tuple(attempts), role=role,
         )
 
     def connect(self, address: ServerAddress, credentials: Credentials) -> Connection:

@@ -44,7 +44,7 @@ def is_retryable(exc: BaseException) -> bool:
     """Whether another attempt may succeed where ``exc`` failed (the transport says so)."""
     if isinstance(exc, NoTransport):
         return bool(exc.causes) and all(is_retryable(cause) for cause in exc.causes)
-    return isinstance(exc, OmeroError) and bool(getattr(exc, "retryable", False))
+    return isinstance(exc, OmeroError) and exc.retryable
 
 
 def _log_retry(what: str) -> Callable[[RetryCallState], None]:

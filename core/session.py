@@ -40,7 +40,14 @@ import anyio
 
 from cellprofiler_omero.core import runtime, tokens
 from cellprofiler_omero.core.config import Settings, load_settings
-from cellprofiler_omero.core.errors import AuthError, NoTransport, OmeroError, WrongServer
+from cellprofiler_omero.core.errors import (
+    AuthError,
+    CannotReachServer,
+    ConnectionLost,
+    NoTransport,
+    OmeroError,
+    WrongServer,
+)
 from cellprofiler_omero.core.refs import ObjectRef
 from cellprofiler_omero.core.registry import Registry
 from cellprofiler_omero.core.retry import is_retryable, retrying
@@ -410,15 +417,14 @@ class SessionManager:
 
 def _is_session_failure(exc: OmeroError) -> bool:
     """A failure after which the session must be rejoined before trying again."""
-    return isinstance(exc, AuthError) or bool(getattr(exc, "connection_lost", False)) \
-        or _unreachable(exc)
+    return isinstance(exc, AuthError | ConnectionLost) or _unreachable(exc)
 
 
 def _unreachable(exc: BaseException) -> bool:
     """No connection could be made at all (refused, timed out, unknown host)."""
     if isinstance(exc, NoTransport):
         return any(_unreachable(cause) for cause in exc.causes)
-    return bool(getattr(exc, "unreachable", False))
+    return isinstance(exc, CannotReachServer)
 
 
 async def _quietly_close(conn: Connection, *, detach: bool) -> None:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import anyio
 from anyio.abc import TaskGroup
 
-from cellprofiler_omero.core.errors import AuthError, OmeroError
+from cellprofiler_omero.core.errors import AuthError, ConnectionLost, OmeroError
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
@@ -31,7 +31,7 @@ def most_telling(group: BaseExceptionGroup) -> BaseException:
     leaves = _leaves(group)
 
     def rank(exc: BaseException) -> int:
-        if isinstance(exc, AuthError) or getattr(exc, "connection_lost", False):
+        if isinstance(exc, AuthError | ConnectionLost):
             return 0
         if isinstance(exc, OmeroError):
             return 1

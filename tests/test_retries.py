@@ -21,6 +21,7 @@ import pytest
 
 from cellprofiler_omero.core.config import Settings, load_settings
 from cellprofiler_omero.core.errors import (
+    ConnectionLost,
     NotFound,
     PermissionDenied,
     RetriesExhausted,
@@ -161,7 +162,7 @@ def test_the_budget_error_says_how_many_attempts_over_how_long_and_what_to_do(
     assert error.budget_seconds == 1.0
     assert error.elapsed_seconds > 0
     assert error.what == "listing projects"
-    assert getattr(error.last_cause, "connection_lost", False)
+    assert isinstance(error.last_cause, ConnectionLost)
     assert error.__cause__ is error.last_cause
     text = str(error)
     assert f"after {error.attempts} attempts over {error.elapsed_seconds:.1f} s" in text

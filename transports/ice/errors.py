@@ -1,4 +1,8 @@
-"""omero-py and Ice exceptions, translated into the core's errors (with what to do next)."""
+"""omero-py and Ice exceptions, translated into the core's errors (with what to do next).
+
+The mapping is by exception type only (never by message text); the core's types
+(``core/errors.py``) carry what the core needs to decide (retry, rejoin, give up).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,17 @@ import omero
 
 from cellprofiler_omero.core.errors import (
     AuthError,
+    CannotReachServer,
+    ConnectionLost,
     NotFound,
     OmeroError,
     PermissionDenied,
     PyramidNotReady,
+    ServerBusy,
     ServerError,
+    SessionGone,
 )
+from cellprofiler_omero.core.roles import ServerAddress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,48 +44,18 @@ _DROPPED = (Ice.ConnectionLostException, Ice.SocketException, Ice.TimeoutExcepti
             Ice.CloseConnectionException, Ice.ForcedCloseConnectionException)
 
 
-class ConnectionLost(ServerError):
-    """The connection dropped mid-call; the session may still be alive (rejoin and retry)."""
-
-    connection_lost = True
-    retryable = True
-
-
-class ServerUnreachable(ServerError):
-    """No connection could be made (refused, timed out, no such host).
-
-    Worth retrying while a session is being rejoined (a server restarting); a first
-    login fails at once instead, so a wrong host or port is said without waiting.
-    """
-
-    retryable = True
-    unreachable = True
-
-
-class SessionGone(AuthError):
-    """The server no longer knows the session (or the router connection carrying it).
-
-    On a call: the session expired, so it is renewed before trying again. While
-    logging in: the connection dropped between two login calls and Ice re-sent one on
-    a new connection that carries no router session; a new attempt logs in afresh.
-    """
-
-    retryable = True
-
-
-class ServerBusy(ServerError):
-    """The server asked to try again later (a lock, a busy database, too many users)."""
-
-    retryable = True
-
-
 def _message(exc: BaseException) -> str:
     return str(getattr(exc, "message", "") or getattr(exc, "reason", "") or
                type(exc).__name__).strip()
 
 
-def translate(exc: BaseException, what: str, where: str = "") -> OmeroError:
-    """The core error for an exception raised while doing ``what``."""
+def translate(exc: BaseException, what: str, where: str | ServerAddress = "") -> OmeroError:
+    """The core error for an exception raised while doing ``what`` (on server ``where``).
+
+    Decided by the exception's type alone. ``omero.ApiUsageException`` says only that
+    the server refused the request as made (a missing object among other things); a
+    caller that knows it asked for one object says ``NotFound`` itself.
+    """
     at = f" on {where}" if where else ""
     if isinstance(exc, OmeroError):
         return exc
@@ -86,9 +65,11 @@ def translate(exc: BaseException, what: str, where: str = "") -> OmeroError:
     if isinstance(exc, Glacier2.CannotCreateSessionException):
         return AuthError(f"OMERO{at} could not create a session: {exc.reason}.")
     if isinstance(exc, _UNREACHABLE):
-        return ServerUnreachable(f"Cannot reach OMERO{at} ({type(exc).__name__}).",
-                           hint="Check the server name and port, and that the server is up "
-                                "and reachable from this machine.")
+        host, port = (where.host, where.port) if isinstance(where, ServerAddress) else ("", 0)
+        return CannotReachServer(f"Cannot reach OMERO{at} ({type(exc).__name__}).",
+                                 host=host, port=port, reason=type(exc).__name__,
+                                 hint="Check the server name and port, and that the server "
+                                      "is up and reachable from this machine.")
     if isinstance(exc, Ice.SecurityException):
         return ServerError(f"The secure connection to OMERO{at} failed: {exc.reason}.",
                            hint="Check the server's certificate or connect without SSL.")
@@ -122,10 +103,7 @@ def translate(exc: BaseException, what: str, where: str = "") -> OmeroError:
     if isinstance(exc, omero.ValidationException):
         return NotFound(f"Not found while {what}: {_message(exc)}.")
     if isinstance(exc, omero.ApiUsageException):
-        text = _message(exc)
-        if "does not exist" in text or "No row" in text or "not found" in text.lower():
-            return NotFound(f"Not found while {what}: {text}.")
-        return ServerError(f"The server refused {what}: {text}.")
+        return ServerError(f"The server refused {what}: {_message(exc)}.")
     if isinstance(exc, omero.ServerError):
         return ServerError(f"The server failed while {what}: {_message(exc)}.")
     if isinstance(exc, Ice.Exception):
