@@ -4,7 +4,7 @@ Conventions: ``--help`` everywhere; exit 0 on success; on failure one clear line
 stderr (``error: …``) and a non-zero exit; ``--json`` where a program may read the
 output. Library code raises; only this module and ``cellprofiler_omero.commands``
 print. The commands themselves live in ``commands/`` (login, logout, whoami in
-``auth``; ls in ``browse``; urls in ``urls``).
+``auth``; ls in ``browse``; urls in ``urls``; config in ``config``).
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from cellprofiler_omero.commands import auth, browse, urls
+    from cellprofiler_omero.commands import config as config_commands
     from cellprofiler_omero.commands import run as run_commands
 
     parser = Parser(
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     browse.add_parsers(sub)
     urls.add_parsers(sub)
     run_commands.add_parsers(sub)
+    config_commands.add_parsers(sub)
 
     from cellprofiler_omero.emulator.runner import add_arguments
 

@@ -15,24 +15,46 @@
 
 Unknown sections or keys and values of the wrong type raise ``ConfigError``
 naming the key and where it came from.
+
+Sections have owners. The core declares the transport-neutral ones below
+(``server``, ``auth``, ``transports``, ``transfer``, ``tables``, ``reader``,
+``retry``); each transport plugin declares its own (``[ice]``, ``[pixelbuffer]``)
+through the ``omero_settings_sections`` hook, as pytest plugins add options with
+``pytest_addoption``. Plugin sections are found through the same entry points as the
+transports, so a section is known exactly when its plugin is installed; read one with
+``settings.section(IceSettings)`` (typed) or ``settings.ice`` (untyped). A section
+class may define ``check(self, settings)`` to refuse values (``ConfigError``).
+
+Renamed keys keep working for a while with a ``FutureWarning`` naming the new key
+(``ice.max_tile_bytes`` → ``transfer.max_chunk_bytes``: the core's table batches and
+every read transport obey it, so it is no longer the Ice transport's).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cellprofiler_omero.core.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 ENV_PREFIX = "CELLPROFILER_OMERO_"
 ROLES = ("connect", "read", "upload", "tables")
+#: The entry-point group through which plugins (and their settings sections) are found.
+ENTRY_POINT_GROUP = "cellprofiler_omero"
+#: Keys that moved: old dotted key → new dotted key (the old one warns, then applies).
+RENAMED = {"ice.max_tile_bytes": "transfer.max_chunk_bytes"}
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -76,34 +98,12 @@ class TransportSettings:
 
 
 @dataclass(frozen=True)
-class IceSettings:
-    """The Ice transport."""
+class TransferSettings:
+    """Limits every transport obeys (no transport owns them)."""
 
-    #: Largest message the client plans for, in KiB (OMERO's default limit is 250,000 KiB).
-    message_limit_kib: int = 65536
-    #: Largest tile requested in one call, in bytes (well under the message limit).
-    max_tile_bytes: int = 8 * 1024 * 1024
-    #: RawPixelsStore handles opened per image for concurrent tiles.
-    stores_per_image: int = 4
-    #: Concurrent blocking Ice calls per process.
-    concurrency: int = 8
-    #: How long a read waits for the server to build a new big image's pyramid, in
-    #: seconds (each wait as long as the server asks); 0 fails at once.
-    pyramid_wait_seconds: float = 120.0
-
-
-@dataclass(frozen=True)
-class PixelBufferSettings:
-    """The omero-ms-pixel-buffer HTTP transport."""
-
-    #: Base URL per OMERO server host, e.g. ``{"omero.example.org" = "https://omero.example.org/tile"}``.
-    servers: Mapping[str, str] = field(default_factory=dict)
-    verify: bool = True
-    #: A CA bundle file to verify the service's certificate with.
-    ca_bundle: str = ""
-    retries: int = 3
-    timeout_seconds: float = 60.0
-    concurrency: int = 8
+    #: Largest piece fetched or sent in one call, in bytes: a tile of pixels (Ice,
+    #: pixel-buffer) or a batch of table rows. Well under any message limit.
+    max_chunk_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -150,15 +150,50 @@ class Settings:
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
     transports: TransportSettings = TransportSettings()
-    ice: IceSettings = IceSettings()
-    pixelbuffer: PixelBufferSettings = PixelBufferSettings()
+    transfer: TransferSettings = TransferSettings()
     tables: TableSettings = TableSettings()
     reader: ReaderSettings = ReaderSettings()
     retry: RetrySettings = RetrySettings()
+    #: Plugin sections that were set (``{"ice": IceSettings(...)}``); the others have
+    #: their defaults. Read them with ``section()``.
+    plugins: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
 
     def replace(self, overrides: Mapping[str, Any]) -> Settings:
         """A copy with ``{"section.key": value}`` overrides applied (validated)."""
         return _apply(self, {k: (v, "argument") for k, v in overrides.items()})
+
+    def section(self, kind: type[S] | str) -> S:
+        """A plugin's section by its class (typed) or name, with its defaults when unset.
+
+        ``settings.section(IceSettings).concurrency``. Raises ``ConfigError`` when no
+        installed plugin declares it.
+        """
+        declared = plugin_sections()
+        if isinstance(kind, str):
+            name = kind
+        else:
+            name = next((n for n, d in declared.items() if d.type is kind), "")
+        if name in self.plugins:
+            value: S = self.plugins[name]
+            return value
+        if name not in declared:
+            raise ConfigError(
+                f"No installed plugin declares the settings section "
+                f"{kind if isinstance(kind, str) else kind.__name__!r}.",
+                hint=f"Plugin sections: {', '.join(sorted(declared)) or 'none'}.")
+        default: S = declared[name].type()
+        return default
+
+    def __getattr__(self, name: str) -> Any:
+        # Plugin sections read like core ones (``settings.ice.concurrency``), untyped.
+        if name.startswith("_") or name == "plugins":
+            raise AttributeError(name)
+        try:
+            return self.section(name)
+        except ConfigError:
+            raise AttributeError(
+                f"'Settings' has no section {name!r} (no installed plugin declares it)"
+            ) from None
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -174,16 +209,80 @@ def default_config_path() -> Path:
     return Path(base) / "cellprofiler-omero" / "config.toml"
 
 
+@dataclass(frozen=True)
+class DeclaredSection:
+    """A settings section a plugin declared: its class and the plugin's name."""
+
+    type: type
+    plugin: str
+
+
+_declared_cache: tuple[tuple[tuple[str, str], ...], dict[str, DeclaredSection]] | None = None
+
+
+def plugin_sections() -> dict[str, DeclaredSection]:
+    """The settings sections of the installed plugins (``omero_settings_sections``).
+
+    Plugins are the entry points of group ``cellprofiler_omero``; the answer is kept
+    until that set of entry points changes.
+    """
+    global _declared_cache
+    from importlib.metadata import entry_points
+
+    key = tuple(sorted((ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP)))
+    if _declared_cache is not None and _declared_cache[0] == key:
+        return _declared_cache[1]
+    import pluggy
+
+    from cellprofiler_omero.core import hookspecs
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    declared: dict[str, DeclaredSection] = {}
+    core = _section_types()
+    for impl in pm.hook.omero_settings_sections.get_hookimpls():
+        plugin = pm.get_name(impl.plugin) or "?"
+        answer = typing.cast("Mapping[str, type] | None", impl.function())
+        for name, kind in (answer or {}).items():
+            if name in core or name in declared:
+                owner = "the core" if name in core else f"plugin {declared[name].plugin!r}"
+                raise ConfigError(
+                    f"Plugin {plugin!r} declares the settings section [{name}], which "
+                    f"{owner} declares already.",
+                    hint="Plugins must name their sections after themselves.")
+            if not dataclasses.is_dataclass(kind) or not isinstance(kind, type):
+                raise ConfigError(f"Plugin {plugin!r} declares settings section [{name}] "
+                                  "with something that is not a dataclass.")
+            declared[name] = DeclaredSection(kind, plugin)
+    _declared_cache = (key, declared)
+    return declared
+
+
 def _section_types() -> dict[str, type]:
+    """The core's sections (``Settings`` fields, without ``plugins``)."""
     hints = typing.get_type_hints(Settings)
-    return {f.name: hints[f.name] for f in fields(Settings)}
+    return {f.name: hints[f.name] for f in fields(Settings) if f.name != "plugins"}
+
+
+def section_types() -> dict[str, type]:
+    """Every known section, the core's and the installed plugins', by name."""
+    return {**_section_types(),
+            **{name: d.type for name, d in plugin_sections().items()}}
+
+
+def section_values(settings: Settings) -> dict[str, Any]:
+    """Every section's current values (plugin sections with their defaults when unset)."""
+    return {name: getattr(settings, name) if name in _section_types()
+            else settings.section(name) for name in section_types()}
 
 
 def _coerce(value: Any, annotation: Any, key: str, origin: str) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(
             f"Setting {key!r} from {origin} must be {expected}, not {value!r}.",
-            hint=f"Fix it in {origin} (see `cellprofiler-omero config --help`).",
+            hint=f"Fix it in {origin} (`cellprofiler-omero config show` lists every "
+                 "setting and where it comes from).",
         )
 
     if annotation is bool:
@@ -244,15 +343,36 @@ def _coerce(value: Any, annotation: Any, key: str, origin: str) -> Any:
     raise bad(str(annotation))  # pragma: no cover - every field type is handled above
 
 
-def _apply(settings: Settings, values: Mapping[str, tuple[Any, str]]) -> Settings:
-    sections = _section_types()
-    changes: dict[str, dict[str, Any]] = {}
+def renamed(values: Mapping[str, tuple[Any, str]]) -> dict[str, tuple[Any, str]]:
+    """``values`` with renamed keys moved to their new names, warning once for each
+    (``FutureWarning``: it is the user's settings, not code, that must change). A new
+    key given as well wins over its old name."""
+    out: dict[str, tuple[Any, str]] = {}
     for dotted, (value, origin) in values.items():
+        new = RENAMED.get(dotted)
+        if new is None:
+            out[dotted] = (value, origin)
+            continue
+        message = (f"Setting {dotted!r} (from {origin}) is deprecated; it is now {new!r}. "
+                   f"Rename it in {origin}.")
+        warnings.warn(message, FutureWarning, stacklevel=3)
+        log.warning("%s", message)
+        if new not in values:
+            out[new] = (value, origin)
+    return out
+
+
+def _apply(settings: Settings, values: Mapping[str, tuple[Any, str]]) -> Settings:
+    sections = section_types()
+    core = _section_types()
+    changes: dict[str, dict[str, Any]] = {}
+    for dotted, (value, origin) in renamed(values).items():
         section, _, key = dotted.partition(".")
         if section not in sections:
             raise ConfigError(
                 f"Unknown settings section {section!r} (in {dotted!r} from {origin}).",
-                hint=f"Known sections: {', '.join(sorted(sections))}.",
+                hint=f"Known sections: {', '.join(sorted(sections))} (a plugin's section "
+                     "is known when the plugin is installed).",
             )
         section_type = sections[section]
         hints = typing.get_type_hints(section_type)
@@ -262,10 +382,14 @@ def _apply(settings: Settings, values: Mapping[str, tuple[Any, str]]) -> Setting
                 hint=f"Known keys in [{section}]: {', '.join(sorted(hints))}.",
             )
         changes.setdefault(section, {})[key] = _coerce(value, hints[key], dotted, origin)
-    new_sections = {
-        name: dataclasses.replace(getattr(settings, name), **kw) for name, kw in changes.items()
-    }
-    result = dataclasses.replace(settings, **new_sections)
+    new_sections = {name: dataclasses.replace(getattr(settings, name), **kw)
+                    for name, kw in changes.items() if name in core}
+    plugins = dict(settings.plugins)
+    for name, kw in changes.items():
+        if name not in core:
+            plugins[name] = dataclasses.replace(settings.section(name), **kw)
+    result = dataclasses.replace(settings, **new_sections,
+                                 plugins=types.MappingProxyType(plugins))
     _validate(result)
     return result
 
@@ -280,11 +404,7 @@ def _validate(settings: Settings) -> None:
             )
     positive = {
         "server.port": settings.server.port,
-        "ice.message_limit_kib": settings.ice.message_limit_kib,
-        "ice.max_tile_bytes": settings.ice.max_tile_bytes,
-        "ice.stores_per_image": settings.ice.stores_per_image,
-        "ice.concurrency": settings.ice.concurrency,
-        "pixelbuffer.concurrency": settings.pixelbuffer.concurrency,
+        "transfer.max_chunk_bytes": settings.transfer.max_chunk_bytes,
         "tables.batch_rows": settings.tables.batch_rows,
         "tables.max_columns": settings.tables.max_columns,
         "tables.string_size": settings.tables.string_size,
@@ -308,18 +428,24 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             "Setting 'retry.initial_delay_seconds' must be positive and at most "
             "'retry.max_delay_seconds'.")
-    if settings.pixelbuffer.retries < 0:
-        raise ConfigError("Setting 'pixelbuffer.retries' must be 0 or more.")
     if settings.tables.long_strings not in ("truncate", "error"):
         raise ConfigError(
             f"Setting 'tables.long_strings' must be 'truncate' or 'error', not "
             f"{settings.tables.long_strings!r}."
         )
-    if settings.ice.max_tile_bytes > settings.ice.message_limit_kib * 1024 // 2:
-        raise ConfigError(
-            "Setting 'ice.max_tile_bytes' must stay under half of 'ice.message_limit_kib'.",
-            hint="Lower ice.max_tile_bytes or raise ice.message_limit_kib.",
-        )
+    # Plugin sections check themselves (and what of the rest they depend on).
+    for name in plugin_sections():
+        check = getattr(settings.section(name), "check", None)
+        if callable(check):
+            check(settings)
+
+
+def positive(values: Mapping[str, int | float]) -> None:
+    """Raise ``ConfigError`` naming the first of ``{"section.key": value}`` not above 0
+    (for plugin sections' ``check``)."""
+    for key, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"Setting {key!r} must be positive, not {value}.")
 
 
 def _flatten(data: Mapping[str, Any], origin: str) -> dict[str, tuple[Any, str]]:
@@ -336,7 +462,8 @@ def _flatten(data: Mapping[str, Any], origin: str) -> dict[str, tuple[Any, str]]
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
-    sections = _section_types()
+    # Longest names first, so a section whose name starts another's is not cut short.
+    sections = sorted(section_types(), key=len, reverse=True)
     flat: dict[str, tuple[Any, str]] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == "CELLPROFILER_OMERO_CONFIG":
@@ -400,4 +527,5 @@ def load_settings_with_origins(
     values.update(application or {})
     for key, value in (overrides or {}).items():
         values[key] = (value, "argument")
+    values = renamed(values)
     return _apply(Settings(), values), {key: origin for key, (_, origin) in values.items()}

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from cellprofiler_omero.core.config import Settings
     from cellprofiler_omero.core.errors import AuthError
     from cellprofiler_omero.core.model import (
@@ -46,6 +48,23 @@ PROJECT_NAME = "cellprofiler_omero"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def omero_settings_sections() -> Mapping[str, type] | None:
+    """The settings sections this plugin owns: ``{"name": FrozenDataclass}`` (``None``:
+    none).
+
+    Each section is a frozen dataclass whose fields (``bool``, ``int``, ``float``,
+    ``str``, ``tuple[str, ...]`` or ``Mapping[str, str]``) are the keys of ``[name]``
+    in the settings file and of ``CELLPROFILER_OMERO_<NAME>_<KEY>``, with their
+    defaults. A ``check(self, settings)`` method, when present, refuses bad values
+    with ``ConfigError``. Unknown keys are refused naming the key. Name sections after
+    the plugin; a name the core or another plugin uses already is an error.
+
+    Called once per set of installed plugins while settings load, on whatever thread
+    loads them, before any connection exists: return the classes, do nothing else.
+    """
 
 
 @hookspec(firstresult=True)

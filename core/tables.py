@@ -173,8 +173,8 @@ class TableWriter:
         self.manager = manager
         self.target = target
         self.schema = schema
-        self.batch_rows = max(1, min(settings.tables.batch_rows,
-                                     settings.ice.max_tile_bytes // max(1, _row_bytes(schema))))
+        self.batch_rows = max(1, min(settings.tables.batch_rows, settings.transfer.max_chunk_bytes
+                                     // max(1, _row_bytes(schema))))
         self.long_strings = settings.tables.long_strings
         self._sink: TableSink | None = None
         self._sink_conn: Connection | None = None

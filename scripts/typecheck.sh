@@ -10,7 +10,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 view="$work/cellprofiler_omero"
 mkdir -p "$view"
-for f in __init__.py __main__.py cli.py py.typed; do
+for f in __init__.py __main__.py cli.py api.py plugin.py py.typed; do
   [ -e "$f" ] && ln -s "$root/$f" "$view/$f"
 done
 for d in core transports emulator cp_integration benchmarks commands; do

@@ -113,7 +113,7 @@ def test_regions_channels_and_z_are_read_together(manager: SessionManager,
 
 def test_plane_larger_than_the_tile_limit_is_read_in_tiles(settings_for: Any,
                                                            seeded: dict[str, Any]) -> None:
-    mgr = SessionManager(settings_for(ice__max_tile_bytes=40_000,
+    mgr = SessionManager(settings_for(transfer__max_chunk_bytes=40_000,
                                       ice__message_limit_kib=100))
     run(lambda: mgr.connect(user="demo", password="demo"))
     data = read(mgr, seeded["fields"][2], c=[0, 1])
@@ -295,7 +295,7 @@ def test_upload_into_a_dataset_without_write_access_is_refused(
 
 
 def test_large_plane_is_written_in_tiles(settings_for: Any) -> None:
-    mgr = SessionManager(settings_for(ice__max_tile_bytes=50_000,
+    mgr = SessionManager(settings_for(transfer__max_chunk_bytes=50_000,
                                       ice__message_limit_kib=200))
     run(lambda: mgr.connect(user="demo", password="demo"))
     array = np.random.default_rng(9).integers(0, 2**16, (300, 400)).astype(np.uint16)

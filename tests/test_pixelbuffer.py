@@ -22,7 +22,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from cellprofiler_omero.core.config import PixelBufferSettings, Settings
+from cellprofiler_omero.core.config import Settings
 from cellprofiler_omero.core.errors import AuthError, ConfigError, ServerError
 from cellprofiler_omero.core.model import PixelRequest, Region
 from cellprofiler_omero.core.reading import ImageReader
@@ -38,6 +38,7 @@ from cellprofiler_omero.transports.pixelbuffer.service import (
     TileNotServed,
     TileQuery,
 )
+from cellprofiler_omero.transports.pixelbuffer.settings import PixelBufferSettings
 from tests.conftest import TEST_SEED, run
 
 #: Every type the service serves (``bit`` comes back empty, so it is read through Ice).
@@ -172,7 +173,7 @@ def test_plane_over_the_tile_limit_is_fetched_in_tiles(settings_for: Any, emulat
                                                        seeded: dict[str, Any],
                                                        sent: list[Sent]) -> None:
     manager = login(pb_settings(settings_for, emulator.http_url, host=emulator.host,
-                                ice__max_tile_bytes=40_000, ice__message_limit_kib=100))
+                                transfer__max_chunk_bytes=40_000, ice__message_limit_kib=100))
     data, transport = read(manager, seeded["fields"][2], c=[0, 1])
     run(manager.close)
     pixels, _ = synthetic.nuclei_and_cells(TEST_SEED.seed * 1000 + 2, TEST_SEED.field_size)
@@ -635,7 +636,7 @@ def test_tiles_are_capped_at_the_servers_max_plane(settings_for: Any, emulator: 
     # 16 MiB strips of the 4096² uint16 plane would be 2048 rows: twice the shared
     # emulator's 2048 × 2048 max plane, which the service answers with zeros.
     manager = login(pb_settings(settings_for, emulator.http_url, host=emulator.host,
-                                ice__max_tile_bytes=16 * 1024 * 1024))
+                                transfer__max_chunk_bytes=16 * 1024 * 1024))
     data, transport = read(manager, seeded["large"])
     run(manager.close)
     assert transport == "pixelbuffer"

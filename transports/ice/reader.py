@@ -1,6 +1,6 @@
 """Pixels over Ice: a bounded pool of RawPixelsStore handles per image, tiles in parallel.
 
-Each requested plane is split into tiles under ``ice.max_tile_bytes`` (far below the
+Each requested plane is split into tiles under ``transfer.max_chunk_bytes`` (far below the
 message limit); every (plane, tile) becomes one ``getTile`` call on a free store;
 the bytes are decoded straight into one preallocated array. Stores are reused across
 reads and closed with the source.
@@ -139,7 +139,7 @@ class IcePixelSource:
             store, level = await self.pool.borrow()
             await self.pool.give_back(store, level)
         tiles = plan_tiles(region, meta.pixel_type.bytes_per_pixel,
-                           self.settings.ice.max_tile_bytes,
+                           self.settings.transfer.max_chunk_bytes,
                            self.pool.tile_size if len(meta.levels) > 1 else None)
         what = f"reading image {meta.id}"
 

@@ -293,7 +293,7 @@ class IceImageSink:
             close_quietly(store, ctx)
 
     def _max_bytes(self) -> int:
-        return self.settings.ice.max_tile_bytes
+        return self.settings.transfer.max_chunk_bytes
 
     async def _write_pyramid(self, store: Any, pixels: np.ndarray, ptype: PixelType,
                              ctx: dict[str, str], what: str) -> None:

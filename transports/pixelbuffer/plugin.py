@@ -12,20 +12,18 @@ service could not serve earlier in this process.
 from __future__ import annotations
 
 import logging
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cellprofiler_omero.core.config import Settings
 from cellprofiler_omero.core.hookspecs import hookimpl
 from cellprofiler_omero.core.model import ImageMeta, PixelType
 from cellprofiler_omero.core.refs import ObjectRef
 from cellprofiler_omero.core.roles import Connection
-from cellprofiler_omero.transports.pixelbuffer.service import (
-    DEFAULT_MAX_PLANE,
-    endpoint_for,
-    probe,
-    unserved,
-)
-from cellprofiler_omero.transports.pixelbuffer.source import PixelBufferSource
+from cellprofiler_omero.transports.pixelbuffer.settings import PixelBufferSettings
+
+if TYPE_CHECKING:
+    from cellprofiler_omero.transports.pixelbuffer.source import PixelBufferSource
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +43,8 @@ def max_tile_pixels(connection: Connection) -> int:
     server's, or omero-common's default where a site copied nothing: the smaller of
     the server's value and the default is safe either way.
     """
+    from cellprofiler_omero.transports.pixelbuffer.service import DEFAULT_MAX_PLANE
+
     limit = DEFAULT_MAX_PLANE[0] * DEFAULT_MAX_PLANE[1]
     if isinstance(connection, KnowsMaxPlane):
         width, height = connection.max_plane_size()
@@ -54,11 +54,20 @@ def max_tile_pixels(connection: Connection) -> int:
 
 
 @hookimpl
+def omero_settings_sections() -> Mapping[str, type]:
+    return {"pixelbuffer": PixelBufferSettings}
+
+
+@hookimpl
 def omero_open_reader(connection: Connection, image: ObjectRef, meta: ImageMeta,
                       settings: Settings) -> PixelBufferSource | None:
     """A pixel-buffer source for ``image``, or ``None`` when the service cannot serve."""
+    # requests and the service client load on first use (settings load this module).
+    from cellprofiler_omero.transports.pixelbuffer.service import endpoint_for, probe, unserved
+    from cellprofiler_omero.transports.pixelbuffer.source import PixelBufferSource
+
     host = connection.info.server.host
-    endpoint = endpoint_for(settings.pixelbuffer, host)
+    endpoint = endpoint_for(settings.section(PixelBufferSettings), host)
     if endpoint is None:
         log.debug("no pixel-buffer URL configured for %s", host)
         return None
@@ -71,7 +80,7 @@ def omero_open_reader(connection: Connection, image: ObjectRef, meta: ImageMeta,
         log.debug("the pixel-buffer service could not serve image %s before (%s)", meta.id,
                   earlier)
         return None
-    found = probe(endpoint, settings.pixelbuffer)
+    found = probe(endpoint, settings.section(PixelBufferSettings))
     if not found.available:
         # Said loudly once per probe; images opened while the failure is cached would
         # otherwise repeat it for every image of a run.

@@ -47,7 +47,6 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from cellprofiler_omero.core.config import PixelBufferSettings
 from cellprofiler_omero.core.errors import (
     AuthError,
     ConfigError,
@@ -55,6 +54,7 @@ from cellprofiler_omero.core.errors import (
     TransportUnavailable,
 )
 from cellprofiler_omero.core.model import Region
+from cellprofiler_omero.transports.pixelbuffer.settings import PixelBufferSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Pixels over omero-ms-pixel-buffer: tiles fetched concurrently on one keep-alive session.
 
-Each requested plane is split into tiles under ``ice.max_tile_bytes`` (the same plan as
+Each requested plane is split into tiles under ``transfer.max_chunk_bytes`` (the same plan as
 the Ice transport, so both send comparable requests) and under the service's
 ``max_tile_pixels``; every (z, c, tile) is one ``GET`` run in a worker thread, bounded
 by ``pixelbuffer.concurrency``, and decoded straight into one preallocated array.
@@ -151,7 +151,7 @@ class PixelBufferSource:
         resolution = resolution_for(meta, request.level)
         bpp = meta.pixel_type.bytes_per_pixel
         tiles = plan_tiles(region, bpp,
-                           min(self.settings.ice.max_tile_bytes, self.max_tile_pixels * bpp))
+                           min(self.settings.transfer.max_chunk_bytes, self.max_tile_pixels * bpp))
 
         async def fetch(zi: int, ci: int, tile: Tile) -> None:
             query = TileQuery(meta.id, request.z[zi], request.c[ci], request.t, tile.region,

@@ -1,0 +1,109 @@
+"""Everything a transport plugin needs, in one import.
+
+A plugin is a module with ``@hookimpl`` functions (the hooks are documented in
+``cellprofiler_omero.core.hookspecs``), installed under the entry-point group
+``cellprofiler_omero`` and chosen by name in ``[transports]``::
+
+    from cellprofiler_omero.plugin import hookimpl, ImageMeta, PixelSource, ...
+
+    @hookimpl
+    def omero_open_reader(connection, image, meta, settings):
+        ...
+
+The names here are the stable surface for plugin authors: the hook marker, the
+roles a plugin's objects play (``typing.Protocol``s), the data they exchange, and the
+errors the core understands (raise these, never a library's own exception: the core
+decides what to retry or fall back on by type). The modules themselves are here too
+(``roles``, ``model``, ``errors``) for anything less common. README ▸ "Writing a
+transport" is a worked example.
+"""
+
+from __future__ import annotations
+
+from cellprofiler_omero.core import errors, model, roles
+from cellprofiler_omero.core.config import Settings, positive
+from cellprofiler_omero.core.errors import (
+    AuthError,
+    ConfigError,
+    ConnectionLost,
+    NotFound,
+    OmeroError,
+    PermissionDenied,
+    ServerError,
+    TransportUnavailable,
+    UnsupportedData,
+)
+from cellprofiler_omero.core.hookspecs import PROJECT_NAME, hookimpl
+from cellprofiler_omero.core.model import (
+    Channel,
+    ColumnKind,
+    ColumnSpec,
+    ImageMeta,
+    NewImage,
+    Node,
+    Page,
+    PhysicalSize,
+    PixelRequest,
+    PixelType,
+    Region,
+    TableInfo,
+    TableSchema,
+    TableTarget,
+    UploadedImage,
+)
+from cellprofiler_omero.core.refs import Kind, ObjectRef
+from cellprofiler_omero.core.roles import (
+    Connection,
+    Credentials,
+    ImageSink,
+    PixelSource,
+    ServerAddress,
+    SessionInfo,
+    TableSink,
+)
+
+#: The entry-point group plugins are installed under.
+ENTRY_POINT_GROUP = PROJECT_NAME
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "AuthError",
+    "Channel",
+    "ColumnKind",
+    "ColumnSpec",
+    "ConfigError",
+    "Connection",
+    "ConnectionLost",
+    "Credentials",
+    "ImageMeta",
+    "ImageSink",
+    "Kind",
+    "NewImage",
+    "Node",
+    "NotFound",
+    "ObjectRef",
+    "OmeroError",
+    "Page",
+    "PermissionDenied",
+    "PhysicalSize",
+    "PixelRequest",
+    "PixelSource",
+    "PixelType",
+    "Region",
+    "ServerAddress",
+    "ServerError",
+    "SessionInfo",
+    "Settings",
+    "TableInfo",
+    "TableSchema",
+    "TableSink",
+    "TableTarget",
+    "TransportUnavailable",
+    "UnsupportedData",
+    "UploadedImage",
+    "errors",
+    "hookimpl",
+    "model",
+    "positive",
+    "roles",
+]
