@@ -195,7 +195,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def _how(source: str, token_file: Path) -> str:
-    from cellprofiler_omero.core.session import HANDOFF_ENV
+    from cellprofiler_omero.core.handoff import HANDOFF_ENV
 
     if source == "token":
         return f"saved omero-user-token ({token_file})"

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,9 +28,8 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from cellprofiler_omero.core.config import Settings
-    from cellprofiler_omero.core.roles import Connection, SessionInfo
+    from cellprofiler_omero.core.roles import Connection, ServerAddress, SessionInfo
     from cellprofiler_omero.core.session import SessionManager
-    from cellprofiler_omero.core.tokens import Token
 
 T = TypeVar("T")
 
@@ -254,35 +252,24 @@ def connect(manager: SessionManager, args: argparse.Namespace, *, host: str | No
     except TokenFileError:
         raise  # names the file and what to do already
     except AuthError:
-        token = None if credentials else _token_in_use(manager, host, port)
-        if token is None:
+        server = None if credentials else _token_in_use(manager, host, port)
+        if server is None:
             raise
         raise AuthError(
-            f"The saved token's session on {token.host}:{token.port} has ended (unused for "
+            f"The saved token's session on {server.host}:{server.port} has ended (unused for "
             "too long, or logged out elsewhere).",
             hint="Log in again: `cellprofiler-omero login --save-token`.") from None
 
 
 def _token_in_use(manager: SessionManager, host: str | None, port: int | None
-                  ) -> Token | None:
-    """The saved token the manager would have joined for this target, if any."""
-    from cellprofiler_omero.core import tokens
-    from cellprofiler_omero.core.session import HANDOFF_ENV
-
-    if os.environ.get(HANDOFF_ENV):
-        return None  # a parent's hand-off comes first; the token was not what failed
+                  ) -> ServerAddress | None:
+    """The server of the saved token the manager chose for this target, if it chose one
+    (the same rule as the login: ``core.credentials.choose_credentials``)."""
     try:
-        token = tokens.read_token(manager.settings.auth.token_dir)
-    except AuthError:
+        address, credentials = manager.credentials_for(host, port)
+    except AuthError:  # no server, no usable token, or a malformed token file
         return None
-    if token is None or not manager.settings.auth.use_token:
-        return None
-    host = host or manager.settings.server.host
-    if not host:
-        return token
-    wanted_port = port or manager.settings.server.port
-    same = token.host.lower() == host.lower() and token.port == wanted_port
-    return token if same else None
+    return address if credentials.source == "token" else None
 
 
 def call(manager: SessionManager, func: Callable[[Connection], Awaitable[T]],

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,19 @@ _portal: BlockingPortal | None = None
 _thread: threading.Thread | None = None
 _pid: int | None = None
 _shutdown_callbacks: list[Callable[[], Awaitable[Any]]] = []
+_background: TaskGroup | None = None  # tasks that run until the loop stops
 _atexit_registered = False
 
 
 def _loop_main(ready: queue.Queue[BlockingPortal | BaseException]) -> None:
     async def main() -> None:
-        async with BlockingPortal() as portal:
+        global _background
+        async with BlockingPortal() as portal, anyio.create_task_group() as background:
+            _background = background
             ready.put(portal)
             await portal.sleep_until_stopped()
+            # Background tasks (keep-alive) end with the loop.
+            background.cancel_scope.cancel()
 
     try:
         anyio.run(main)
@@ -83,6 +89,25 @@ def run(func: Callable[..., Awaitable[T]], *args: Any) -> T:
             "runtime.run() was called from the event loop itself; await the coroutine instead."
         )
     return portal().call(func, *args)
+
+
+def spawn(func: Callable[[], Awaitable[None]], name: str) -> None:
+    """Start ``await func()`` in the background on the process loop (from the loop thread).
+
+    The task is cancelled when the loop stops; it should end itself earlier with a
+    cancel scope. A failure is logged, never raised: one background task (keep-alive)
+    must not stop the loop that every read runs on.
+    """
+    if not in_loop_thread() or _background is None:
+        raise RuntimeError("runtime.spawn() must be called on the cellprofiler-omero loop.")
+
+    async def guarded() -> None:
+        try:
+            await func()
+        except Exception:
+            log.exception("background task %s failed", name)
+
+    _background.start_soon(guarded, name=name)
 
 
 def on_shutdown(callback: Callable[[], Awaitable[Any]]) -> None:

@@ -1,7 +1,9 @@
 """The process's one OMERO connection: log in, keep alive, renew, hand off, shut down.
 
 Transport-neutral: the connection itself comes from the ``omero_connect`` hook.
-Rules it keeps:
+Beside it: ``core.credentials`` (which credentials a login uses, a pure rule),
+``core.handoff`` (the file a parent lends its session through) and ``core.tokens``
+(the saved omero-user-token). Rules it keeps:
 
 * One active connection per process; connecting to another server closes the
   previous one first.
@@ -26,20 +28,17 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import stat
-import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 
 from cellprofiler_omero.core import runtime, tokens
 from cellprofiler_omero.core.config import Settings, load_settings
+from cellprofiler_omero.core.credentials import RECONNECT_HINT, choose_credentials, token_serves
 from cellprofiler_omero.core.errors import (
     AuthError,
     CannotReachServer,
@@ -48,6 +47,7 @@ from cellprofiler_omero.core.errors import (
     OmeroError,
     WrongServer,
 )
+from cellprofiler_omero.core.handoff import HANDOFF_ENV, Handoff, HandoffFile, read_handoff
 from cellprofiler_omero.core.refs import ObjectRef
 from cellprofiler_omero.core.registry import Registry
 from cellprofiler_omero.core.retry import is_retryable, retrying
@@ -56,12 +56,9 @@ from cellprofiler_omero.core.roles import Connection, Credentials, ServerAddress
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-HANDOFF_ENV = "CELLPROFILER_OMERO_SESSION_FILE"
+__all__ = ["HANDOFF_ENV", "SessionManager", "get_manager", "set_manager"]
 
-_RECONNECT_HINT = (
-    "Log in again: `cellprofiler-omero login --server HOST` (add --save-token to keep "
-    "a token), or use Plugins ▸ Connect to OMERO in CellProfiler."
-)
+_RECONNECT_HINT = RECONNECT_HINT
 
 
 class SessionManager:
@@ -76,7 +73,7 @@ class SessionManager:
         self._credentials: Credentials | None = None
         self._lock: anyio.Lock | None = None
         self._keepalive_scope: anyio.CancelScope | None = None
-        self._handoff_path: Path | None = None
+        self._handoff = HandoffFile()
         #: The key of a session whose connection failed and is not yet renewed (a
         #: password session is rejoined by it before logging in again).
         self._lapsed_key: str | None = None
@@ -144,7 +141,7 @@ class SessionManager:
         return await self._open(address, credentials, reason="connect")
 
     def _resolve_address(self, host: str | None, port: int | None) -> ServerAddress:
-        handoff = _read_handoff()
+        handoff = read_handoff()
         if host:
             if port is None and self.settings.server.host and \
                     ServerAddress(self.settings.server.host).same_host(host):
@@ -152,14 +149,14 @@ class SessionManager:
             if port is None:
                 # A web link names the host but not the Ice port: take the port of a
                 # session or token for that very host before the configured default.
-                if handoff is not None and handoff[0].same_host(host):
-                    return handoff[0]
+                if handoff is not None and handoff.address.same_host(host):
+                    return handoff.address
                 token = self._token() if self._use_token(None) else None
                 if token is not None and ServerAddress(token.host, token.port).same_host(host):
                     return ServerAddress(host, token.port)
             return ServerAddress(host, port or self.settings.server.port)
         if handoff is not None:
-            return handoff[0]
+            return handoff.address
         if self.settings.server.host:
             return ServerAddress(self.settings.server.host, port or self.settings.server.port)
         if self._address is not None:
@@ -175,25 +172,36 @@ class SessionManager:
     def _token(self) -> tokens.Token | None:
         return tokens.read_token(self.settings.auth.token_dir)
 
+    def credentials_for(self, host: str | None = None, port: int | None = None, *,
+                        user: str | None = None, password: str | None = None,
+                        session_key: str | None = None, use_token: bool | None = None
+                        ) -> tuple[ServerAddress, Credentials]:
+        """The server and credentials ``connect`` would use for these arguments, without
+        connecting (``AuthError`` when not logged in). The CLI asks this to say which
+        saved session failed."""
+        address = self._resolve_address(host, port)
+        return address, self._choose_credentials(address, user, password, session_key,
+                                                 use_token)
+
     def _choose_credentials(self, address: ServerAddress, user: str | None,
                             password: str | None, session_key: str | None,
                             use_token: bool | None) -> Credentials:
-        if session_key is not None:
-            return Credentials(session_key=session_key, source="session")
-        if user is not None and password is not None:
-            return Credentials(user=user, password=password, source="password")
-        handoff = _read_handoff()
-        if handoff is not None and handoff[0] == address:
-            return Credentials(session_key=handoff[1], source="environment")
-        if self._use_token(use_token):
-            token = self._token()
-            if token is not None and address.same_host(token.host) \
-                    and token.port == address.port:
-                return Credentials(session_key=token.key, source="token")
-            if token is not None:
+        read: list[tokens.Token | None] = []
+
+        def token() -> tokens.Token | None:
+            read.append(self._token())
+            return read[-1]
+
+        try:
+            return choose_credentials(address, user=user, password=password,
+                                      session_key=session_key, handoff=read_handoff,
+                                      token=token, use_token=self._use_token(use_token))
+        except AuthError:
+            saved = read[-1] if read else None
+            if saved is not None and not token_serves(saved, address):
                 log.info("the saved token is for %s:%s, not %s; not using it",
-                         token.host, token.port, address)
-        raise AuthError(f"Not logged in to {address}.", hint=_RECONNECT_HINT)
+                         saved.host, saved.port, address)
+            raise
 
     async def _open(self, address: ServerAddress, credentials: Credentials, reason: str,
                     *, retry: bool = True) -> SessionInfo:
@@ -355,7 +363,7 @@ class SessionManager:
                                  type(exc).__name__)
 
         if runtime.in_loop_thread():
-            _spawn(keepalive)
+            runtime.spawn(keepalive, name="cellprofiler-omero keep-alive")
 
     # -- tokens and hand-off -----------------------------------------------------------
 
@@ -369,27 +377,16 @@ class SessionManager:
                                   self.settings.auth.token_dir)
 
     def export_for_workers(self) -> dict[str, str]:
-        """Environment for child processes to join this session (a 0600 file, removed at exit)."""
+        """Environment for child processes to join this session (``core.handoff``: a
+        0600 file, removed when the session closes or the process ends)."""
         if self._conn is None or self._address is None:
             return {}
-        if self._handoff_path is None:
-            fd, name = tempfile.mkstemp(prefix="cellprofiler-omero-", suffix=".session")
-            os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
-            self._handoff_path = Path(name)
-            os.close(fd)
+        if self._handoff.path is None:
             runtime.on_shutdown(self._remove_handoff)
-        payload = {"host": self._address.host, "port": self._address.port,
-                   "key": self._conn.session_key}
-        self._handoff_path.write_text(json.dumps(payload))
-        os.environ[HANDOFF_ENV] = str(self._handoff_path)
-        return {HANDOFF_ENV: str(self._handoff_path)}
+        return self._handoff.write(Handoff(self._address, self._conn.session_key))
 
     async def _remove_handoff(self) -> None:
-        if self._handoff_path is not None:
-            self._handoff_path.unlink(missing_ok=True)
-            if os.environ.get(HANDOFF_ENV) == str(self._handoff_path):
-                del os.environ[HANDOFF_ENV]
-            self._handoff_path = None
+        self._handoff.remove()
 
     # -- closing -----------------------------------------------------------------------
 
@@ -432,34 +429,6 @@ async def _quietly_close(conn: Connection, *, detach: bool) -> None:
         await conn.close(detach=detach)
     except Exception as exc:  # closing a dead connection must not mask the real error
         log.debug("closing connection failed: %s", type(exc).__name__)
-
-
-def _read_handoff() -> tuple[ServerAddress, str] | None:
-    path = os.environ.get(HANDOFF_ENV)
-    if not path:
-        return None
-    try:
-        st = os.stat(path)
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("ignoring session hand-off %s: it is readable by others", path)
-            return None
-        data = json.loads(Path(path).read_text())
-        return ServerAddress(str(data["host"]), int(data["port"])), str(data["key"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-_spawned: set[Any] = set()
-
-
-def _spawn(func: Callable[[], Awaitable[None]]) -> None:
-    """Start a background task on the running asyncio loop (keep-alive)."""
-    import asyncio
-
-    coro: Any = func()
-    task = asyncio.get_running_loop().create_task(coro)
-    _spawned.add(task)
-    task.add_done_callback(_spawned.discard)
 
 
 _manager: SessionManager | None = None
