@@ -8,6 +8,7 @@ upload so that a retry finds the image an earlier attempt made.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -79,6 +80,24 @@ def omero_dtype(array: np.ndarray) -> tuple[np.ndarray, PixelType]:
 def new_key() -> str:
     """A fresh upload key (callers that may retry pass their own stable key instead)."""
     return uuid.uuid4().hex
+
+
+def content_key(array: np.ndarray, *, name: str, dataset_id: int | None, axes: str,
+                source_image_ids: Sequence[int] = ()) -> str:
+    """The exactly-once key of an upload: the same image saved again gets the same key.
+
+    A SHA-256 (hex) over the image's name, its dataset, the ids of the images it was
+    made from, its axes, dtype and shape, and the SHA-256 of its pixels (C order). A
+    rerun of a pipeline, or a retry after a lost reply, therefore finds the image an
+    earlier attempt made (``ImageSink.upload`` looks it up by this key) instead of
+    making a second one; any change to the pixels or to where they go makes a new one.
+    The key says nothing about the session or the time, so reruns by other processes
+    (analysis workers, a restarted run) agree on it.
+    """
+    pixels = hashlib.sha256(np.ascontiguousarray(array).tobytes()).digest()
+    identity = "\0".join([name, str(dataset_id), ",".join(str(i) for i in source_image_ids),
+                          axes, str(array.dtype), str(array.shape)])
+    return hashlib.sha256(identity.encode() + pixels).hexdigest()
 
 
 async def upload(manager: SessionManager, array: np.ndarray, *, name: str,

@@ -8,14 +8,13 @@ image carries provenance (a map annotation naming the source images) and its id
 and OMERO.web URL are recorded as image measurements ``OMERO_ImageID_<name>`` and
 ``OMERO_URL_<name>``.
 
-Uploads are exactly once: the key is derived from the name, dataset, sources and
-pixel content, so a retry — or rerunning the same pipeline on the same images —
-finds the image already made instead of making another.
+Uploads are exactly once: the key (``core.uploading.content_key``) is derived from the
+name, dataset, sources and pixel content, so a retry — or rerunning the same pipeline
+on the same images — finds the image already made instead of making another.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
@@ -39,7 +38,7 @@ from cellprofiler_core.setting.text import Integer, Text
 from cellprofiler_omero.core import refs, runtime
 from cellprofiler_omero.core.errors import OmeroError
 from cellprofiler_omero.core.model import PhysicalSize
-from cellprofiler_omero.core.uploading import upload
+from cellprofiler_omero.core.uploading import content_key, upload
 from cellprofiler_omero.cp_integration import session
 from cellprofiler_omero.cp_integration.targets import parse_target
 
@@ -295,10 +294,8 @@ class SaveImagesToOMERO(Module):
         name = self.image_name_for(workspace)
         dataset = self.dataset_id()
         sources = source_images(workspace.measurements)
-        key = hashlib.sha256("\0".join(
-            [name, str(dataset), ",".join(str(i) for i, _ in sources), axes,
-             str(data.dtype), str(data.shape)]).encode() + hashlib.sha256(
-                 np.ascontiguousarray(data).tobytes()).digest()).hexdigest()
+        key = content_key(data, name=name, dataset_id=dataset, axes=axes,
+                          source_image_ids=[i for i, _ in sources])
         size_c = data.shape[-1] if axes.endswith("C") else 1
         channel_names = [f"{self.output_name()}{'' if size_c == 1 else f'_c{i}'}"
                          for i in range(size_c)]
