@@ -38,6 +38,7 @@ from cellprofiler_omero.core.model import (
     Channel,
     ColumnKind,
     ColumnSpec,
+    Group,
     ImageMeta,
     NewImage,
     Node,
@@ -53,6 +54,7 @@ from cellprofiler_omero.core.model import (
 )
 from cellprofiler_omero.core.refs import Kind, ObjectRef
 from cellprofiler_omero.core.roles import (
+    AsyncClosing,
     Connection,
     Credentials,
     ImageSink,
@@ -67,6 +69,7 @@ ENTRY_POINT_GROUP = PROJECT_NAME
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "AsyncClosing",
     "AuthError",
     "Channel",
     "ColumnKind",
@@ -75,6 +78,7 @@ __all__ = [
     "Connection",
     "ConnectionLost",
     "Credentials",
+    "Group",
     "ImageMeta",
     "ImageSink",
     "Kind",

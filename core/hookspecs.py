@@ -5,6 +5,24 @@ configuration names transports; a transport declines by returning ``None`` and
 the next one is asked. What they return does the work asynchronously (see
 ``roles``). Observer hooks are called on every plugin and return nothing.
 
+Threads (each hook says which it runs on):
+
+* Factory hooks (``omero_connect``, ``omero_open_*``) run in a **worker thread**
+  (``anyio.to_thread``), never on the event loop: they may block (log in, probe a
+  service, create a table). They must not call ``core.runtime.run``.
+* What factories return is used on the **event loop's thread** (``core.runtime``):
+  its methods are coroutines and must not block; blocking library calls go through
+  ``anyio.to_thread.run_sync`` (the Ice transport bounds them with one limiter).
+  Sources and sinks are closed with ``aclose()``; derive from
+  ``roles.AsyncClosing`` to make them ``async with`` context managers as well.
+* Observer hooks (``omero_image_uploaded``, ``omero_table_written``,
+  ``omero_session_changed``) run on the event loop's thread: return quickly, never
+  block, and hand slow work to another thread.
+
+Raise the core's errors (``core.errors``), not a library's: the core decides by type
+whether to try the next transport (``transient``) or to retry (``retryable``).
+Plugin authors import everything from ``cellprofiler_omero.plugin``.
+
 A third-party plugin is a module or object with ``@hookimpl`` functions,
 registered under a name through the entry-point group ``cellprofiler_omero``::
 
@@ -73,8 +91,17 @@ def omero_connect(
 ) -> Connection | None:
     """Open a session on ``address`` with ``credentials``.
 
+    ``address``: the server's host and Ice port. ``credentials``: a user and password,
+    or a session key to join (``credentials.source`` says where it came from: a
+    password, a session key, a saved token or a parent's hand-off); secret fields
+    must never be logged or sent to another host. ``settings``: the process's settings
+    (a plugin's own section: ``settings.section(MySettings)``).
+
     Return a ``Connection``, or ``None`` when this transport cannot connect.
-    Raise ``AuthError`` for refused credentials (no other transport is tried).
+    Raise ``AuthError`` for refused credentials (no other transport is tried), a
+    transient error (``CannotReachServer``…) to let the next transport try.
+
+    Runs in a worker thread; may block (up to ``server.connect_timeout_seconds``).
     """
 
 
@@ -84,14 +111,31 @@ def omero_open_reader(
 ) -> PixelSource | None:
     """Return a ``PixelSource`` for ``image`` or ``None`` to decline.
 
-    ``meta`` comes from the connection's metadata source, so a pixel-only
-    transport needs no metadata endpoint of its own.
+    ``connection``: the live session (from any transport's ``omero_connect``: check
+    its type or ``transport`` before using transport-specific parts; send its
+    ``session_key`` only to ``connection.info.server``'s host). ``image``: the image
+    (``image.id``; ``image.host`` when the reference named a server). ``meta``: its
+    sizes, pixel type, channels and levels, from the connection, so a pixel-only
+    transport needs no metadata endpoint of its own. ``settings``: as for
+    ``omero_connect``.
+
+    Runs in a worker thread, once per image and process (on the first read, and
+    again after a reconnect or after the previous transport failed transiently); may
+    block (a probe of a service). The source's ``read`` runs on the event loop.
     """
 
 
 @hookspec(firstresult=True)
 def omero_open_uploader(connection: Connection, settings: Settings) -> ImageSink | None:
-    """Return an ``ImageSink`` that creates images on the connected server, or ``None``."""
+    """Return an ``ImageSink`` that creates images on the connected server, or ``None``.
+
+    ``connection``: the live session (see ``omero_open_reader``). ``settings``: as
+    for ``omero_connect``. Called for each upload; the sink is closed after it.
+
+    Runs in a worker thread; may block. The sink's ``upload`` runs on the event loop
+    and must make at most one image per ``spec.client_key``, finding an earlier
+    attempt's image instead of making a second (uploads are retried).
+    """
 
 
 @hookspec(firstresult=True)
@@ -104,18 +148,40 @@ def omero_open_table_writer(
 ) -> TableSink | None:
     """Return a ``TableSink`` for a new table attached to ``target``, or ``None``.
 
-    With ``file_id``, reopen that existing table instead (after a reconnect).
+    ``connection``: the live session (see ``omero_open_reader``). ``target``: the
+    object the table's FileAnnotation is linked to (``target.kind`` such as
+    ``"Dataset"``, ``target.id``, optional ``target.namespace``). ``schema``: the
+    columns, fixed for the table's life, and ``schema.identity`` (when set, continue
+    the table on ``target`` that carries it instead of making another). ``settings``:
+    as for ``omero_connect``. ``file_id``: reopen that existing table instead (after
+    a reconnect); ``None`` makes (or finds, by identity) one.
+
+    Runs in a worker thread; may block (creating the table on the server).
     """
 
 
 @hookspec
 def omero_image_uploaded(session: SessionInfo, image: UploadedImage, spec: NewImage) -> None:
-    """An image was created (or found already created by an earlier attempt)."""
+    """An image was created (or found already created by an earlier attempt).
+
+    ``session``: who uploaded it, where. ``image``: its id, name, dataset, and
+    ``reused`` (found, not made). ``spec``: what was asked for (name, channels,
+    ``client_key``, provenance).
+
+    Runs on the event loop's thread after the upload: do not block.
+    """
 
 
 @hookspec
 def omero_table_written(session: SessionInfo, table: TableInfo, rows_added: int) -> None:
-    """A batch of rows was appended to a table."""
+    """A batch of rows was appended to a table.
+
+    ``session``: who wrote it, where. ``table``: the table (file id, annotation id,
+    name). ``rows_added``: rows this batch added (rows already on the server from an
+    earlier attempt are not counted).
+
+    Runs on the event loop's thread after each batch: do not block.
+    """
 
 
 @hookspec

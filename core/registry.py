@@ -3,6 +3,14 @@
 Built-in transports are registered the same way as third-party ones, through the
 entry-point group ``cellprofiler_omero`` of the installed distribution, so the core
 imports no transport.
+
+Threads: factory hooks may block (an Ice login, an HTTP probe, creating a table on
+the server), so they never run on the event loop. ``connect`` is a blocking call the
+session manager runs in a worker thread; ``open_uploader`` and ``open_table_writer``
+are coroutines that hop to a worker thread themselves; a ``FallbackPixelSource``
+opens its transport's source in a worker thread on first read. What the hooks return
+is used on the event loop (its methods are coroutines). Sources and sinks are async
+context managers (``async with await registry.open_uploader(conn) as sink:``).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from cellprofiler_omero.core.errors import ConfigError, NoTransport, OmeroError
 from cellprofiler_omero.core.model import ImageMeta, PixelRequest, TableSchema, TableTarget
 from cellprofiler_omero.core.refs import ObjectRef
 from cellprofiler_omero.core.roles import (
+    AsyncClosing,
     Connection,
     Credentials,
     ImageSink,
@@ -122,20 +131,32 @@ class Registry:
         """A pixel source that falls through the read transports on transient failures."""
         return FallbackPixelSource(self, connection, image, meta)
 
-    def open_uploader(self, connection: Connection) -> ImageSink:
-        _, sink = self.first("upload", "omero_open_uploader", connection=connection,
-                             settings=self.settings)
-        return sink
+    async def open_uploader(self, connection: Connection) -> ImageSink:
+        """An image sink from the first transport of ``transports.upload`` that serves
+        (its factory hook runs in a worker thread)."""
+        def blocking() -> ImageSink:
+            _, sink = self.first("upload", "omero_open_uploader", connection=connection,
+                                 settings=self.settings)
+            return sink
 
-    def open_table_writer(self, connection: Connection, target: TableTarget,
-                          schema: TableSchema, file_id: int | None = None,
-                          names: tuple[str, ...] | None = None) -> tuple[str, TableSink]:
-        return self.first("tables", "omero_open_table_writer", names=names,
-                          connection=connection, target=target, schema=schema,
-                          settings=self.settings, file_id=file_id)
+        return await anyio.to_thread.run_sync(blocking)
+
+    async def open_table_writer(self, connection: Connection, target: TableTarget,
+                                schema: TableSchema, file_id: int | None = None,
+                                names: tuple[str, ...] | None = None
+                                ) -> tuple[str, TableSink]:
+        """``(transport name, table sink)`` from the first transport of
+        ``transports.tables`` (or of ``names``) that serves; ``file_id`` reopens an
+        existing table. The factory hook runs in a worker thread."""
+        def blocking() -> tuple[str, TableSink]:
+            return self.first("tables", "omero_open_table_writer", names=names,
+                              connection=connection, target=target, schema=schema,
+                              settings=self.settings, file_id=file_id)
+
+        return await anyio.to_thread.run_sync(blocking)
 
 
-class FallbackPixelSource:
+class FallbackPixelSource(AsyncClosing):
     """Reads through the first read transport that serves; a transient failure moves on.
 
     The transports after the one serving stay in reserve, so a pixel-buffer service

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -174,7 +174,25 @@ class TableSink(Protocol):
     async def aclose(self) -> None: ...
 
 
+class AsyncClosing:
+    """``async with source:`` closes it on the way out (``aclose``), as files do.
+
+    Sources and sinks of the built-in transports derive from it; a third-party one may
+    too, or simply define ``aclose`` (the core closes with ``contextlib.aclosing``).
+    """
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release what the object holds; safe to call more than once."""
+
+
 __all__ = [
+    "AsyncClosing",
     "Connection",
     "Credentials",
     "ImageSink",

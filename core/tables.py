@@ -198,7 +198,7 @@ class TableWriter:
         if self._sink is not None:
             with contextlib.suppress(OmeroError):
                 await self._sink.aclose()
-        name, sink = self.manager.registry.open_table_writer(
+        name, sink = await self.manager.registry.open_table_writer(
             conn, self.target, self.schema, self._file_id, self._transport)
         self._transport = (name,)
         info = await sink.info()

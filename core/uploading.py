@@ -8,6 +8,7 @@ upload so that a retry finds the image an earlier attempt made.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -119,11 +120,9 @@ async def upload(manager: SessionManager, array: np.ndarray, *, name: str,
                     source_urls=tuple(source_urls))
 
     async def op(conn: Connection) -> UploadedImage:
-        sink = manager.registry.open_uploader(conn)
-        try:
+        # aclosing, not ``async with sink``: a third-party sink need only have aclose().
+        async with contextlib.aclosing(await manager.registry.open_uploader(conn)) as sink:
             return await sink.upload(pixels, spec)
-        finally:
-            await sink.aclose()
 
     result = await manager.call(op)
     info = manager.info

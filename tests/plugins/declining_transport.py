@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cellprofiler_omero.core.hookspecs import hookimpl
+from cellprofiler_omero.plugin import hookimpl
 
 ASKED: list[str] = []
 

@@ -2,6 +2,7 @@
 
 It is registered through entry-point metadata written by the tests, exactly as an
 installed package would be, and proves a plugin can serve without changes to core.
+Like any third-party plugin it imports only ``cellprofiler_omero.plugin``.
 """
 
 from __future__ import annotations
@@ -11,19 +12,25 @@ from typing import Any
 
 import numpy as np
 
-from cellprofiler_omero.core.errors import AuthError, NotFound, TransportUnavailable
-from cellprofiler_omero.core.hookspecs import hookimpl
-from cellprofiler_omero.core.model import (
+from cellprofiler_omero.plugin import (
+    AsyncClosing,
+    AuthError,
     Channel,
+    Credentials,
     Group,
     ImageMeta,
+    Kind,
     Node,
+    NotFound,
+    ObjectRef,
     Page,
     PixelRequest,
     PixelType,
+    ServerAddress,
+    SessionInfo,
+    TransportUnavailable,
+    hookimpl,
 )
-from cellprofiler_omero.core.refs import Kind, ObjectRef
-from cellprofiler_omero.core.roles import Credentials, ServerAddress, SessionInfo
 
 IMAGES: dict[int, np.ndarray] = {
     1: np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5),  # (Z, C, Y, X)
@@ -79,7 +86,7 @@ class MemoryConnection:
         CALLS.append(f"close detach={detach}")
 
 
-class MemorySource:
+class MemorySource(AsyncClosing):
     transport = "memory"
 
     def __init__(self, meta: ImageMeta) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 from cellprofiler_omero.core.config import Settings
 from cellprofiler_omero.core.model import ImageMeta, PixelRequest, Region
 from cellprofiler_omero.core.pixels import decode_into, plan_tiles
+from cellprofiler_omero.core.roles import AsyncClosing
 from cellprofiler_omero.core.tasks import task_group
 from cellprofiler_omero.transports.ice.connection import IceConnection
 from cellprofiler_omero.transports.ice.errors import wait_for_pyramid
@@ -109,7 +110,7 @@ class StorePool:
             await anyio.to_thread.run_sync(run)
 
 
-class IcePixelSource:
+class IcePixelSource(AsyncClosing):
     """The Ice transport's ``PixelSource`` for one image."""
 
     transport = "ice"

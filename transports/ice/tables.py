@@ -21,6 +21,7 @@ from cellprofiler_omero.core.model import (
     TableSchema,
     TableTarget,
 )
+from cellprofiler_omero.core.roles import AsyncClosing
 from cellprofiler_omero.core.tables import BULK_ANNOTATION_NS, MEASUREMENTS_NS
 from cellprofiler_omero.transports.ice.connection import ALL_GROUPS, IceConnection, params
 
@@ -48,7 +49,7 @@ def grid_columns(schema: TableSchema) -> list[Any]:
     return cols
 
 
-class IceTableSink:
+class IceTableSink(AsyncClosing):
     """The Ice transport's ``TableSink`` for one table."""
 
     transport = "ice"

@@ -46,6 +46,7 @@ from cellprofiler_omero.core.errors import (
 )
 from cellprofiler_omero.core.model import NewImage, PixelType, UploadedImage
 from cellprofiler_omero.core.pixels import encode, iter_strips, rps_tile_loop
+from cellprofiler_omero.core.roles import AsyncClosing
 from cellprofiler_omero.core.tasks import task_group
 from cellprofiler_omero.core.uploading import PROVENANCE_NS
 from cellprofiler_omero.transports.ice.connection import ALL_GROUPS, IceConnection, params
@@ -74,7 +75,7 @@ def abandoned_marker(key: str) -> str:
     return f"[cellprofiler-omero abandoned upload {key}]"
 
 
-class IceImageSink:
+class IceImageSink(AsyncClosing):
     """The Ice transport's ``ImageSink``."""
 
     transport = "ice"

@@ -28,7 +28,7 @@ from cellprofiler_omero.core.config import Settings
 from cellprofiler_omero.core.errors import OmeroError, ServerError
 from cellprofiler_omero.core.model import ImageMeta, PixelRequest, Region
 from cellprofiler_omero.core.pixels import Tile, decode_into, plan_tiles
-from cellprofiler_omero.core.roles import Connection
+from cellprofiler_omero.core.roles import AsyncClosing, Connection
 from cellprofiler_omero.core.tasks import task_group
 from cellprofiler_omero.transports.pixelbuffer.service import (
     DEFAULT_MAX_PLANE,
@@ -73,7 +73,7 @@ def resolution_for(meta: ImageMeta, level: int) -> int | None:
     return count - 1 - level
 
 
-class PixelBufferSource:
+class PixelBufferSource(AsyncClosing):
     """The pixel-buffer transport's ``PixelSource`` for one image.
 
     ``max_tile_pixels`` bounds every request (the service's NGFF buffer answers zeros
