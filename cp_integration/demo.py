@@ -8,6 +8,10 @@
    label images to OMERO → export the measurements as OMERO.tables;
 5. prints what happened: image sets, objects (and the ground truth), images
    uploaded, table rows, where to find them, and how long each phase took.
+
+The counts come from the observer hooks (``omero_image_uploaded``,
+``omero_table_written``), which the CellProfiler processes record in an events file
+(``cp_integration.events``); CellProfiler's log is kept for people, never parsed.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -32,13 +35,19 @@ from cellprofiler_omero.core.errors import OmeroError
 from cellprofiler_omero.core.refs import Kind, ObjectRef
 from cellprofiler_omero.core.session import SessionManager
 from cellprofiler_omero.cp_integration import plugins_dir
+from cellprofiler_omero.cp_integration.events import (
+    EVENTS_ENV,
+    ImageEvent,
+    TableEvent,
+    read_events,
+)
 from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
 
 log = logging.getLogger(__name__)
 
-_PROGRESS = re.compile(r"Image # (\d+), module (\w+) # (\d+)")
-_UPLOADED = re.compile(r"(uploaded|found) image (\d+) \((.*?)\)")
-_TABLE = re.compile(r"table (\S+) \(OriginalFile (\d+)\) holds (\d+) rows")
+#: The ExportToOMEROTable prefix of ``nuclei_pipeline``: its tables are
+#: ``CellProfiler_<label>_run-<key>``.
+_TABLE_PREFIX = "CellProfiler_"
 
 
 @dataclass
@@ -167,8 +176,10 @@ def _file_list(manager: SessionManager, dataset_id: int) -> tuple[list[str], int
         urls, truth = [], 0
         for image in images:
             meta = await conn.image_meta(image.id)
-            match = re.match(r"(\d+) nuclei", meta.description or "")
-            truth += int(match.group(1)) if match else 0
+            # The demo data's description starts with its count ("12 nuclei (ground
+            # truth)"): data the emulator seeded, not a message.
+            first = (meta.description or "").split(" ", 1)[0]
+            truth += int(first) if first.isdigit() else 0
             urls.append(refs.web_url(ObjectRef(Kind.IMAGE, image.id, host)))
         return urls, truth
 
@@ -178,46 +189,59 @@ def _file_list(manager: SessionManager, dataset_id: int) -> tuple[list[str], int
 def run_cellprofiler(pipeline: Path, file_list: Path, output: Path, env: dict[str, str], *,
                      total: int, report: DemoReport, progress: bool | None = None,
                      on_line: Callable[[str], None] | None = None) -> int:
-    """Run CellProfiler headless with this package's plugins, following its log."""
+    """Run CellProfiler headless with this package's plugins and fill ``report`` from the
+    run's events (``cp_integration.events``): one label image saved per image set moves
+    the progress bar; the tables' rows give the image sets and the objects."""
     from tqdm import tqdm
 
+    events_file = output / "events.jsonl"
+    events_file.write_text("")  # this run's events only
     command = [sys.executable, "-m", "cellprofiler", "-c", "-r", "-p", str(pipeline),
                "--file-list", str(file_list), "-o", str(output), "--plugins-directory",
                str(plugins_dir()), "-L", "INFO"]
     bar = tqdm(total=total, unit="image set", desc="CellProfiler",
                disable=not (sys.stderr.isatty() if progress is None else progress))
-    last_module = _last_module(pipeline)
-    done: set[int] = set()
+    images: dict[int, ImageEvent] = {}
+    tables: dict[int, TableEvent] = {}
+    offset = 0
+
+    def take_events() -> None:
+        nonlocal offset
+        events, offset = read_events(events_file, offset)
+        for event in events:
+            if isinstance(event, ImageEvent):
+                if event.image_id not in images:
+                    bar.update(1)
+                images[event.image_id] = event
+            else:
+                latest = tables.get(event.file_id)
+                if latest is None or event.rows >= latest.rows:
+                    tables[event.file_id] = event
+
     with (output / "cellprofiler.log").open("w") as log_file:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+        process = subprocess.Popen(command, env={**env, EVENTS_ENV: str(events_file)},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, bufsize=1)
         assert process.stdout is not None
         for line in process.stdout:
             log_file.write(line)
             if on_line is not None:
                 on_line(line)
-            match = _PROGRESS.search(line)
-            if match and int(match.group(3)) == last_module and int(match.group(1)) not in done:
-                done.add(int(match.group(1)))
-                bar.update(1)
-            match = _UPLOADED.search(line)
-            if match:
-                report.uploaded.append((int(match.group(2)), match.group(3)))
-            match = _TABLE.search(line)
-            if match:
-                report.tables.append((match.group(1), int(match.group(2)),
-                                      int(match.group(3))))
+            take_events()
         code = process.wait()
+    take_events()
     bar.close()
-    report.image_sets = len(done)
-    report.objects = next((rows for name, _, rows in report.tables
-                           if name.rsplit("_run-", 1)[0].endswith("_Nuclei")), 0)
+    report.uploaded = [(event.image_id, event.name) for event in images.values()]
+    report.tables = [(event.name, file_id, event.rows) for file_id, event in tables.items()]
+    report.image_sets = _rows_of(report.tables, "Image") or len(images)
+    report.objects = _rows_of(report.tables, "Nuclei")
     return code
 
 
-def _last_module(pipeline: Path) -> int:
-    numbers = [int(n) for n in re.findall(r"module_num:(\d+)", pipeline.read_text())]
-    return max(numbers) if numbers else 0
+def _rows_of(tables: list[tuple[str, int, int]], label: str) -> int:
+    """Rows of the demo's table for ``label`` (``Image``: one row per image set)."""
+    name = f"{_TABLE_PREFIX}{label}_run-"
+    return sum(rows for table, _, rows in tables if table.startswith(name))
 
 
 def report_json(report: DemoReport) -> str:

@@ -189,6 +189,14 @@ def manager() -> SessionManager:
                  origins.get("transports.read", "the default"))
         current = SessionManager(chosen)
         current.registry.register(TokenMessageLog(), TOKEN_MESSAGE_PLUGIN)
+        from cellprofiler_omero.cp_integration.events import (
+            EVENTS_PLUGIN,
+            event_log_from_environment,
+        )
+
+        events = event_log_from_environment()  # $CELLPROFILER_OMERO_EVENTS_FILE
+        if events is not None:
+            current.registry.register(events, EVENTS_PLUGIN)
         core_session.set_manager(current)
         from cellprofiler_omero.core import runtime
 
