@@ -395,14 +395,17 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
                  batch_size: int | None = None, output: str | Path | None = None,
                  max_failures: int | None = None, progress: bool | None = None,
                  say: Callable[[str], None] = log.info,
-                 on_batch: Callable[[dict[str, Any]], None] | None = None) -> RunReport:
+                 on_batch: Callable[[dict[str, Any]], None] | None = None,
+                 client: Any = None) -> RunReport:
     """Run ``pipeline`` over the image ``urls`` on a Dask cluster and return the report.
 
     ``manager`` must be connected (the workers join its session). Without ``scheduler``
     a ``LocalCluster`` of ``workers`` processes (default: the machine's cores) runs the
     batches and is stopped afterwards. ``max_failures`` stops the run (``TooManyFailures``)
     once more image sets than that have failed. CellProfiler's measurements of the run are
-    written to ``output``/measurements.h5. Usable from a notebook.
+    written to ``output``/measurements.h5. Usable from a notebook, where ``client`` (a
+    ``distributed.Client``) reuses a cluster already running; ``on_batch`` sees each
+    batch's result as it arrives.
     """
     from cellprofiler_omero.core import session as core_session
 
@@ -420,7 +423,7 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
     report.image_sets = len(measurements.get_image_numbers())
     report.batches = len(batches)
     report.output = str(out_dir / MEASUREMENTS_FILE)
-    with _cluster(scheduler, workers) as client:
+    with _cluster(scheduler, workers, client) as client:
         report.dashboard = _dashboard(client)
         if report.dashboard:
             say(f"[run] Dask dashboard: {report.dashboard}")
@@ -429,9 +432,14 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
         with _phase(report, "start the workers", say):
             client.register_plugin(plugin, name=plugin.name)
             report.workers = len(client.scheduler_info(n_workers=-1)["workers"])
-        with _phase(report, "run the image sets", say):
-            _run_batches(client, report, batches, measurements, max_failures, progress,
-                         on_batch)
+        try:
+            with _phase(report, "run the image sets", say):
+                _run_batches(client, report, batches, measurements, max_failures, progress,
+                             on_batch)
+        finally:
+            # The workers detach from the session (teardown) and forget the run.
+            with contextlib.suppress(Exception):
+                client.unregister_worker_plugin(plugin.name)
     with _phase(report, "finish the tables and measurements", say):
         cp_pipeline.post_run(workspace)
         report.tables = _tables(cp_pipeline)
@@ -477,9 +485,13 @@ def _prepare(pipeline_text: str, urls: Sequence[str], out_dir: Path, batch_size:
 
 
 @contextlib.contextmanager
-def _cluster(scheduler: str | None, workers: int | None) -> Iterator[Any]:
+def _cluster(scheduler: str | None, workers: int | None, client: Any = None
+             ) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
+    if client is not None:  # someone else's cluster: used, not stopped
+        yield client
+        return
     if scheduler is not None:
         with Client(scheduler) as client:
             yield client

@@ -127,6 +127,17 @@ def _split(prefix: str, label: str, keys: list[ColumnSpec], columns: list[Column
             for n, chunk in enumerate(chunks)]
 
 
+def _one_type_each(features: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """One column type per feature. Two modules can declare one measurement with two
+    types (Images and Groups both declare Metadata_SeriesName when a pipeline groups by
+    it); text wins, since a text column holds either."""
+    chosen: dict[str, str] = {}
+    for feature, coltype in features:
+        if feature not in chosen or coltype.startswith("varchar"):
+            chosen[feature] = coltype
+    return set(chosen.items())
+
+
 def plan_tables(columns: list[tuple[Any, ...]], prefix: str, string_size: int,
                 relationships: bool, max_columns: int = 500) -> list[TablePlan]:
     """The tables for a pipeline's measurement columns (see the module docstring)."""
@@ -141,7 +152,7 @@ def plan_tables(columns: list[tuple[Any, ...]], prefix: str, string_size: int,
         by_object.setdefault(obj, []).append((feature, coltype))
     # Sorted: CellProfiler's column order can differ between processes, and the tables
     # of a run (and its rerun) must have the same columns in the same order.
-    by_object = {obj: sorted(set(features)) for obj, features in by_object.items()}
+    by_object = {obj: sorted(_one_type_each(features)) for obj, features in by_object.items()}
     plans = []
 
     def spec(feature: str, coltype: str) -> ColumnSpec:

@@ -50,8 +50,10 @@ class Rig:
         ds.setName(rstring(name))
         return int(self.conn.getUpdateService().saveAndReturnObject(ds).getId().getValue())
 
-    def pipeline(self, dataset_id: int, *, grouped: bool = False) -> Path:
-        """The demo pipeline into ``dataset_id`` (grouped by image name parity if asked)."""
+    def pipeline(self, dataset_id: int, *, grouped: bool = False, flush_every: int = 100
+                 ) -> Path:
+        """The demo pipeline into ``dataset_id`` (grouped by image name if asked; rows
+        written every ``flush_every`` image sets)."""
         from cellprofiler_core.pipeline import Pipeline
 
         from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
@@ -61,8 +63,9 @@ class Rig:
                          raise_on_error=True)
         export = pipeline.modules()[-1]
         export.wants_relationships.value = False
+        export.flush_every.value = flush_every
         if grouped:
-            _group_by_parity(pipeline)
+            _group_by_name(pipeline)
         out = io.StringIO()
         pipeline.dump(out)
         path = self.tmp / f"pipeline-{dataset_id}.cppipe"
@@ -100,23 +103,14 @@ class Rig:
                       .listChildren())
 
 
-def _group_by_parity(pipeline: Any) -> None:
-    """Metadata extracts ``Parity`` (odd/even) from the image name; Groups groups by it."""
+def _group_by_name(pipeline: Any) -> None:
+    """Groups by the OMERO image name (``SeriesName``): the odd fields share one name, the
+    even fields another."""
     from cellprofiler_core.modules.groups import Groups
-    from cellprofiler_core.modules.metadata import Metadata
 
-    metadata = next(m for m in pipeline.modules() if isinstance(m, Metadata))
-    metadata.wants_metadata.value = True
-    group = metadata.extraction_methods[0]
-    group.extraction_method.value = "Extract from image file headers"
-    metadata.add_extraction_method()
-    extract = metadata.extraction_methods[1]
-    extract.extraction_method.value = "Extract from file/folder names"
-    extract.source.value = "File name"
-    extract.file_regexp.value = r"^dask (?P<Parity>odd|even) field"
     groups = next(m for m in pipeline.modules() if isinstance(m, Groups))
     groups.wants_groups.value = True
-    groups.grouping_metadata[0].metadata_choice.value = "Parity"
+    groups.grouping_metadata[0].metadata_choice.value = "SeriesName"
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +131,7 @@ def rig(emulator: Emulator, cellprofiler_plugins: None,
     rig.sources = rig.dataset("dask sources")
     for index in range(N_SETS):
         pixels, _labels = synthetic.nuclei_and_cells(3000 + index, FIELD, n_cells=4)
-        parity = "odd" if index % 2 else "even"
-        image = run(lambda p=pixels, n=f"dask {parity} field {index}": upload(
+        image = run(lambda p=pixels, n=_name(index): upload(
             manager, p, name=n, axes="CYX", dataset_id=rig.sources,
             channel_names=["DAPI", "Cytoplasm"]))
         rig.urls.append(f"omero:iid={image.id}")
@@ -147,12 +140,20 @@ def rig(emulator: Emulator, cellprofiler_plugins: None,
     conn.close()
 
 
+def _name(index: int) -> str:
+    """Image set ``index``'s image name: odd and even fields share a name (for grouping)."""
+    return f"dask {'odd' if index % 2 else 'even'} field"
+
+
 def _run(rig: Rig, dataset_id: int, **kw: Any) -> Any:
     from cellprofiler_omero.cp_integration.distributed import run_pipeline
 
-    kw.setdefault("workers", 2)
+    if "client" not in kw:
+        kw.setdefault("workers", 2)
     kw.setdefault("batch_size", 1)
-    return run_pipeline(rig.pipeline(dataset_id, grouped=kw.pop("grouped", False)),
+    pipeline = rig.pipeline(dataset_id, grouped=kw.pop("grouped", False),
+                            flush_every=kw.pop("flush_every", 100))
+    return run_pipeline(pipeline,
                         rig.urls, rig.manager, output=rig.tmp / f"out-{dataset_id}",
                         progress=False, **kw)
 
@@ -166,8 +167,7 @@ def _check_exactly_once(rig: Rig, dataset_id: int) -> dict[str, Any]:
     keys = [(row[0], row[1]) for row in nuclei]
     assert len(keys) == len(set(keys)) == sum(
         row[names.index("Count_Nuclei")] for row in images) > 0
-    assert rig.labels(dataset_id) == sorted(
-        f"dask {'odd' if i % 2 else 'even'} field {i}_nuclei" for i in range(N_SETS))
+    assert rig.labels(dataset_id) == sorted(f"{_name(i)}_nuclei" for i in range(N_SETS))
     return tables
 
 
@@ -222,3 +222,80 @@ def test_two_workers_write_each_result_once_and_the_same_rows_as_one_process(
         assert [int(c) for c in counts] == [by_number[n] for n in range(1, N_SETS + 1)]
     finally:
         merged.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(rig: Rig) -> Iterator[Any]:
+    """Two worker processes (one thread each) shared by the tests below."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as local, Client(local) as client:
+        client.wait_for_workers(2)
+        yield client
+
+
+def _kill_a_busy_worker(client: Any, rig: Rig, dataset_id: int, killed: list[int]) -> None:
+    """SIGKILL, once the first label image is on the server, a worker running a batch."""
+    import signal
+    import time
+
+    from omero.gateway import BlitzGateway
+
+    conn = BlitzGateway("demo", "demo", host=rig.emulator.host, port=rig.emulator.port)
+    assert conn.connect()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if len(list(conn.getObject("Dataset", dataset_id).listChildren())) >= 1:
+                pids = client.run(os.getpid)
+                busy = [address for address, keys in client.processing().items() if keys]
+                if busy:
+                    killed.append(pids[busy[0]])
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
+def test_a_batch_whose_worker_was_killed_runs_again_and_writes_each_result_once(
+        rig: Rig, cluster: Any) -> None:
+    import threading
+
+    dataset_id = rig.dataset("dask killed worker")
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_busy_worker,
+                              args=(cluster, rig, dataset_id, killed))
+
+    def start_killer(line: str) -> None:
+        if line.startswith("[run] run the image sets"):
+            killer.start()
+
+    # Three image sets per batch, rows written after every image set: the killed batch
+    # leaves uploads and rows behind that its second run must not repeat.
+    report = _run(rig, dataset_id, client=cluster, batch_size=3, say=start_killer,
+                  flush_every=1)
+    killer.join()
+    assert killed, "no worker was killed"
+    assert all(f"pid {killed[0]}" not in where for where in report.ran_on.values())
+    assert (report.done, report.failures) == (N_SETS, [])
+    _check_exactly_once(rig, dataset_id)
+
+
+def test_a_group_runs_whole_on_one_worker(rig: Rig, cluster: Any) -> None:
+    dataset_id = rig.dataset("dask grouped")
+    report = _run(rig, dataset_id, client=cluster, grouped=True, batch_size=1)
+    assert report.batches == 2  # two groups of three, never split by the batch size
+    from cellprofiler_core.measurement import Measurements
+
+    merged = Measurements(filename=report.output, mode="r")
+    try:
+        names = {n: merged["Image", "Metadata_SeriesName", n] for n in report.ran_on}
+    finally:
+        merged.close()
+    by_group: dict[str, set[str]] = {}
+    for n, where in report.ran_on.items():  # where: the worker's own address and pid
+        by_group.setdefault(names[n], set()).add(where)
+    assert {k: len(v) for k, v in by_group.items()} == {_name(0): 1, _name(1): 1}
+    assert report.done == N_SETS
