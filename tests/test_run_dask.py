@@ -153,8 +153,9 @@ def _run(rig: Rig, dataset_id: int, **kw: Any) -> Any:
     kw.setdefault("batch_size", 1)
     pipeline = rig.pipeline(dataset_id, grouped=kw.pop("grouped", False),
                             flush_every=kw.pop("flush_every", 100))
+    urls = kw.pop("urls", rig.urls)
     return run_pipeline(pipeline,
-                        rig.urls, rig.manager, output=rig.tmp / f"out-{dataset_id}",
+                        urls, rig.manager, output=rig.tmp / f"out-{dataset_id}",
                         progress=False, **kw)
 
 
@@ -299,3 +300,45 @@ def test_a_group_runs_whole_on_one_worker(rig: Rig, cluster: Any) -> None:
         by_group.setdefault(names[n], set()).add(where)
     assert {k: len(v) for k, v in by_group.items()} == {_name(0): 1, _name(1): 1}
     assert report.done == N_SETS
+
+
+def _doomed_image(rig: Rig) -> tuple[str, Any]:
+    """A new image's URL and a ``say`` hook that deletes it once the run is prepared (its
+    image set exists, its pixels are gone by the time a worker reads them)."""
+    from cellprofiler_omero.core.uploading import upload
+
+    pixels, _labels = synthetic.nuclei_and_cells(4000, FIELD, n_cells=4)
+    image = run(lambda: upload(rig.manager, pixels, name="dask doomed field", axes="CYX",
+                               dataset_id=rig.sources, channel_names=["DAPI", "Cytoplasm"]))
+
+    def delete_when_prepared(line: str) -> None:
+        if line.startswith("[run] start the workers"):
+            rig.conn.deleteObjects("Image", [image.id], wait=True)
+
+    return f"omero:iid={image.id}", delete_when_prepared
+
+
+def test_a_bad_image_fails_its_image_set_only_and_is_reported(rig: Rig, cluster: Any) -> None:
+    dataset_id = rig.dataset("dask bad image")
+    bad, delete = _doomed_image(rig)
+    report = _run(rig, dataset_id, client=cluster, urls=[rig.urls[0], bad], say=delete)
+    assert report.done == 1
+    assert [f.image_number for f in report.failures] == [2]
+    assert report.failures[0].module and report.failures[0].error
+    assert f"image set 2 failed in {report.failures[0].module}" in report.summary()
+    _, images = rig.tables(dataset_id)["Dask_Image"]
+    assert [row[0] for row in images] == [1]
+    assert rig.labels(dataset_id) == [f"{_name(0)}_nuclei"]
+
+
+def test_max_failures_0_stops_the_run_at_the_first_failed_image_set(
+        rig: Rig, cluster: Any) -> None:
+    from cellprofiler_omero.cp_integration.distributed import TooManyFailures
+
+    dataset_id = rig.dataset("dask max failures")
+    bad, delete = _doomed_image(rig)
+    with pytest.raises(TooManyFailures) as caught:
+        _run(rig, dataset_id, client=cluster, urls=[bad, *rig.urls[:2]], say=delete,
+             max_failures=0)
+    assert (caught.value.failed, caught.value.limit) == (1, 0)
+    assert "more than --max-failures 0" in str(caught.value)
