@@ -184,6 +184,12 @@ class Settings:
         default: S = declared[name].type()
         return default
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Settings travel to other processes (Dask workers); a mappingproxy does not
+        # pickle, so the plugin sections go as a plain dict and come back read-only.
+        core = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "plugins"}
+        return (_rebuild_settings, (core, dict(self.plugins)))
+
     def __getattr__(self, name: str) -> Any:
         # Plugin sections read like core ones (``settings.ice.concurrency``), untyped.
         if name.startswith("_") or name == "plugins":
@@ -194,6 +200,10 @@ class Settings:
             raise AttributeError(
                 f"'Settings' has no section {name!r} (no installed plugin declares it)"
             ) from None
+
+
+def _rebuild_settings(core: dict[str, Any], plugins: dict[str, Any]) -> Settings:
+    return Settings(**core, plugins=types.MappingProxyType(plugins))
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -297,3 +297,16 @@ def test_bad_value_hints_point_at_a_command_that_exists(tmp_path: Path) -> None:
         load_settings({"server.port": "many"}, path=tmp_path / "x.toml", environ={})
     assert "`cellprofiler-omero config show`" in (failure.value.hint or "")
     assert build_parser().parse_args(["config", "show"]).action == "show"
+
+
+def test_settings_with_plugin_sections_pickle_for_other_processes() -> None:
+    import pickle
+
+    from cellprofiler_omero.transports.ice.settings import IceSettings
+
+    settings = Settings().replace({"ice.concurrency": 2, "tables.batch_rows": 5})
+    back = pickle.loads(pickle.dumps(settings))
+    assert back == settings
+    assert back.section(IceSettings).concurrency == 2 and back.tables.batch_rows == 5
+    with pytest.raises(TypeError):  # still read-only after the trip
+        back.plugins["ice"] = IceSettings()  # type: ignore[index]
