@@ -178,3 +178,16 @@ def test_connect_with_settings_applies_them(process_session: Path,
                       settings={"transports.read": ["ice"], "tables.batch_rows": 2})
     assert info.user == "demo" and info.server.port == emulator.port
     assert get_manager().settings.tables.batch_rows == 2
+
+
+@pytest.mark.usefixtures("logged_in")
+def test_calls_work_from_a_thread_running_its_own_event_loop_as_notebooks_do(
+        seeded: dict[str, Any]) -> None:
+    import asyncio
+
+    async def cell() -> list[ObjectRef]:
+        # Jupyter runs a cell's code synchronously on the thread of its own asyncio loop.
+        return co.list_images(f"Dataset:{seeded['dataset']}")
+
+    images = asyncio.run(cell())
+    assert images and all(image.kind is Kind.IMAGE for image in images)
