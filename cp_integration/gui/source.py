@@ -14,7 +14,6 @@ shows a "load more…" entry while ``Page.has_more``, so a 1536-well plate is ne
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -176,11 +175,8 @@ def error_text(exc: BaseException) -> str:
     do (the registry's wrapper adds a hint about transport settings that a user who
     mistyped a server name does not need).
     """
-    if isinstance(exc, NoTransport):
-        single = re.fullmatch(r"No transport could [^:]+: [\w.-]+: (.*)\.", exc.message,
-                              re.DOTALL)
-        if single and "; " not in single.group(1):
-            return single.group(1)
+    if isinstance(exc, NoTransport) and exc.only_cause is not None:
+        exc = exc.only_cause
     if isinstance(exc, OmeroError):
         return f"{exc.message} {exc.hint}" if exc.hint else exc.message
     return f"{type(exc).__name__}: {exc}"
