@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 #: The WorkerPlugin's name prefix (one plugin per run; the run id follows).
 PLUGIN_PREFIX = "cellprofiler-omero-run-"
 MEASUREMENTS_FILE = "measurements.h5"
+#: How long ``--scheduler`` waits for a cluster's first worker (batch jobs may queue).
+WAIT_FOR_WORKERS_SECONDS = 600
 
 
 class TooManyFailures(OmeroError):
@@ -213,24 +215,25 @@ class CellProfilerOmeroRun(WorkerPlugin):
     """The run's Dask ``WorkerPlugin``: prepares each worker process once for one run."""
 
     def __init__(self, run_id: str, pipeline_text: str, measurements: bytes,
-                 session_payload: str, environment: dict[str, str]) -> None:
+                 handoff_file: str, environment: dict[str, str]) -> None:
         self.name = PLUGIN_PREFIX + run_id
         self.run_id = run_id
         self.pipeline_text = pipeline_text
         self.measurements = measurements
-        self._session_payload = session_payload
+        # The path of the driver's private (0600) hand-off file, never its contents: the
+        # plugin travels through the scheduler, which logs its messages at DEBUG.
+        self.handoff_file = handoff_file
         self.environment = environment
         self.pipeline: Any = None
         self.initial: Any = None
         self.lock = threading.Lock()
-        self._handoff: str | None = None
 
     def __repr__(self) -> str:  # never the session key (dashboards and logs show reprs)
         return f"<cellprofiler-omero run {self.run_id}>"
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for key in ("pipeline", "initial", "lock", "_handoff"):
+        for key in ("pipeline", "initial", "lock"):
             state.pop(key, None)
         return state
 
@@ -239,19 +242,19 @@ class CellProfilerOmeroRun(WorkerPlugin):
         self.pipeline = None
         self.initial = None
         self.lock = threading.Lock()
-        self._handoff = None
 
     def setup(self, worker: Any = None) -> None:
         """Join the session (private file in this process), prepare CellProfiler."""
         from cellprofiler_core.utilities.measurement import load_measurements_from_buffer
 
+        if not os.access(self.handoff_file, os.R_OK):
+            raise RunFailed(
+                f"This worker cannot read the session hand-off {self.handoff_file}.",
+                hint="Give --output a folder on a file system the workers share (the "
+                     "hand-off is a private file there while the run lasts), and run the "
+                     "workers as the same user.")
         os.environ.update(self.environment)
-        fd, name = tempfile.mkstemp(prefix="cellprofiler-omero-", suffix=".session")
-        os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self._session_payload)
-        self._handoff = name
-        os.environ[HANDOFF_ENV] = name
+        os.environ[HANDOFF_ENV] = self.handoff_file
         setup_cellprofiler(tempfile.gettempdir())
         self.pipeline = load_pipeline(self.pipeline_text)
         self.pipeline.calculate_last_image_uses()
@@ -259,7 +262,7 @@ class CellProfilerOmeroRun(WorkerPlugin):
         log.info("worker prepared for run %s (pid %d)", self.run_id, os.getpid())
 
     def teardown(self, worker: Any = None) -> None:
-        """Detach from the session and remove the hand-off file."""
+        """Detach from the session (the driver removes the hand-off file)."""
         from cellprofiler_omero.core import runtime
         from cellprofiler_omero.core import session as core_session
 
@@ -267,16 +270,14 @@ class CellProfilerOmeroRun(WorkerPlugin):
         if manager is not None:
             with contextlib.suppress(Exception):
                 runtime.run(manager.close)
-        if self._handoff is not None:
-            Path(self._handoff).unlink(missing_ok=True)
-            if os.environ.get(HANDOFF_ENV) == self._handoff:
-                del os.environ[HANDOFF_ENV]
+        if os.environ.get(HANDOFF_ENV) == self.handoff_file:
+            del os.environ[HANDOFF_ENV]
 
 
-def worker_plugin(run_id: str, pipeline_text: str, measurements: bytes, session_payload: str,
+def worker_plugin(run_id: str, pipeline_text: str, measurements: bytes, handoff_file: str,
                   environment: dict[str, str]) -> CellProfilerOmeroRun:
     """The ``distributed.WorkerPlugin`` that prepares each worker for run ``run_id``."""
-    return CellProfilerOmeroRun(run_id, pipeline_text, measurements, session_payload,
+    return CellProfilerOmeroRun(run_id, pipeline_text, measurements, handoff_file,
                                 environment)
 
 
@@ -377,17 +378,25 @@ def _phase(report: RunReport, name: str, say: Callable[[str], None]) -> Iterator
         report.phases.append((name, time.monotonic() - started))
 
 
-def _session_payload(manager: SessionManager) -> tuple[str, dict[str, str]]:
-    """The session hand-off's contents (host, port, key) and the workers' environment."""
+@contextlib.contextmanager
+def _handoff(manager: SessionManager, folder: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A private copy (0600) of the session hand-off in ``folder`` (the run's output, which
+    cluster workers share), removed after the run; and the workers' environment."""
     env = manager.export_for_workers()
     if not env:
         raise RunFailed("Not connected to OMERO; cannot hand the session to workers.",
                         hint="Log in first (`cellprofiler-omero login`).")
     payload = Path(env[HANDOFF_ENV]).read_text()
     data = json.loads(payload)
-    environment = {"CELLPROFILER_OMERO_SERVER_HOST": str(data["host"]),
-                   "CELLPROFILER_OMERO_SERVER_PORT": str(data["port"])}
-    return payload, environment
+    path = folder / f".cellprofiler-omero-{uuid.uuid4().hex}.session"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(payload)
+        yield str(path), {"CELLPROFILER_OMERO_SERVER_HOST": str(data["host"]),
+                          "CELLPROFILER_OMERO_SERVER_PORT": str(data["port"])}
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionManager, *,
@@ -417,33 +426,37 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
     core_session.set_manager(manager)  # the modules' prepare_run uses this session
     with _phase(report, "prepare the image sets and tables", say):
         setup_cellprofiler(str(out_dir))
-        payload, environment = _session_payload(manager)
         measurements, workspace, cp_pipeline, batches = _prepare(
             pipeline_text, urls, out_dir, batch_size, workers)
     report.image_sets = len(measurements.get_image_numbers())
     report.batches = len(batches)
     report.output = str(out_dir / MEASUREMENTS_FILE)
-    with _cluster(scheduler, workers, client) as client:
-        report.dashboard = _dashboard(client)
-        if report.dashboard:
-            say(f"[run] Dask dashboard: {report.dashboard}")
-        plugin = worker_plugin(report.run_id, pipeline_text, measurements.file_contents(),
-                               payload, environment)
-        with _phase(report, "start the workers", say):
-            client.register_plugin(plugin, name=plugin.name)
-            report.workers = len(client.scheduler_info(n_workers=-1)["workers"])
-        try:
-            with _phase(report, "run the image sets", say):
-                _run_batches(client, report, batches, measurements, max_failures, progress,
-                             on_batch)
-        finally:
-            # The workers detach from the session (teardown) and forget the run.
-            with contextlib.suppress(Exception):
-                client.unregister_worker_plugin(plugin.name)
-    with _phase(report, "finish the tables and measurements", say):
-        cp_pipeline.post_run(workspace)
-        report.tables = _tables(cp_pipeline)
-        report.uploaded = _uploaded(measurements, cp_pipeline)
+    try:
+        with _handoff(manager, out_dir) as (handoff_file, environment), \
+                _cluster(scheduler, workers, client) as client:
+            report.dashboard = _dashboard(client)
+            if report.dashboard:
+                say(f"[run] Dask dashboard: {report.dashboard}")
+            plugin = worker_plugin(report.run_id, pipeline_text,
+                                   measurements.file_contents(), handoff_file, environment)
+            with _phase(report, "start the workers", say):
+                client.register_plugin(plugin, name=plugin.name)
+                report.workers = len(client.scheduler_info(n_workers=-1)["workers"])
+            try:
+                with _phase(report, "run the image sets", say):
+                    _run_batches(client, report, batches, measurements, max_failures,
+                                 progress, on_batch)
+            finally:
+                # The workers detach from the session (teardown) and forget the run.
+                with contextlib.suppress(Exception):
+                    client.unregister_worker_plugin(plugin.name)
+        with _phase(report, "finish the tables and measurements", say):
+            cp_pipeline.post_run(workspace)
+            report.tables = _tables(cp_pipeline)
+            report.uploaded = _uploaded(measurements, cp_pipeline)
+    finally:
+        # Stopped or not, what was merged so far stays readable in --output; the tables
+        # need nothing more (every batch flushed its rows; a rerun continues them).
         measurements.flush()
         measurements.close()
     say(report.summary())
@@ -494,6 +507,13 @@ def _cluster(scheduler: str | None, workers: int | None, client: Any = None
         return
     if scheduler is not None:
         with Client(scheduler) as client:
+            try:  # a cluster that is still starting (jobs queued) gets its first worker
+                client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_SECONDS)
+            except TimeoutError:
+                raise RunFailed(f"The Dask scheduler {scheduler} has no workers (none "
+                                f"joined within {WAIT_FOR_WORKERS_SECONDS} s).",
+                                hint="Start workers for it (e.g. cluster.scale(…) with "
+                                     "dask-jobqueue), then run again.") from None
             yield client
         return
     n = workers or os.cpu_count() or 1

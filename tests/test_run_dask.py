@@ -342,3 +342,125 @@ def test_max_failures_0_stops_the_run_at_the_first_failed_image_set(
              max_failures=0)
     assert (caught.value.failed, caught.value.limit) == (1, 0)
     assert "more than --max-failures 0" in str(caught.value)
+
+
+@dataclass
+class External:
+    """A ``dask scheduler`` and two ``dask worker`` processes started here (no LocalCluster)."""
+
+    address: str
+    logs: list[Path]
+
+
+@pytest.fixture(scope="module")
+def external(rig: Rig) -> Iterator[External]:
+    import json
+    import signal
+    import time
+
+    from cellprofiler_omero.core.session import HANDOFF_ENV
+
+    dask = str(Path(sys.executable).parent / "dask")
+    folder = rig.tmp / "external"
+    folder.mkdir()
+    scheduler_file = folder / "scheduler.json"
+    # The workers learn the session only from the run's WorkerPlugin: no hand-off in
+    # their environment; this package's loggers (and omero's) at DEBUG in their logs.
+    env = {k: v for k, v in os.environ.items() if k != HANDOFF_ENV}
+    env.update({"DASK_LOGGING__CELLPROFILER_OMERO": "debug", "DASK_LOGGING__OMERO": "debug",
+                "DASK_LOGGING__DISTRIBUTED": "debug"})
+    processes: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
+
+    def start(name: str, *args: str) -> None:
+        log = folder / f"{name}.log"
+        logs.append(log)
+        with log.open("wb") as out:
+            processes.append(subprocess.Popen([dask, *args], env=env, stdout=out,
+                                              stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+
+    try:
+        start("scheduler", "scheduler", "--scheduler-file", str(scheduler_file), "--port",
+              "0", "--dashboard-address", ":0")
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline, "the dask scheduler did not start"
+            time.sleep(0.1)
+        for n in (1, 2):
+            start(f"worker-{n}", "worker", "--scheduler-file", str(scheduler_file),
+                  "--nthreads", "1", "--no-dashboard")
+        from distributed import Client
+
+        with Client(scheduler_file=str(scheduler_file)) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield External(json.loads(scheduler_file.read_text())["address"], logs)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def test_scheduler_runs_on_a_cluster_someone_else_started(
+        rig: Rig, external: External, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from cellprofiler_omero.cli import main
+
+    dataset_id = rig.dataset("dask external scheduler")
+    files = rig.tmp / "external-files.txt"
+    files.write_text("\n".join(rig.urls[:2]) + "\n")
+    rig.manager.export_for_workers()  # the command joins this session (as under a GUI)
+    code = main(["run", str(rig.pipeline(dataset_id)), str(files), "--scheduler",
+                 external.address, "--output", str(rig.tmp / "external-out"), "--json",
+                 "--server", rig.emulator.host, "--port", str(rig.emulator.port)])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    report = json.loads(out.out)
+    assert (report["image_sets"], report["done"], report["failures"]) == (2, 2, [])
+    assert report["workers"] == 2
+    assert all("pid" in where for where in report["ran_on"].values())
+    _, images = rig.tables(dataset_id)["Dask_Image"]
+    assert sorted(row[0] for row in images) == [1, 2]
+    assert len(rig.labels(dataset_id)) == 2
+
+
+def test_the_session_key_is_in_no_task_log_line_or_process_argument(
+        rig: Rig, external: External, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import logging
+
+    import psutil
+    from distributed import Client
+
+    from cellprofiler_omero.core.session import HANDOFF_ENV
+
+    key = json.loads(Path(rig.manager.export_for_workers()[HANDOFF_ENV]).read_text())["key"]
+    assert len(key) >= 16
+    seen: list[str] = []
+    dataset_id = rig.dataset("dask secrecy")
+    with Client(external.address) as client, caplog.at_level(logging.DEBUG):
+
+        def tasks(dask_scheduler: Any) -> list[str]:
+            return [f"{ts.key!r} {ts.run_spec!r}" for ts in dask_scheduler.tasks.values()]
+
+        def look(_result: dict[str, Any]) -> None:
+            seen.extend(client.run_on_scheduler(tasks))
+
+        report = _run(rig, dataset_id, client=client, urls=rig.urls[:2], on_batch=look)
+    assert report.done == 2 and any("cellprofiler-batch" in s for s in seen)
+    assert not [s for s in seen if key in s]
+    assert caplog.records and not [r for r in caplog.records if key in r.getMessage()]
+    worker_logs = "".join(log.read_text(errors="replace") for log in external.logs)
+    assert "worker prepared for run" in worker_logs  # the workers logged at DEBUG here
+    assert key not in worker_logs
+    arguments = []
+    for process in psutil.process_iter(["cmdline"]):
+        arguments += process.info["cmdline"] or []
+    assert arguments and not [a for a in arguments if key in a]
