@@ -106,3 +106,17 @@ def test_one_transport_asked_and_failed_is_the_only_cause() -> None:
     with pytest.raises(NoTransport) as caught:
         registry.connect(SERVER, Credentials(session_key="k"))
     assert isinstance(caught.value.only_cause, TransportUnavailable)
+
+
+def test_the_browser_shows_the_one_failed_transports_own_message() -> None:
+    from cellprofiler_omero.cp_integration.gui.source import error_text
+
+    refused = CannotReachServer("Cannot reach OMERO on h:1 (ConnectionRefusedException).",
+                                host="h", port=1, reason="ConnectionRefusedException",
+                                hint="Check the server name and port.")
+    alone = NoTransport("No transport could connect: ice: …", attempts=(("ice", "…"),),
+                        causes=(refused,), hint="Check 'transports.connect'.")
+    assert error_text(alone) == f"{refused.message} {refused.hint}"
+    several = NoTransport("No transport could connect: a: declined; ice: …",
+                          attempts=(("a", "declined"), ("ice", "…")), causes=(refused,))
+    assert error_text(several) == several.message
