@@ -322,12 +322,12 @@ def test_a_bad_image_fails_its_image_set_only_and_is_reported(rig: Rig, cluster:
     dataset_id = rig.dataset("dask bad image")
     bad, delete = _doomed_image(rig)
     report = _run(rig, dataset_id, client=cluster, urls=[rig.urls[0], bad], say=delete)
-    assert report.done == 1
-    assert [f.image_number for f in report.failures] == [2]
-    assert report.failures[0].module and report.failures[0].error
-    assert f"image set 2 failed in {report.failures[0].module}" in report.summary()
+    assert report.done == 1 and len(report.failures) == 1
+    failed = report.failures[0]  # CellProfiler numbers image sets in its own URL order
+    assert failed.image_number in (1, 2) and failed.module and failed.error
+    assert f"image set {failed.image_number} failed in {failed.module}" in report.summary()
     _, images = rig.tables(dataset_id)["Dask_Image"]
-    assert [row[0] for row in images] == [1]
+    assert [row[0] for row in images] == [3 - failed.image_number]
     assert rig.labels(dataset_id) == [f"{_name(0)}_nuclei"]
 
 
