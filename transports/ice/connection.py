@@ -115,7 +115,7 @@ class IceConnection:
                 raise _cannot_reach(exc, address, settings) from None
             if isinstance(exc, omero.ClientError):
                 raise AuthError(f"OMERO on {where} refused the session: {exc}.") from None
-            raise translate(exc, "logging in", where) from None
+            raise translate(exc, "logging in", address) from None
         info = SessionInfo(server=address, user=ec.userName, user_id=ec.userId,
                            group=ec.groupName, group_id=ec.groupId, source=credentials.source,
                            is_admin=ec.isAdmin)
@@ -182,7 +182,7 @@ class IceConnection:
             try:
                 return func(*args)
             except (Ice.Exception, omero.ServerError) as exc:
-                raise translate(exc, what, str(self._info.server)) from None
+                raise translate(exc, what, self._info.server) from None
             except omero.UnloadedEntityException:
                 raise  # a bug in this package's queries, not a session problem
             except omero.ClientError as exc:
