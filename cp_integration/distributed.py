@@ -257,6 +257,13 @@ class CellProfilerOmeroRun(WorkerPlugin):
         os.environ[HANDOFF_ENV] = self.handoff_file
         setup_cellprofiler(tempfile.gettempdir())
         self.pipeline = load_pipeline(self.pipeline_text)
+        from cellprofiler_omero.cp_integration.export_table import ExportToOMEROTable
+
+        for module in self.pipeline.modules():
+            if isinstance(module, ExportToOMEROTable):
+                # The driver writes the rows from the measurements it gathers anyway
+                # (measured: see ARCHITECTURE.md, "Who writes the rows").
+                module.enabled = False
         self.pipeline.calculate_last_image_uses()
         self.initial = load_measurements_from_buffer(self.measurements)
         log.info("worker prepared for run %s (pid %d)", self.run_id, os.getpid())
@@ -303,8 +310,6 @@ def _run_batch(plugin: CellProfilerOmeroRun, image_numbers: list[int], grouped: 
     from cellprofiler_core.pipeline import RunException
     from cellprofiler_core.workspace import Workspace
 
-    from cellprofiler_omero.cp_integration.export_table import ExportToOMEROTable
-
     pipeline = plugin.pipeline
     m = Measurements(copy=plugin.initial)
     failures: list[dict[str, Any]] = []
@@ -341,10 +346,6 @@ def _run_batch(plugin: CellProfilerOmeroRun, image_numbers: list[int], grouped: 
                 done.append(n)
         if grouped and last_workspace is not None:
             pipeline.post_group(last_workspace, m.get_grouping_keys())
-        # Rows still buffered in ExportToOMEROTable go out before the batch reports done.
-        for module in pipeline.modules():
-            if isinstance(module, ExportToOMEROTable) and module._run_state is not None:
-                module.flush()
         contents = m.file_contents()
     finally:
         pipeline.remove_listener(on_event)
@@ -356,8 +357,33 @@ def _run_batch(plugin: CellProfilerOmeroRun, image_numbers: list[int], grouped: 
 # -- the driver side ------------------------------------------------------------------------
 
 
+def _exporters(cp_pipeline: Any) -> list[Any]:
+    from cellprofiler_omero.cp_integration.export_table import ExportToOMEROTable
+
+    return [m for m in cp_pipeline.modules() if isinstance(m, ExportToOMEROTable)]
+
+
+def _write_rows(cp_pipeline: Any, measurements: Any, image_numbers: Sequence[int]) -> None:
+    """ExportToOMEROTable's rows of these (merged) image sets, written by the driver: the
+    module's own ``run`` on each image set, its writers opened by ``prepare_run`` (keyed
+    appends every "write rows every N image sets", and at ``post_run``)."""
+    from cellprofiler_core.object import ObjectSet
+    from cellprofiler_core.workspace import Workspace
+
+    exporters = _exporters(cp_pipeline)
+    for n in sorted(image_numbers):
+        measurements.next_image_set(n)
+        for module in exporters:
+            module.run(Workspace(cp_pipeline, module, measurements, ObjectSet(),
+                                 measurements, None))
+
+
 def _copy_measurements(received: Any, measurements: Any, image_numbers: list[int]) -> None:
-    """Copy a batch's measurements into the run's (as CellProfiler's analysis runner does)."""
+    """Copy a batch's measurements into the run's as CellProfiler's analysis runner does
+    (``AnalysisRunner.copy_recieved_measurements``): Image features only where they
+    changed, so what ``prepare_run`` wrote (metadata, some of it empty) stays as it is."""
+    import numpy as np
+
     if not image_numbers:
         return
     measurements.copy_relationships(received)
@@ -365,7 +391,14 @@ def _copy_measurements(received: Any, measurements: Any, image_numbers: list[int
         if obj == "Experiment":
             continue  # written by prepare_run / post_run on the driver
         for feature in received.get_feature_names(obj):
-            measurements[obj, feature, image_numbers] = received[obj, feature, image_numbers]
+            numbers = image_numbers
+            if obj == "Image" and measurements.has_feature("Image", feature):
+                local = measurements["Image", feature, image_numbers]
+                remote = received["Image", feature, image_numbers]
+                numbers = [n for n, lv, rv in zip(image_numbers, local, remote, strict=True)
+                           if (np.any(rv != lv) if isinstance(lv, np.ndarray) else lv != rv)]
+            if numbers:
+                measurements[obj, feature, numbers] = received[obj, feature, numbers]
 
 
 @contextlib.contextmanager
@@ -444,8 +477,8 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
                 report.workers = len(client.scheduler_info(n_workers=-1)["workers"])
             try:
                 with _phase(report, "run the image sets", say):
-                    _run_batches(client, report, batches, measurements, max_failures,
-                                 progress, on_batch)
+                    _run_batches(client, report, batches, measurements, cp_pipeline,
+                                 max_failures, progress, on_batch)
             finally:
                 # The workers detach from the session (teardown) and forget the run.
                 with contextlib.suppress(Exception):
@@ -455,8 +488,12 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
             report.tables = _tables(cp_pipeline)
             report.uploaded = _uploaded(measurements, cp_pipeline)
     finally:
-        # Stopped or not, what was merged so far stays readable in --output; the tables
-        # need nothing more (every batch flushed its rows; a rerun continues them).
+        # Stopped or not, the rows of the image sets done so far go out (a rerun adds
+        # the rest to the same tables) and what was merged stays readable in --output.
+        if not report.tables:
+            for module in _exporters(cp_pipeline):
+                with contextlib.suppress(Exception):
+                    module.flush()
         measurements.flush()
         measurements.close()
     say(report.summary())
@@ -533,7 +570,7 @@ def _dashboard(client: Any) -> str | None:
 
 
 def _run_batches(client: Any, report: RunReport, batches: list[Batch], measurements: Any,
-                 max_failures: int | None, progress: bool | None,
+                 cp_pipeline: Any, max_failures: int | None, progress: bool | None,
                  on_batch: Callable[[dict[str, Any]], None] | None) -> None:
     from cellprofiler_core.utilities.measurement import load_measurements_from_buffer
     from distributed import as_completed
@@ -558,6 +595,7 @@ def _run_batches(client: Any, report: RunReport, batches: list[Batch], measureme
                 _copy_measurements(received, measurements, result["done"])
             finally:
                 received.close()
+            _write_rows(cp_pipeline, measurements, result["done"])
             for n in result["image_numbers"]:
                 report.ran_on[int(n)] = result["where"]
             report.done += len(result["done"])

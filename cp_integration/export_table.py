@@ -495,7 +495,10 @@ then gets tables of its own), or delete the old tables in OMERO before rerunning
     @staticmethod
     def _cell(kind: ColumnKind, value: Any) -> Any:
         if kind is ColumnKind.STRING:
-            return "" if value is None else str(value)
+            # A text measurement missing for an image set reads back from CellProfiler's
+            # HDF5 measurements as NaN in another process: empty, as when it is None.
+            missing = value is None or (isinstance(value, float) and math.isnan(value))
+            return "" if missing else str(value)
         return _number(value)
 
     def _relationships(self, m: Any, image_number: int) -> dict[str, list[Any]]:

@@ -180,6 +180,15 @@ def _comparable(table: tuple[list[str], list[tuple[Any, ...]]]) -> list[tuple[An
     return sorted((tuple(r[i] for i in keep) for r in rows), key=repr)
 
 
+def _differing_columns(a: tuple[list[str], list[tuple[Any, ...]]],
+                       b: tuple[list[str], list[tuple[Any, ...]]]) -> list[str]:
+    """The columns whose values differ (for the failure message)."""
+    rows_a, rows_b = sorted(a[1], key=repr), sorted(b[1], key=repr)
+    return [f"{name}: {[r[i] for r in rows_a][:3]} != {[r[i] for r in rows_b][:3]}"
+            for i, name in enumerate(a[0]) if not name.startswith("ExecutionTime_")
+            and [r[i] for r in rows_a] != [r[i] for r in rows_b]]
+
+
 @pytest.fixture(scope="module")
 def single_process(rig: Rig) -> dict[str, Any]:
     """The same pipeline over the same images in one headless CellProfiler process."""
@@ -210,7 +219,8 @@ def test_two_workers_write_each_result_once_and_the_same_rows_as_one_process(
     assert len({report.ran_on[n] for n in range(1, N_SETS + 1)}) == 2  # both workers ran
     tables = _check_exactly_once(rig, dataset_id)
     for name in ("Dask_Image", "Dask_Nuclei"):
-        assert _comparable(tables[name]) == _comparable(single_process[name])
+        assert _comparable(tables[name]) == _comparable(single_process[name]), \
+            _differing_columns(tables[name], single_process[name])
     # CellProfiler's measurements of the whole run, merged into one file.
     from cellprofiler_core.measurement import Measurements
 
@@ -273,8 +283,8 @@ def test_a_batch_whose_worker_was_killed_runs_again_and_writes_each_result_once(
         if line.startswith("[run] run the image sets"):
             killer.start()
 
-    # Three image sets per batch, rows written after every image set: the killed batch
-    # leaves uploads and rows behind that its second run must not repeat.
+    # Three image sets per batch: the killed batch leaves label images behind that its
+    # second run must find instead of uploading again; rows are written every image set.
     report = _run(rig, dataset_id, client=cluster, batch_size=3, say=start_killer,
                   flush_every=1)
     killer.join()

@@ -1,0 +1,158 @@
+"""``cellprofiler-omero run`` on Dask: how table rows should reach OMERO, and scale-out.
+
+Two measurements, on a fresh emulator (``python -m cellprofiler_omero.benchmarks.paths_run``):
+
+* **rows** — the same rows (``--image-sets`` × ``--objects`` object rows, keyed by
+  ImageNumber and ObjectNumber) written to one table either by N worker processes
+  appending their own image sets' keyed rows after every batch (what ExportToOMEROTable
+  does unchanged), or by one process (the driver) appending everything in large
+  batches; at N = 2 and 8. Time to all rows on the server, and the Ice calls.
+* **scale** — ``run_pipeline`` (the demo nuclei pipeline, compute-bound fields) with 1
+  and 2 LocalCluster workers: image sets per second and their ratio, plus the OMERO
+  cost per image set (pixel bytes read, label bytes written, table rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cellprofiler_omero.core.model import ColumnKind, ColumnSpec, TableSchema, TableTarget
+
+
+@dataclass(frozen=True)
+class RowsWorkload:
+    image_sets: int = 96
+    objects: int = 40
+    batch: int = 4  # image sets per Dask batch (one keyed append each)
+    features: int = 30
+
+
+def _schema(features: int) -> TableSchema:
+    cols = [ColumnSpec("ImageNumber", ColumnKind.LONG), ColumnSpec("ObjectNumber", ColumnKind.LONG),
+            ColumnSpec("Image", ColumnKind.IMAGE)]
+    cols += [ColumnSpec(f"F{i:03d}", ColumnKind.DOUBLE) for i in range(features)]
+    return TableSchema("Bench_Nuclei", tuple(cols))
+
+
+def _rows(numbers: Sequence[int], w: RowsWorkload) -> dict[str, list[Any]]:
+    n = [i for i in numbers for _ in range(w.objects)]
+    rows: dict[str, list[Any]] = {"ImageNumber": n,
+                                  "ObjectNumber": [o + 1 for _ in numbers
+                                                   for o in range(w.objects)],
+                                  "Image": [1] * len(n)}
+    for f in range(w.features):
+        rows[f"F{f:03d}"] = [float(i * f) for i in range(len(n))]
+    return rows
+
+
+def _manager(host: str, port: int) -> Any:
+    from cellprofiler_omero.core import runtime
+    from cellprofiler_omero.core.config import Settings
+    from cellprofiler_omero.core.session import SessionManager
+
+    mgr = SessionManager(Settings().replace({"server.host": host, "server.port": port,
+                                             "auth.use_token": False}))
+    runtime.run(lambda: mgr.connect(user="demo", password="demo"))
+    return mgr
+
+
+def _append_batches(args: tuple[str, int, int, int, list[list[int]], RowsWorkload]
+                    ) -> tuple[float, float, int]:
+    """One worker process, logged in already: a keyed append per batch of image sets (as
+    after each task); returns (start, end) on the system's monotonic clock and its calls."""
+    from cellprofiler_omero.core import runtime
+    from cellprofiler_omero.core.tables import TableWriter
+
+    host, port, dataset, file_id, batches, w = args
+    mgr = _manager(host, port)
+    writer = TableWriter(mgr, TableTarget("Dataset", dataset), _schema(w.features),
+                         file_id=file_id, key_columns=("ImageNumber", "ObjectNumber"))
+    runtime.run(writer.open)  # joined and the table opened: not part of the appends
+    started = time.perf_counter()
+    for numbers in batches:
+        writer.add_rows(_rows(numbers, w))
+        runtime.run(writer.flush)
+    ended = time.perf_counter()
+    runtime.run(mgr.close)
+    return started, ended, len(batches)
+
+
+def measure_rows(host: str, port: int, dataset: int, workers: int, w: RowsWorkload
+                 ) -> dict[str, float]:
+    """Seconds to put every row on the server: workers appending keyed rows vs the driver
+    gathering and appending in large batches."""
+    from cellprofiler_omero.core import runtime
+    from cellprofiler_omero.core.tables import TableWriter
+
+    mgr = _manager(host, port)
+    out: dict[str, float] = {}
+    numbers = list(range(1, w.image_sets + 1))
+    batches = [numbers[i:i + w.batch] for i in range(0, len(numbers), w.batch)]
+    for mode in ("workers append keyed rows", "driver gathers and writes"):
+        writer = TableWriter(mgr, TableTarget("Dataset", dataset), _schema(w.features),
+                             key_columns=("ImageNumber", "ObjectNumber"))
+        info = runtime.run(writer.open)
+        if mode.startswith("workers"):
+            shares: list[list[list[int]]] = [batches[i::workers] for i in range(workers)]
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(workers) as pool:
+                spans = pool.map(_append_batches, [(host, port, dataset, info.file_id,
+                                                    share, w) for share in shares])
+            # From the first append to the last row on the server (CLOCK_MONOTONIC is
+            # one clock for every process; process start-up and logins excluded).
+            out[mode] = max(e for _, e, _ in spans) - min(s for s, _, _ in spans)
+        else:
+            started = time.perf_counter()
+            writer.add_rows(_rows(numbers, w))  # the rows as the driver holds them
+            runtime.run(writer.flush)
+            out[mode] = time.perf_counter() - started
+        check = TableWriter(mgr, TableTarget("Dataset", dataset), _schema(w.features),
+                            file_id=info.file_id)
+        rows = runtime.run(check.open).rows
+        assert rows == w.image_sets * w.objects, (mode, rows)
+    runtime.run(mgr.close)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the rows measurement at 2 and 8 workers and print (and return) JSON."""
+    parser = argparse.ArgumentParser(prog="paths_run", description=__doc__)
+    parser.add_argument("--image-sets", type=int, default=RowsWorkload.image_sets)
+    parser.add_argument("--objects", type=int, default=RowsWorkload.objects)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 8])
+    args = parser.parse_args(argv)
+    from cellprofiler_omero.emulator import Emulator
+
+    w = RowsWorkload(image_sets=args.image_sets, objects=args.objects)
+    results: dict[str, Any] = {"workload": w.__dict__, "rows": {}}
+    with tempfile.TemporaryDirectory() as tmp, Emulator(Path(tmp)) as emu:
+        import omero.model
+        from omero.gateway import BlitzGateway
+        from omero.rtypes import rstring
+
+        conn = BlitzGateway("demo", "demo", host=emu.host, port=emu.port)
+        assert conn.connect()
+        ds = omero.model.DatasetI()
+        ds.setName(rstring("bench run"))
+        dataset = int(conn.getUpdateService().saveAndReturnObject(ds).getId().getValue())
+        conn.close()
+        for n in args.workers:
+            results["rows"][str(n)] = measure_rows(emu.host, emu.port, dataset, n, w)
+            print(f"{n} workers: " + ", ".join(f"{k} {v:.2f} s" for k, v in
+                                               results["rows"][str(n)].items()),
+                  file=sys.stderr, flush=True)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
