@@ -123,12 +123,67 @@ def measure_rows(host: str, port: int, dataset: int, workers: int, w: RowsWorklo
     return out
 
 
+def measure_scale(emu: Any, dataset: int, fields: int, size: int,
+                  worker_counts: Sequence[int]) -> dict[str, Any]:
+    """Image sets per second of ``run_pipeline`` (demo pipeline) with each worker count,
+    timed over the "run the image sets" phase (cluster start and worker set-up apart),
+    and the OMERO cost of one image set."""
+    import omero.model
+    from omero.gateway import BlitzGateway
+    from omero.rtypes import rstring
+
+    from cellprofiler_omero.core import runtime
+    from cellprofiler_omero.core.uploading import upload
+    from cellprofiler_omero.cp_integration.distributed import run_pipeline
+    from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
+    from cellprofiler_omero.emulator import synthetic
+
+    mgr = _manager(emu.host, emu.port)
+    urls = []
+    for i in range(fields):
+        pixels, _ = synthetic.nuclei_and_cells(5000 + i, size)
+        image = runtime.run(lambda p=pixels, i=i: upload(
+            mgr, p, name=f"scale field {i}", axes="CYX", dataset_id=dataset,
+            channel_names=["DAPI", "Cytoplasm"]))
+        urls.append(f"omero:iid={image.id}")
+    read_bytes = int(pixels.nbytes)  # both channels of one field
+    conn = BlitzGateway("demo", "demo", host=emu.host, port=emu.port)
+    assert conn.connect()
+    out: dict[str, Any] = {"fields": fields, "size": size, "per_image_set": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in worker_counts:
+            ds = omero.model.DatasetI()
+            ds.setName(rstring(f"scale {n}"))
+            target = int(conn.getUpdateService().saveAndReturnObject(ds).getId().getValue())
+            pipeline = Path(tmp) / f"scale-{n}.cppipe"
+            pipeline.write_text(nuclei_pipeline(target, table_prefix=f"Scale{n}"))
+            report = run_pipeline(pipeline, urls, mgr, workers=n, batch_size=1,
+                                  output=Path(tmp) / f"out-{n}", progress=False)
+            seconds = dict(report.phases)["run the image sets"]
+            out[f"{n} workers image sets/s"] = report.done / seconds
+            rows = sum(r for _, _, r in report.tables)
+            out["per_image_set"] = {"pixel bytes read": read_bytes,
+                                    "label bytes written": size * size * 2,
+                                    "table rows written": rows / max(1, report.done),
+                                    "images uploaded": report.uploaded / max(1, report.done)}
+    conn.close()
+    runtime.run(mgr.close)
+    if len(worker_counts) >= 2:
+        a, b = worker_counts[0], worker_counts[1]
+        out[f"ratio {b}/{a} workers"] = (out[f"{b} workers image sets/s"]
+                                         / out[f"{a} workers image sets/s"])
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the rows measurement at 2 and 8 workers and print (and return) JSON."""
+    """Run the rows measurement (2 and 8 workers) and the 1-vs-2-worker run; print JSON."""
     parser = argparse.ArgumentParser(prog="paths_run", description=__doc__)
     parser.add_argument("--image-sets", type=int, default=RowsWorkload.image_sets)
     parser.add_argument("--objects", type=int, default=RowsWorkload.objects)
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--scale-fields", type=int, default=8,
+                        help="image sets for the 1-vs-2-worker run (0: skip it)")
+    parser.add_argument("--scale-size", type=int, default=512)
     args = parser.parse_args(argv)
     from cellprofiler_omero.emulator import Emulator
 
@@ -150,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{n} workers: " + ", ".join(f"{k} {v:.2f} s" for k, v in
                                                results["rows"][str(n)].items()),
                   file=sys.stderr, flush=True)
+        if args.scale_fields:
+            results["scale"] = measure_scale(emu, dataset, args.scale_fields,
+                                             args.scale_size, (1, 2))
+            print(f"scale: {results['scale']}", file=sys.stderr, flush=True)
     print(json.dumps(results, indent=2))
     return 0
 
