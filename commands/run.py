@@ -104,6 +104,11 @@ def image_urls(manager: SessionManager, targets: Sequence[str]) -> list[str]:
     urls: list[str] = []
     for target in targets:
         path = Path(target)
+        if path.is_file() and path.suffix.lower() == ".csv":
+            raise common.UsageError(
+                f"{target} looks like a LoadData CSV, which `run` does not take yet.",
+                hint="Give the images as OMERO references (Dataset:51, Plate:7 …) or a "
+                     "file list (`cellprofiler-omero urls … -o files.txt`).")
         if path.is_file():
             urls += [line.strip() for line in path.read_text().splitlines()
                      if line.strip() and not line.lstrip().startswith("#")]
