@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from cellprofiler_omero.commands import common
 
 if TYPE_CHECKING:
+    from cellprofiler_omero.core.refs import ObjectRef
     from cellprofiler_omero.core.session import SessionManager
 
 
@@ -114,7 +115,7 @@ def image_urls(manager: SessionManager, targets: Sequence[str]) -> list[str]:
                      if line.strip() and not line.lstrip().startswith("#")]
             continue
         for ref in refs.parse(target):
-            images = common.call(manager, lambda c, r=ref: c.images_in(r), ref)
+            images = _images_in(manager, ref)
             if not images:
                 common.note(f"note: {ref} holds no images")
             host = manager.info.server.host if manager.info is not None else None
@@ -124,3 +125,8 @@ def image_urls(manager: SessionManager, targets: Sequence[str]) -> list[str]:
         raise NotFound("The targets hold no images.",
                        hint="Check them with `cellprofiler-omero ls`.")
     return unique
+
+
+def _images_in(manager: SessionManager, ref: ObjectRef) -> list[ObjectRef]:
+    """The images ``ref`` holds (itself, for an image)."""
+    return common.call(manager, lambda c: c.images_in(ref), ref)

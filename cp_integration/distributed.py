@@ -299,6 +299,7 @@ def run_batch(run_id: str, image_numbers: Sequence[int], grouped: bool) -> dict[
 
     worker = get_worker()
     plugin = worker.plugins[PLUGIN_PREFIX + run_id]
+    assert isinstance(plugin, CellProfilerOmeroRun)
     with plugin.lock:  # one batch at a time: a CellProfiler pipeline is not thread-safe
         return _run_batch(plugin, list(image_numbers), grouped,
                           f"{worker.address} pid {os.getpid()}")
