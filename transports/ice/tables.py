@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -178,31 +177,14 @@ class IceTableSink(AsyncClosing):
 
     def _discard(self, annotation_id: int) -> None:
         """Delete a table this process just made (and nobody else has written to)."""
-        import omero.cmd  # here, as in the uploader: omero.model must be loaded first
-
         table, self._table = self._table, None
         if table is not None:
             with contextlib.suppress(Exception):
                 table.close(self._ctx)
-        request = omero.cmd.Delete2(targetObjects={"FileAnnotation": [annotation_id]})
-        try:
-            handle = self.conn.sf.submit(request, self._ctx)
-        except omero.ServerError as exc:
-            log.warning("could not delete the duplicate table annotation %s (%s); it is "
-                        "empty and safe to delete", annotation_id, type(exc).__name__)
-            return
-        try:
-            deadline = time.monotonic() + DELETE_WAIT_SECONDS
-            response = handle.getResponse()
-            while response is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-                response = handle.getResponse()
-            if response is None or isinstance(response, omero.cmd.ERR):
-                log.warning("could not delete the duplicate table annotation %s; it is "
-                            "empty and safe to delete", annotation_id)
-        finally:
-            with contextlib.suppress(omero.ServerError):
-                handle.close()
+        if not self.conn.delete({"FileAnnotation": [annotation_id]}, self._ctx,
+                                wait_seconds=DELETE_WAIT_SECONDS):
+            log.warning("could not delete the duplicate table annotation %s; it is "
+                        "empty and safe to delete", annotation_id)
 
     async def info(self) -> TableInfo:
         def run() -> TableInfo:

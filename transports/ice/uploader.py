@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import weakref
 from typing import Any
 
@@ -140,39 +139,12 @@ class IceImageSink(AsyncClosing):
         image.setName(rstring(f"{name} (incomplete upload, safe to delete)"))
         image.setDescription(rstring(description))
         sf.getUpdateService().saveObject(image, ctx)
-        if self._delete_image(image_id, ctx):
+        if self.conn.delete({"Image": [image_id]}, ctx, wait_seconds=DELETE_WAIT_SECONDS):
             log.info("deleted image %s, left incomplete by an earlier attempt", image_id)
         else:
             log.warning("image %s, left incomplete by an earlier upload attempt, could not "
                         "be deleted; it is renamed '... (incomplete upload, safe to delete)'",
                         image_id)
-
-    def _delete_image(self, image_id: int, ctx: dict[str, str]) -> bool:
-        """Delete an image as OMERO's own clients do (``Delete2``); False if refused."""
-        # Imported here: importing omero.cmd before omero.model's package is loaded
-        # leaves ``omero.model`` a plain module without ``enums``.
-        import omero.cmd
-        request = omero.cmd.Delete2(targetObjects={"Image": [image_id]})
-        try:
-            handle = self.conn.sf.submit(request, ctx)
-        except omero.ServerError as exc:  # a server without (or refusing) the command
-            log.debug("Delete2 refused: %s", type(exc).__name__)
-            return False
-        try:
-            deadline = time.monotonic() + DELETE_WAIT_SECONDS
-            response = handle.getResponse()
-            while response is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-                response = handle.getResponse()
-            if response is None or isinstance(response, omero.cmd.ERR):
-                log.debug("Delete2 of image %s failed: %s", image_id, response)
-                return False
-            return True
-        finally:
-            try:
-                handle.close()
-            except omero.ServerError as exc:
-                log.debug("closing the delete handle failed: %s", type(exc).__name__)
 
     # -- the server's plane limits ----------------------------------------------------------
 
