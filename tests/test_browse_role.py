@@ -298,8 +298,11 @@ def test_reader_raises_the_refusal_when_the_login_is_declined(
     plugin = LoginPlugin(logged_out, answer=False)
     logged_out.registry.register(plugin, "test-login")
     reader = _reader(seeded["fields"][0])
-    with pytest.raises(AuthError, match="Not logged in"):
-        reader.metadata()
+    try:
+        with pytest.raises(AuthError, match="Not logged in"):
+            reader.metadata()
+    finally:
+        reader.close()  # the shared image reader is bound to this test's manager
     assert len(plugin.asked) == 1 and not logged_out.connected
 
 
@@ -307,5 +310,8 @@ def test_reader_raises_the_refusal_when_the_login_is_declined(
 def test_reader_without_a_login_plugin_raises_at_once(
         logged_out: SessionManager, seeded: dict[str, Any]) -> None:
     reader = _reader(seeded["fields"][0])
-    with pytest.raises(AuthError, match="Not logged in"):
-        reader.metadata()
+    try:
+        with pytest.raises(AuthError, match="Not logged in"):
+            reader.metadata()
+    finally:
+        reader.close()
