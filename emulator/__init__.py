@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
@@ -177,6 +178,11 @@ class Emulator:
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            # The emulator says what it refused (e.g. an unknown setting) in the body.
+            reason = exc.read().decode(errors="replace") or exc.reason
+            raise EmulatorError(f"Emulator control request {path} was refused: {reason}"
+                                ) from exc
         except OSError as exc:
             raise EmulatorError(f"Emulator control request {path} failed: {exc}") from exc
 
@@ -197,6 +203,35 @@ class Emulator:
         """How many requests the pixel-buffer service answered since the start, by method
         and status (``{"GET 200": 12, "OPTIONS 200": 1}``); compare before and after."""
         result: dict[str, int] = self._control("http-requests", {})
+        return result
+
+    def call_counts(self, session_key: str | None = None, *, reset: bool = False
+                    ) -> dict[str, int]:
+        """Round trips the emulator answered since the start or the last reset, by operation:
+        Ice calls as ``"Interface.operation"`` (``"RawPixelsStore.getTile"``, including
+        ``ice_isA``/``ice_ping``) and HTTP requests as ``"HTTP METHOD /first-segment"``
+        (``"HTTP GET /tile"``); control requests are not counted.
+
+        ``session_key`` limits the counts to calls made in that session (Ice calls on its
+        services, HTTP requests carrying its key); ``reset=True`` zeroes every count after
+        reading them, in the same request.
+        """
+        result: dict[str, int] = self._control(
+            "calls", {"session": session_key, "reset": reset})
+        return result
+
+    def reset_call_counts(self) -> None:
+        """Zero the counts of ``call_counts`` (all of them, every session's too)."""
+        self._control("calls", {"reset": True})
+
+    def set_network(self, *, latency_ms: float = 0.0, bandwidth_mbit: float = 0.0
+                    ) -> dict[str, float]:
+        """Pretend the clients reach the emulator over a network: every Ice call and HTTP
+        request waits ``latency_ms`` (one round trip), and request and reply bytes cross
+        two shared links (one per direction) of ``bandwidth_mbit`` each (0: unlimited).
+        No arguments: loopback again. Independent of ``set_faults``."""
+        result: dict[str, float] = self._control(
+            "network", {"latency_ms": latency_ms, "bandwidth_mbit": bandwidth_mbit})
         return result
 
     def sessions(self) -> list[dict[str, Any]]:

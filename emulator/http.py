@@ -5,7 +5,10 @@ The port stands for a web server configured as the service's README says
 ``/tile/`` reaches the service unchanged, ``/tile`` without the slash answers nginx's
 ``301`` to ``/tile/`` (for every method, query kept), and other paths are not the
 service's (``404``; OMERO.web would be there). ``/_emulator/…`` (faults, expiring
-sessions, counts of the service's answers) needs the emulator's control token.
+sessions, counts of the service's answers and of every call, the network profile) needs
+the emulator's control token. Every other request is counted (``"HTTP GET /tile"``, per
+session key too) and, under a network profile, waits its round trip and the transfer of
+its bytes (``network.Network``); control requests are neither.
 
 The service, as glencoesoftware/omero-ms-pixel-buffer answers (``PixelBufferMicroserviceVerticle``,
 ``PixelBufferVerticle``, ``TileCtx``, ``TileRequestHandler``; omero-ms-core's
@@ -51,6 +54,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from cellprofiler_omero.emulator.faults import FaultSettings
+from cellprofiler_omero.emulator.network import NetworkSettings
 from cellprofiler_omero.emulator.pixels import BIT_SIZES, PixelsShape
 
 if TYPE_CHECKING:
@@ -75,6 +79,8 @@ _NGINX_301 = (b"<html>\r\n<head><title>301 Moved Permanently</title></head>\r\n<
               b"<center><h1>301 Moved Permanently</h1></center>\r\n<hr><center>nginx</center>"
               b"\r\n</body>\r\n</html>\r\n")
 _VERTX_404 = b"<html><body><h1>Resource not found</h1></body></html>"
+#: About what a status line and the headers of an answer take (bandwidth accounting).
+_REPLY_HEADER_BYTES = 200
 
 
 class BadParameter(ValueError):
@@ -115,6 +121,8 @@ class TileCtx:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    #: Whether this request crosses the emulated network (control requests do not).
+    _shaped = False
 
     def log_message(self, format: str, *args: Any) -> None:
         # Never log request lines: they may carry a bsession key.
@@ -128,6 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        if self._shaped and self.server.ctx.network.shaping:
+            self.server.ctx.network.reply(_REPLY_HEADER_BYTES + len(body))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -160,7 +170,21 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return parts.path
 
+    def _arrive(self) -> None:
+        """Count this request (by its first path segment) and let it cross the network."""
+        ctx = self.server.ctx
+        parts = urlsplit(self.path)
+        segment = parts.path.lstrip("/").split("/", 1)[0]
+        key = self._session_key(parse_qs(parts.query, keep_blank_values=True))
+        ctx.calls.count(f"HTTP {self.command} /{segment}", key)
+        self._shaped = True
+        ctx.network.round_trip()
+        if ctx.network.shaping:
+            body = int(self.headers.get("Content-Length") or 0)
+            ctx.network.request(len(self.requestline) + 2 + len(str(self.headers)) + body)
+
     def do_OPTIONS(self) -> None:
+        self._arrive()
         if self._front() is None:
             return
         ctx = self.server.ctx
@@ -173,14 +197,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         parts = urlsplit(self.path)
         if parts.path.startswith("/_emulator/"):
+            self._shaped = False  # a kept-alive connection may have served tiles before
             self._control(parts.path)
             return
+        self._arrive()
         if self._front() is None:
             return
         self._send(405, b"", None)
 
     def do_GET(self) -> None:
         try:
+            self._arrive()
             path = self._front()
             if path is not None:
                 self._get(path)
@@ -229,6 +256,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, json.dumps(sessions).encode(), "application/json")
         elif path == "/_emulator/http-requests":
             self._send(200, json.dumps(self.server.counts()).encode(), "application/json")
+        elif path == "/_emulator/calls":
+            counts = ctx.calls.counts(body.get("session"))
+            if body.get("reset"):
+                ctx.calls.reset()
+            self._send(200, json.dumps(counts).encode(), "application/json")
+        elif path == "/_emulator/network":
+            try:
+                ctx.network.set(NetworkSettings.from_dict(body))
+            except (TypeError, ValueError) as exc:
+                self._error(400, str(exc))
+                return
+            self._send(200, json.dumps(ctx.network.snapshot()).encode(), "application/json")
         else:
             self._error(404, "unknown control path")
 

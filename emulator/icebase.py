@@ -5,7 +5,9 @@ every operation of the interface is dispatched (AMD ones included, whose generat
 ``op_async`` would otherwise never answer), unimplemented operations raise
 ``omero.ApiUsageException`` naming them at once, unexpected Python errors become
 ``omero.InternalException``, and each call first passes the fault injector and the
-session check.
+session check. Every call is counted (``arrive``, from the servant locator) and, under a
+network profile, waits its round trip and the transfer of its request and reply bytes
+(``network.Network``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import ast
 import functools
 import logging
 import re
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -22,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import Ice
 import omero
+
+from cellprofiler_omero.emulator.network import ice_reply_size, ice_request_size
 
 if TYPE_CHECKING:
     from cellprofiler_omero.emulator.server import Context
@@ -149,7 +154,12 @@ def _call(self: Servant, service: str, op: str, impl: Callable[..., Any] | None,
     lose_reply = self.before_call(op, current)
     if impl is None:
         raise api_usage(f"{service}.{op} is not implemented by the emulator.")
+    network = self.ctx.network
+    if network.shaping:
+        network.request(ice_request_size(op, current, args[:-1]))
     result = impl(self, *args)
+    if network.shaping:
+        network.reply(ice_reply_size(result))
     if lose_reply:
         drop_reply(current)
     return result
@@ -220,3 +230,75 @@ def servant(skeleton: type) -> Callable[[type], type]:
         return cls
 
     return decorate
+
+
+@functools.cache
+def _interface_of(cls: type) -> str:
+    static_id = getattr(cls, "ice_staticId", None)
+    if static_id is None:
+        return cls.__name__
+    return str(static_id()).rsplit("::", 1)[-1]
+
+
+def interface_name(servant_obj: Any) -> str:
+    """The Slice interface a servant implements, unqualified (``"RawPixelsStore"``)."""
+    return _interface_of(type(servant_obj))
+
+
+def arrive(ctx: Context, interface: str, op: str, session: str | None) -> None:
+    """One Ice call reached the server: count it and wait its round trip's latency."""
+    ctx.calls.count(f"{interface}.{op}", session)
+    ctx.network.round_trip()
+
+
+_inside = threading.local()
+
+
+def counted(skeleton: type) -> Callable[[type], type]:
+    """Class decorator for servants that Ice dispatches to without the servant locator
+    (added to the adapter directly, as omero-py's ``TableI``): count each call of
+    ``skeleton``'s operations and give it the network's latency and transfer time.
+
+    Instances need ``emulator_ctx`` (the ``Context``; ``ctx`` is often the servant's
+    own) and, to be counted per session, ``session_uuid``, set before they are added.
+    Calls the servant makes to its own operations are not counted.
+    """
+
+    def decorate(impl: type) -> type:
+        service = skeleton.__name__
+        namespace: dict[str, Any] = {}
+        for op in operations(skeleton):
+            method = getattr(impl, op, None)
+            if method is None:
+                continue
+            namespace[op] = _counted_op(service, op, method)
+        cls = type(impl.__name__, (impl,), namespace)
+        cls.__module__ = impl.__module__
+        cls.__doc__ = impl.__doc__
+        return cls
+
+    return decorate
+
+
+def _counted_op(service: str, op: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    def dispatch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_inside, "active", False):
+            return method(self, *args, **kwargs)
+        ctx: Context = self.emulator_ctx
+        current = kwargs.get("current", args[-1] if args else None)
+        arrive(ctx, service, op, getattr(self, "session_uuid", None))
+        network = ctx.network
+        if network.shaping:
+            params = args[:-1] if "current" not in kwargs else args
+            network.request(ice_request_size(op, current, params))
+        _inside.active = True
+        try:
+            result = method(self, *args, **kwargs)
+        finally:
+            _inside.active = False
+        if network.shaping:
+            network.reply(ice_reply_size(result))
+        return result
+
+    dispatch.__name__ = op
+    return dispatch

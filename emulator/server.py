@@ -24,7 +24,8 @@ import omero.grid
 
 from cellprofiler_omero.emulator.certs import ensure_certificate
 from cellprofiler_omero.emulator.faults import Faults
-from cellprofiler_omero.emulator.icebase import Servant, servant
+from cellprofiler_omero.emulator.icebase import Servant, arrive, interface_name, servant
+from cellprofiler_omero.emulator.network import CallCounter, Network
 from cellprofiler_omero.emulator.pixels import (
     PixelFiles,
     PixelsShape,
@@ -60,7 +61,11 @@ class _Locator(Ice.ServantLocator):
         self.ctx = ctx
 
     def locate(self, current: Ice.Current) -> tuple[Any, Any]:
-        return self.ctx.lookup(current.id), None
+        found = self.ctx.lookup(current.id)
+        # Every call passes here (ice_isA and ice_ping too): count it, as one round trip.
+        interface = interface_name(found) if found is not None else "ObjectNotExist"
+        arrive(self.ctx, interface, current.operation, getattr(found, "session_uuid", None))
+        return found, None
 
     def finished(self, current: Ice.Current, servant: Any, cookie: Any) -> None:
         return None
@@ -98,6 +103,9 @@ class Context:
         self.files_dir = data / "files"
         self.files_dir.mkdir(exist_ok=True)
         self.faults = Faults()
+        #: Ice calls and HTTP requests answered, and the network they pretend to cross.
+        self.calls = CallCounter()
+        self.network = Network()
         self.config: dict[str, str] = {}
         self.adapter: Any = None
         self._servants: dict[str, Any] = {}

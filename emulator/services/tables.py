@@ -25,6 +25,7 @@ from omero.rtypes import rlong, rstring
 from cellprofiler_omero.emulator import modelmap
 from cellprofiler_omero.emulator.icebase import (
     api_usage,
+    counted,
     drop_reply,
     security_violation,
     servant,
@@ -139,6 +140,7 @@ class _Factory:
         return self._identity
 
 
+@counted(omero.grid.Table)
 class _FaultyTable(omero.tables.TableI):
     """omero-py's TableI, passing the emulator's fault injector on writes and reads."""
 
@@ -199,6 +201,9 @@ class SharedResourcesI(SessionServant):
                                     omero.hdfstorageV2.HDFLIST, read_only=False,
                                     uuid=Ice.generateUUID(), call_context=current.ctx,
                                     adapter=current.adapter)
+        # Added to the adapter directly (not through the locator): counted by @counted.
+        table.emulator_ctx = self.ctx
+        table.session_uuid = caller.session.uuid
         prx = current.adapter.add(table, table.id)
         return omero.grid.TablePrx.uncheckedCast(prx)
 
