@@ -16,8 +16,8 @@ Threads (each hook says which it runs on):
   Sources and sinks are closed with ``aclose()``; derive from
   ``roles.AsyncClosing`` to make them ``async with`` context managers as well.
 * Observer hooks (``omero_image_uploaded``, ``omero_table_written``,
-  ``omero_session_changed``) run on the event loop's thread: return quickly, never
-  block, and hand slow work to another thread.
+  ``omero_rois_saved``, ``omero_session_changed``) run on the event loop's thread:
+  return quickly, never block, and hand slow work to another thread.
 
 Raise the core's errors (``core.errors``), not a library's: the core decides by type
 whether to try the next transport (``transient``) or to retry (``retryable``).
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from cellprofiler_omero.core.config import Settings
     from cellprofiler_omero.core.errors import AuthError
@@ -57,10 +57,12 @@ if TYPE_CHECKING:
         Credentials,
         ImageSink,
         PixelSource,
+        RoiSink,
         ServerAddress,
         SessionInfo,
         TableSink,
     )
+    from cellprofiler_omero.core.shapes import SavedRoi
 
 PROJECT_NAME = "cellprofiler_omero"
 
@@ -160,6 +162,37 @@ def omero_open_table_writer(
     """
 
 
+@hookspec(firstresult=True)
+def omero_open_roi_writer(connection: Connection, settings: Settings) -> RoiSink | None:
+    """Return a ``RoiSink`` that saves ROIs on the connected server's images, or ``None``.
+
+    ``connection``: the live session (see ``omero_open_reader``). ``settings``: as for
+    ``omero_connect``. Asked in the order of ``transports.upload`` (saving ROIs is
+    writing to the server, as uploads are). Called for each batch of ROIs (and once to
+    check the target image); the sink is closed after it, so it should be cheap to make.
+
+    Runs in a worker thread; may block. The sink's ``target`` and ``save`` run on the
+    event loop; ``save`` must make at most one ROI per ``NewRoi.key`` on an image,
+    finding an earlier attempt's ROI instead of making a second (batches are retried,
+    pipelines rerun, and analysis workers may save the same objects).
+    """
+
+
+@hookspec(firstresult=True)
+def omero_open_annotation_writer(connection: Connection, settings: Settings
+                                 ) -> AnnotationSink | None:
+    """Return an ``AnnotationSink`` that writes key-value pairs on images, or ``None``.
+
+    ``connection``: the live session (see ``omero_open_reader``). ``settings``: as for
+    ``omero_connect``. Asked in the order of ``transports.upload`` (annotations are
+    writes of new objects, as uploads are); the sink is closed after use.
+
+    Runs in a worker thread; may block. The sink's ``put_key_values`` runs on the
+    event loop, must make at most one annotation per ``request.identity`` on an image
+    (it is retried), and must write nothing on an image the user may not annotate.
+    """
+
+
 @hookspec
 def omero_image_uploaded(session: SessionInfo, image: UploadedImage, spec: NewImage) -> None:
     """An image was created (or found already created by an earlier attempt).
@@ -181,6 +214,20 @@ def omero_table_written(session: SessionInfo, table: TableInfo, rows_added: int)
     earlier attempt are not counted).
 
     Runs on the event loop's thread after each batch: do not block.
+    """
+
+
+@hookspec
+def omero_rois_saved(session: SessionInfo, image_id: int, rois: Sequence[SavedRoi]) -> None:
+    """ROIs were saved on an image (or found saved by an earlier attempt).
+
+    ``session``: who saved them, where. ``image_id``: the image they lie on. ``rois``:
+    one ``SavedRoi`` per ROI asked for, in the order asked: its id, its exactly-once
+    key, and ``reused`` (an earlier attempt, a rerun or another worker had made it).
+    Called once per call of ``core.roi_writing.save_rois`` and image, after every batch
+    of that image was saved.
+
+    Runs on the event loop's thread: do not block.
     """
 
 

@@ -35,6 +35,7 @@ from cellprofiler_omero.core.roles import (
     Credentials,
     ImageSink,
     PixelSource,
+    RoiSink,
     ServerAddress,
     TableSink,
 )
@@ -136,6 +137,16 @@ class Registry:
         (its factory hook runs in a worker thread)."""
         def blocking() -> ImageSink:
             _, sink = self.first("upload", "omero_open_uploader", connection=connection,
+                                 settings=self.settings)
+            return sink
+
+        return await anyio.to_thread.run_sync(blocking)
+
+    async def open_roi_writer(self, connection: Connection) -> RoiSink:
+        """A ROI sink from the first transport of ``transports.upload`` that serves
+        (its factory hook runs in a worker thread)."""
+        def blocking() -> RoiSink:
+            _, sink = self.first("upload", "omero_open_roi_writer", connection=connection,
                                  settings=self.settings)
             return sink
 

@@ -23,6 +23,7 @@ from cellprofiler_omero.core.model import (
     UploadedImage,
 )
 from cellprofiler_omero.core.refs import ObjectRef
+from cellprofiler_omero.core.shapes import NewRoi, SavedRoi
 
 LoginSource = Literal["password", "session", "token", "environment"]
 
@@ -174,6 +175,57 @@ class TableSink(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class RoiTarget:
+    """An image ROIs may be added to: its sizes (to check shapes against) and its group."""
+
+    image_id: int
+    size_x: int
+    size_y: int
+    size_z: int
+    size_t: int
+    group_id: int
+
+
+@runtime_checkable
+class RoiSink(Protocol):
+    """Saves ROIs (``core.shapes.NewRoi``) on images, exactly once per ROI key."""
+
+    @property
+    def transport(self) -> str: ...
+
+    async def target(self, image_id: int) -> RoiTarget:
+        """The image ROIs are to be saved on; ``NotFound`` when it does not exist or the
+        user cannot see it, ``PermissionDenied`` when the user may not annotate it."""
+
+    async def save(self, rois: Sequence[NewRoi]) -> list[SavedRoi]:
+        """Save one batch of ROIs, all on one image, in as few calls as the transport can
+        (the caller keeps a batch under ``transfer.max_chunk_bytes``).
+
+        Exactly once: a ROI whose ``key`` the server already holds on that image (an
+        earlier attempt's, a rerun's, another worker's) is not made again; its id is
+        returned with ``reused=True``. Ids come back in the order of ``rois``.
+        """
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class AnnotationSink(Protocol):
+    """Writes key-value pair annotations (MapAnnotations) on images."""
+
+    @property
+    def transport(self) -> str: ...
+
+    async def put_key_values(self, request: NewKeyValues) -> WrittenKeyValues:
+        """Link one MapAnnotation to ``request.image_id``, exactly once per
+        ``request.identity``: an earlier attempt's annotation is found and returned
+        (``reused``). Raises ``CannotAnnotate`` before writing anything when the user may
+        not annotate the image, ``NotFound`` when it cannot be read."""
+
+    async def aclose(self) -> None: ...
+
+
 class AsyncClosing:
     """``async with source:`` closes it on the way out (``aclose``), as files do.
 
@@ -199,6 +251,8 @@ __all__ = [
     "LoginSource",
     "Node",
     "PixelSource",
+    "RoiSink",
+    "RoiTarget",
     "ServerAddress",
     "SessionInfo",
     "TableSink",

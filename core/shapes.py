@@ -144,3 +144,13 @@ class Roi:
     shapes: tuple[Shape, ...]
     #: the server's ids of ``shapes``, in the same order
     shape_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SavedRoi:
+    """A ROI a writer saved, or found saved by an earlier attempt (``reused``)."""
+
+    id: int
+    image_id: int
+    key: str | None = None
+    reused: bool = False
