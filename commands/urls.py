@@ -14,13 +14,14 @@ import csv
 import io
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cellprofiler_omero.commands import common
 
 if TYPE_CHECKING:
+    from cellprofiler_omero.core.annotations import Collision, ImageAnnotations
     from cellprofiler_omero.core.model import ImageMeta
     from cellprofiler_omero.core.refs import ObjectRef
     from cellprofiler_omero.core.session import SessionManager
@@ -50,7 +51,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "for images in plates; Metadata_Z and Metadata_T\n(0-based) when "
                     "images have several planes (one row per plane); and always\n"
                     "Metadata_ImageID and Metadata_ImageName. Channel names come from OMERO "
-                    "and\nmust be the same for every image.",
+                    "and\nmust be the same for every image.\n\n"
+                    "Key-value pairs on the images (map annotations; --kv-namespace to "
+                    "choose\nnamespaces) become Metadata_<key> columns and their tags "
+                    "Metadata_Tags\n(--no-tags to leave them out). Keys are made column "
+                    "names (letters, digits,\n_); a key whose name is taken (by a built-in "
+                    "column or another key) gets\n_2, _3 ... in sorted key order, and each "
+                    "such collision is reported on stderr.\nSeveral values of one key on an "
+                    "image are joined by '; '.",
         epilog="examples:\n"
                "  cellprofiler-omero urls Dataset:2 -o files.txt\n"
                "  cellprofiler-omero urls Plate:21 --loaddata -o plate.csv\n"
@@ -71,6 +79,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                            "settings, else https://SERVER/)")
     urls.add_argument("--loaddata", action="store_true",
                       help="write a LoadData CSV (see above) instead of a list")
+    urls.add_argument("--kv-namespace", action="append", metavar="NS", dest="kv_namespaces",
+                      help="with --loaddata: take key-value pairs only from map annotations "
+                           "in namespace NS (repeat for several; default: every namespace)")
+    urls.add_argument("--no-tags", action="store_false", dest="tags",
+                      help="with --loaddata: leave the images' tags out (no Metadata_Tags)")
     urls.add_argument("-o", "--output", metavar="FILE", type=Path,
                       help="write to FILE instead of standard output")
     urls.set_defaults(handler=cmd_urls)
@@ -98,7 +111,11 @@ def cmd_urls(args: argparse.Namespace) -> int:
 
         if args.loaddata:
             metas = _metadata(manager, images)
-            text = loaddata_csv(images, metas, url)
+            annotations = _annotations(manager, images, args.kv_namespaces, args.tags)
+            text, collisions = loaddata_csv_with_annotations(
+                images, metas, url, annotations, tags=args.tags)
+            for collision in collisions:
+                common.note(f"note: {collision}")
         else:
             text = "".join(url(image) + "\n" for image in images)
     if args.output is None:
@@ -154,6 +171,22 @@ def _metadata(manager: SessionManager, images: Sequence[ObjectRef]) -> list[Imag
     return [meta for meta in results if meta is not None]
 
 
+def _annotations(manager: SessionManager, images: Sequence[ObjectRef],
+                 namespaces: Sequence[str] | None, tags: bool
+                 ) -> dict[int, ImageAnnotations]:
+    """Key-value pairs, tags and plate positions of every image: the connection asks for
+    the whole list in a few batched queries."""
+    ids = [ref.id for ref in images]
+
+    async def fetch() -> dict[int, ImageAnnotations]:
+        found: dict[int, ImageAnnotations] = await manager.call(
+            lambda c: c.image_annotations(ids, namespaces, tags=tags),
+            what=f"reading the annotations of {len(ids)} image(s)")
+        return found
+
+    return common.run(fetch)
+
+
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
@@ -192,6 +225,27 @@ def _check_channels(images: Sequence[ObjectRef], metas: Sequence[ImageMeta]) -> 
 def loaddata_csv(images: Sequence[ObjectRef], metas: Sequence[ImageMeta],
                  url: Callable[[ObjectRef], str]) -> str:
     """The LoadData CSV text: one row per image (per plane when images have several)."""
+    return loaddata_csv_with_annotations(images, metas, url, {}, tags=False)[0]
+
+
+def annotation_columns(annotations: Mapping[int, ImageAnnotations], reserved: Sequence[str],
+                       *, tags: bool) -> tuple[dict[str, str], list[Collision]]:
+    """OMERO key → column name (without ``Metadata_``) for every key on the images, and
+    the collisions resolved (see ``core.annotations.metadata_names``)."""
+    from cellprofiler_omero.core.annotations import TAGS_KEY, metadata_names
+
+    keys = {pair.key for found in annotations.values() for pair in found.pairs}
+    return metadata_names(keys, [*reserved, *((TAGS_KEY,) if tags else ())])
+
+
+def loaddata_csv_with_annotations(
+        images: Sequence[ObjectRef], metas: Sequence[ImageMeta],
+        url: Callable[[ObjectRef], str], annotations: Mapping[int, ImageAnnotations], *,
+        tags: bool) -> tuple[str, list[Collision]]:
+    """The LoadData CSV text with a ``Metadata_<key>`` column per key-value pair key (and
+    ``Metadata_Tags`` when ``tags``), and the name collisions resolved on the way."""
+    from cellprofiler_omero.core.annotations import TAGS_KEY
+
     _check_channels(images, metas)
     channels = channel_columns(metas[0].channel_names)
     in_plates = any(meta.plate is not None for meta in metas)
@@ -199,6 +253,12 @@ def loaddata_csv(images: Sequence[ObjectRef], metas: Sequence[ImageMeta],
     header = [f"{prefix}_{name}" for name in channels for prefix in ("URL", "Frame")]
     header += list(PLATE_COLUMNS if in_plates else ()) + list(PLANE_COLUMNS if stacks else ())
     header += list(IMAGE_COLUMNS)
+    builtin = [name.removeprefix("Metadata_") for name in header if name.startswith("Metadata_")]
+    names, collisions = annotation_columns(annotations, builtin, tags=tags)
+    keys = sorted(names, key=lambda k: names[k].lower())
+    header += [f"Metadata_{names[k]}" for k in keys]
+    if tags:
+        header.append(f"Metadata_{TAGS_KEY}")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
@@ -214,8 +274,13 @@ def loaddata_csv(images: Sequence[ObjectRef], metas: Sequence[ImageMeta],
                 if stacks:
                     row += [z, t]
                 row += [meta.id, meta.name]
+                found = annotations.get(meta.id)
+                values = found.values() if found is not None else {}
+                row += [values.get(k, "") for k in keys]
+                if tags:
+                    row.append(found.tag_value() if found is not None else "")
                 writer.writerow(row)
-    return out.getvalue()
+    return out.getvalue(), collisions
 
 
 def _plate_values(meta: ImageMeta) -> list[str | int]:

@@ -212,3 +212,17 @@ class CannotReachServer(ServerError):
         self.reason = reason
         self.timeout_seconds = timeout_seconds
         self.setting = setting
+
+
+class CannotAnnotate(PermissionDenied):
+    """The current user may not annotate an object (a read-only group, another's data).
+
+    ``kind`` and ``object_id`` name the object, ``user`` who asked; nothing was written.
+    """
+
+    def __init__(self, message: str, *, kind: str, object_id: int, user: str,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.kind = kind
+        self.object_id = object_id
+        self.user = user

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     )
     from cellprofiler_omero.core.refs import ObjectRef
     from cellprofiler_omero.core.roles import (
+        AnnotationSink,
         Connection,
         Credentials,
         ImageSink,

@@ -30,6 +30,7 @@ from cellprofiler_omero.core.errors import ConfigError, NoTransport, OmeroError
 from cellprofiler_omero.core.model import ImageMeta, PixelRequest, TableSchema, TableTarget
 from cellprofiler_omero.core.refs import ObjectRef
 from cellprofiler_omero.core.roles import (
+    AnnotationSink,
     AsyncClosing,
     Connection,
     Credentials,
@@ -148,6 +149,16 @@ class Registry:
         def blocking() -> RoiSink:
             _, sink = self.first("upload", "omero_open_roi_writer", connection=connection,
                                  settings=self.settings)
+            return sink
+
+        return await anyio.to_thread.run_sync(blocking)
+
+    async def open_annotation_writer(self, connection: Connection) -> AnnotationSink:
+        """An annotation sink from the first transport of ``transports.upload`` that
+        serves (its factory hook runs in a worker thread)."""
+        def blocking() -> AnnotationSink:
+            _, sink = self.first("upload", "omero_open_annotation_writer",
+                                 connection=connection, settings=self.settings)
             return sink
 
         return await anyio.to_thread.run_sync(blocking)

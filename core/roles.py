@@ -12,6 +12,11 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 
+from cellprofiler_omero.core.annotations import (
+    ImageAnnotations,
+    NewKeyValues,
+    WrittenKeyValues,
+)
 from cellprofiler_omero.core.model import (
     Group,
     ImageMeta,
@@ -117,6 +122,13 @@ class Connection(Protocol):
 
     async def can_write(self, kind: str, object_id: int) -> bool:
         """Whether the current user may link new objects to this one."""
+
+    async def image_annotations(self, image_ids: Sequence[int],
+                                namespaces: Sequence[str] | None = None, *,
+                                tags: bool = True) -> dict[int, ImageAnnotations]:
+        """Key-value pairs (of MapAnnotations in ``namespaces``; ``None``: all), tags
+        (when ``tags``) and plate positions of many images, by image id, in a few
+        batched queries; images the user cannot read are left out."""
 
     async def create_user_session(self, time_to_idle_ms: int) -> str:
         """A new session key for a token (clamped to what the server allows)."""
@@ -244,6 +256,7 @@ class AsyncClosing:
 
 
 __all__ = [
+    "AnnotationSink",
     "AsyncClosing",
     "Connection",
     "Credentials",

@@ -41,6 +41,9 @@ def install() -> None:
     _patch_is_image()
     _patch_add_urls()
     _patch_stemless_metadata()
+    from cellprofiler_omero.cp_integration import metadata
+
+    metadata.install()  # OMERO annotations as a Metadata module extraction method
 
 
 def _patch_stemless_metadata() -> None:

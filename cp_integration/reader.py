@@ -295,3 +295,49 @@ class OMEROReader(Reader):
             self._image = None
             with contextlib.suppress(Exception):
                 _shared.release(self.ref, wait=False)
+
+
+# -- OMERO metadata for CellProfiler's Metadata module ----------------------------------------
+
+#: Metadata names the reader gives an image in a plate (as ``urls --loaddata`` does).
+PLATE_KEYS = ("Plate", "Well", "Row", "Column", "Field")
+
+
+def omero_file_metadata(urls: Sequence[str], namespaces: Sequence[str] | None = None, *,
+                        tags: bool = True) -> tuple[dict[str, dict[str, str]], list[Any]]:
+    """OMERO's metadata of every OMERO image URL of a file list, by URL, and the key
+    name collisions met: key-value pairs as ``<key>`` (made safe, see
+    ``core.annotations.metadata_names``), tags as ``Tags``, plate position as Plate,
+    Well, Row, Column, Field. One batched request for the whole list (the connection
+    pages it); URLs that are not OMERO images are left out.
+    """
+    from cellprofiler_core.constants.measurement import RESERVED_METADATA_KEYS
+
+    from cellprofiler_omero.core.annotations import TAGS_KEY, metadata_names, plate_values
+
+    by_url = {url: refs.parse_image(url) for url in urls if refs.is_image_reference(url)}
+    if not by_url:
+        return {}, []
+    ids = list(dict.fromkeys(ref.id for ref in by_url.values()))
+    mgr = session.manager()
+
+    async def fetch() -> Any:
+        return await mgr.call(lambda c: c.image_annotations(ids, namespaces, tags=tags),
+                              next(iter(by_url.values())),
+                              what=f"reading OMERO metadata of {len(ids)} image(s)")
+
+    found = runtime.run(fetch)
+    session.after_connect(mgr)
+    keys = {pair.key for ann in found.values() for pair in ann.pairs}
+    names, collisions = metadata_names(keys, [*RESERVED_METADATA_KEYS, *PLATE_KEYS, TAGS_KEY])
+    out: dict[str, dict[str, str]] = {}
+    for url, ref in by_url.items():
+        ann = found.get(ref.id)
+        if ann is None:
+            continue
+        values = plate_values(ann.plate)
+        values.update({names[key]: value for key, value in ann.values().items()})
+        if ann.tags:
+            values[TAGS_KEY] = ann.tag_value()
+        out[url] = values
+    return out, collisions

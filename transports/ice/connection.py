@@ -22,6 +22,7 @@ import omero.sys
 from omero.model.enums import UnitsLength
 from omero.rtypes import rint, unwrap
 
+from cellprofiler_omero.core.annotations import ImageAnnotations
 from cellprofiler_omero.core.config import Settings
 from cellprofiler_omero.core.errors import AuthError, CannotReachServer, NotFound
 from cellprofiler_omero.core.model import (
@@ -513,6 +514,17 @@ class IceConnection:
                 if int(pid) in by_pixels and data}
 
     # -- permissions and tokens -----------------------------------------------------------
+
+    async def image_annotations(self, image_ids: Sequence[int],
+                                namespaces: Sequence[str] | None = None, *,
+                                tags: bool = True) -> dict[int, ImageAnnotations]:
+        if not image_ids:
+            return {}
+        from cellprofiler_omero.transports.ice import annotations
+
+        return await self.call(annotations.image_annotations, self, list(image_ids),
+                               list(namespaces) if namespaces else None, tags,
+                               what=f"reading the annotations of {len(image_ids)} image(s)")
 
     async def can_write(self, kind: str, object_id: int) -> bool:
         def run() -> bool:

@@ -68,6 +68,18 @@ def omero_open_roi_writer(connection: Connection, settings: Settings) -> object 
 
 
 @hookimpl
+def omero_open_annotation_writer(connection: Connection, settings: Settings
+                                 ) -> object | None:
+    from cellprofiler_omero.transports.ice.connection import IceConnection
+
+    if not isinstance(connection, IceConnection):
+        return None
+    from cellprofiler_omero.transports.ice.annotations import IceAnnotationSink
+
+    return IceAnnotationSink(connection, settings)
+
+
+@hookimpl
 def omero_open_table_writer(connection: Connection, target: TableTarget, schema: TableSchema,
                             settings: Settings, file_id: int | None) -> object | None:
     from cellprofiler_omero.transports.ice.connection import IceConnection
