@@ -378,8 +378,11 @@ LINKS = {  # (kind, collection on parent, collection on child)
 }
 ANNOTATED = ("Project", "Dataset", "Image", "Screen", "Plate", "Well", "PlateAcquisition",
              "OriginalFile")
-EMPTY_CLASSES = {"Roi", "Shape", "Rectangle", "Ellipse", "Polygon", "Mask", "Point", "Line",
-                 "Label", "Polyline", "PlaneInfo", "Thumbnail", "Fileset", "FilesetEntry",
+#: omero-model's concrete Shape classes (``Shape`` selects them all).
+SHAPE_KINDS = ("Mask", "Polygon", "Polyline", "Rectangle", "Ellipse", "Point", "Line",
+               "Label")
+CLASS_KINDS["Shape"] = SHAPE_KINDS
+EMPTY_CLASSES = {"PlaneInfo", "Thumbnail", "Fileset", "FilesetEntry",
                  "RenderingDef", "Instrument", "Objective", "LightPath", "ExternalInfo",
                  "BooleanAnnotation", "LongAnnotation", "DoubleAnnotation",
                  "TimestampAnnotation", "TermAnnotation", "XmlAnnotation", "ListAnnotation",
@@ -399,6 +402,7 @@ class Graph:
         self._cache: dict[int, View] = {}
         self._members: dict[int, View] = {}
         self._people: dict[tuple[str, int], View] = {}
+        self._readable: dict[tuple[int, int], bool] = {}
 
     # -- visibility ----------------------------------------------------------------------
 
@@ -407,11 +411,18 @@ class Graph:
             return False
         if self.group_id != -1 and obj.group_id != self.group_id:
             return False
-        return self.store.can_read(self.user, obj.owner_id, obj.group_id)
+        # Asked once per owner and group: a query over thousands of shapes repeats them.
+        key = (obj.owner_id, obj.group_id)
+        readable = self._readable.get(key)
+        if readable is None:
+            readable = self.store.can_read(self.user, obj.owner_id, obj.group_id)
+            self._readable[key] = readable
+        return readable
 
     # -- roots -----------------------------------------------------------------------------
 
-    def candidates(self, cls: str, ids: list[int] | None) -> Iterator[View]:
+    def candidates(self, cls: str, ids: list[int] | None,
+                   parents: tuple[str, list[int]] | None = None) -> Iterator[View]:
         if cls in ("Experimenter", "ExperimenterGroup", "PixelsType", "DimensionOrder",
                    "GroupExperimenterMap", "Session"):
             yield from self._system(cls, ids)
@@ -438,9 +449,18 @@ class Graph:
         kinds = CLASS_KINDS.get(cls, (cls,))
         if cls not in CLASS_KINDS and cls not in (
                 "Project", "Dataset", "Image", "Screen", "Plate", "Well", "WellSample",
-                "OriginalFile", "PlateAcquisition", *ANNOTATION_KINDS):
+                "OriginalFile", "PlateAcquisition", "Roi", *SHAPE_KINDS, *ANNOTATION_KINDS):
             raise HqlError(f"class {cls!r} is not served by the emulator")
-        if ids is not None:
+        if ids is None and parents is not None and (
+                (kinds == ("Roi",) and parents[0] == "image")
+                or (set(kinds) <= set(SHAPE_KINDS) and parents[0] in ("roi", "roi.image"))):
+            # ROIs by image, shapes by ROI (or by the ROIs of an image): the parent
+            # column, instead of every ROI or shape in the store.
+            path, parent_ids = parents
+            if path == "roi.image":
+                parent_ids = [r.id for r in self.store.by_parents(("Roi",), parent_ids)]
+            objs = self.store.by_parents(kinds, parent_ids)
+        elif ids is not None:
             objs = [o for o in self.store.get_many(ids) if o.kind in kinds]
         else:
             objs = [o for k in kinds for o in self.store.all(k)]
@@ -556,6 +576,21 @@ class Graph:
             lazy["plate"] = lambda: self._one(obj.parent_id)
             lazy["wellSample"] = lambda: [self.view(o) for o in store.find_by_data(
                 "WellSample", "acquisition", obj.id) if self.visible(o)]
+        elif obj.kind == "Roi":
+            f.update(source=None)
+            lazy["image"] = lambda: self._one(obj.parent_id)
+            lazy["shapes"] = lambda: [self.view(o) for o in store.by_parents(
+                SHAPE_KINDS, [obj.id]) if self.visible(o)]
+            lazy["annotationLinks"] = lambda: []
+            lazy["folderLinks"] = lambda: []
+        elif obj.kind in SHAPE_KINDS:
+            from cellprofiler_omero.emulator.modelmap import shape_fields
+
+            for name, typ in shape_fields(obj.kind).items():
+                value = d.get(name)
+                f[name] = value[0] if typ == "length" and value is not None else value
+            f.update(transform=None, annotationLinks=[])
+            lazy["roi"] = lambda: self._one(obj.parent_id)
         elif obj.kind == "OriginalFile":
             f.update(path=d.get("path", ""), mimetype=d.get("mimetype", ""),
                      size=d.get("size", 0), hash=d.get("hash", ""))
@@ -846,7 +881,8 @@ class Evaluator:
 
     def bindings(self, query: Query, outer: Env) -> Iterator[Env]:
         ids = _root_ids(query, self.params)
-        for root in self.graph.candidates(query.cls, ids):
+        parents = _root_parents(query, self.params) if ids is None else None
+        for root in self.graph.candidates(query.cls, ids, parents):
             env = {**outer, query.alias: root, "#root": query.alias}
             yield from self._join(query, 0, env)
 
@@ -1075,6 +1111,38 @@ def _root_ids(query: Query, params: dict[str, Any]) -> list[int] | None:
             ids.extend(int(x) for x in (raw if isinstance(raw, list | tuple | set) else [raw]))
         else:
             return ids
+    return None
+
+
+def _root_parents(query: Query, params: dict[str, Any]) -> tuple[str, list[int]] | None:
+    """Fast path for ROIs and shapes: a top-level ``r.image.id = :id`` (``in (:ids)``),
+    ``s.roi.id = …`` or ``s.roi.image.id = …`` names the parents of the roots."""
+    node = query.where
+    stack = [node] if node is not None else []
+    while stack:
+        n = stack.pop()
+        if n[0] == "and":
+            stack.extend([n[1], n[2]])
+            continue
+        if n[0] == "cmp" and n[1] == "=":
+            left, values = n[2], [n[3]]
+        elif n[0] == "in":
+            left, values = n[1], list(n[2])
+        else:
+            continue
+        if left[0] != "path":
+            continue
+        for via in ("image", "roi", "roi.image"):
+            if left[1] != f"{query.alias}.{via}.id":
+                continue
+            ids: list[int] = []
+            for v in values:
+                raw = params.get(v[1]) if v[0] == "param" else v[1] if v[0] == "lit" else None
+                if raw is None:
+                    return None
+                ids.extend(int(x) for x in (raw if isinstance(raw, list | tuple | set)
+                                            else [raw]))
+            return via, ids
     return None
 
 

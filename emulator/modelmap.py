@@ -175,7 +175,135 @@ _CLASSES: dict[str, Any] = {
     "CommentAnnotation": omero.model.CommentAnnotationI,
     "TagAnnotation": omero.model.TagAnnotationI,
     "PlateAcquisition": omero.model.PlateAcquisitionI,
+    "Roi": omero.model.RoiI,
+    "Mask": omero.model.MaskI,
+    "Polygon": omero.model.PolygonI,
+    "Polyline": omero.model.PolylineI,
+    "Rectangle": omero.model.RectangleI,
+    "Ellipse": omero.model.EllipseI,
+    "Point": omero.model.PointI,
+    "Line": omero.model.LineI,
+    "Label": omero.model.LabelI,
 }
+
+#: The concrete Shape classes of omero-model (``ome.model.roi``).
+SHAPE_KINDS = ("Mask", "Polygon", "Polyline", "Rectangle", "Ellipse", "Point", "Line",
+               "Label")
+#: Fields every Shape has (omero-model's ``Shape``): name → value type.
+SHAPE_COMMON: dict[str, str] = {
+    "theZ": "int", "theT": "int", "theC": "int", "locked": "bool", "fillColor": "int",
+    "fillRule": "str", "strokeColor": "int", "strokeDashArray": "str",
+    "strokeWidth": "length", "fontFamily": "str", "fontSize": "length", "fontStyle": "str",
+    "textValue": "str",
+}
+#: Each concrete class's own fields (Mask ``bytes`` are kept aside, byte for byte).
+SHAPE_FIELDS: dict[str, dict[str, str]] = {
+    "Mask": {"x": "double", "y": "double", "width": "double", "height": "double"},
+    "Polygon": {"points": "str"},
+    "Polyline": {"points": "str", "markerStart": "str", "markerEnd": "str"},
+    "Rectangle": {"x": "double", "y": "double", "width": "double", "height": "double"},
+    "Ellipse": {"x": "double", "y": "double", "radiusX": "double", "radiusY": "double"},
+    "Point": {"x": "double", "y": "double"},
+    "Line": {"x1": "double", "y1": "double", "x2": "double", "y2": "double",
+             "markerStart": "str", "markerEnd": "str"},
+    "Label": {"x": "double", "y": "double"},
+}
+#: AffineTransform's six coefficients, in the order the store keeps them.
+TRANSFORM = ("a00", "a10", "a01", "a11", "a02", "a12")
+
+
+def shape_fields(kind: str) -> dict[str, str]:
+    """Every field of a shape class with its type (common ones first)."""
+    return {**SHAPE_COMMON, **SHAPE_FIELDS[kind]}
+
+
+def _wrap(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "int":
+        return rint(int(value))
+    if kind == "double":
+        return rdouble(float(value))
+    if kind == "bool":
+        return rbool(bool(value))
+    if kind == "length":
+        number, unit = value
+        return omero.model.LengthI(float(number), getattr(UnitsLength, unit))
+    return rstring(value)
+
+
+class DetailsCache:
+    """``details`` for many objects of few owners and groups (thousands of ROIs and
+    shapes in one answer): the owner, group and permissions are looked up once each."""
+
+    def __init__(self, store: Store, viewer: User | None) -> None:
+        self.store = store
+        self.viewer = viewer
+        self._parts: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+
+    def __call__(self, owner_id: int, group_id: int, created: float) -> omero.model.DetailsI:
+        parts = self._parts.get((owner_id, group_id))
+        if parts is None:
+            full = details(self.store, self.viewer, owner_id, group_id, created)
+            parts = (full.owner, full.group, full.permissions)
+            self._parts[(owner_id, group_id)] = parts
+        d = omero.model.DetailsI()
+        d.owner, d.group, d.permissions = parts
+        event = omero.model.EventI(rlong(1), True)
+        event.time = rtime(int(created * 1000))
+        d.creationEvent = event
+        d.updateEvent = event
+        return d
+
+
+def shape_model(obj: Obj, make_details: Any, roi: Any = None) -> Any:
+    """A stored shape as its ``omero.model`` class: every field as it was saved."""
+    m = _CLASSES[obj.kind](rlong(obj.id), True)
+    unload_collections(m)
+    d = obj.data
+    for name, kind in shape_fields(obj.kind).items():
+        setattr(m, f"_{name}", _wrap(kind, d.get(name)))
+    if obj.kind == "Mask" and d.get("bytes") is not None:
+        import base64
+
+        m._bytes = base64.b64decode(d["bytes"])
+    if d.get("transform") is not None:
+        transform = omero.model.AffineTransformI(rlong(obj.id), True)
+        for name, value in zip(TRANSFORM, d["transform"], strict=True):
+            setattr(transform, f"_{name}", rdouble(value))
+        m._transform = transform
+    m._roi = roi if roi is not None else omero.model.RoiI(rlong(obj.parent_id), False)
+    m._details = make_details(obj.owner_id, obj.group_id, obj.created)
+    return m
+
+
+def roi_model(obj: Obj, make_details: Any, shapes: list[Obj] | None = None) -> Any:
+    """A stored ROI; with ``shapes`` given, its shapes collection loaded with them
+    (each shape's ``roi`` is this ROI, as Hibernate returns the graph)."""
+    m = omero.model.RoiI(rlong(obj.id), True)
+    unload_collections(m)
+    m.name = rstring(obj.name) if obj.name else None
+    m.description = rstring(obj.description) if obj.description else None
+    image_id = obj.parent_id
+    m.image = omero.model.ImageI(rlong(image_id), False) if image_id is not None else None
+    m._details = make_details(obj.owner_id, obj.group_id, obj.created)
+    if shapes is not None:
+        m._shapesSeq = [shape_model(s, make_details, m) for s in shapes]
+        m._shapesLoaded = True
+    return m
+
+
+def roi_models(store: Store, viewer: User | None, rois: list[Obj],
+               shapes: list[Obj] | None = None) -> list[Any]:
+    """ROIs with their shapes loaded (all of them, or those in ``shapes``), in order."""
+    if shapes is None:
+        shapes = store.by_parents(SHAPE_KINDS, [r.id for r in rois])
+    by_roi: dict[int, list[Obj]] = {}
+    for shape in shapes:
+        assert shape.parent_id is not None
+        by_roi.setdefault(shape.parent_id, []).append(shape)
+    make_details = DetailsCache(store, viewer)
+    return [roi_model(r, make_details, by_roi.get(r.id, [])) for r in rois]
 
 LINK_CLASSES: dict[str, Any] = {
     "ProjectDatasetLink": omero.model.ProjectDatasetLinkI,
@@ -249,6 +377,10 @@ def unloaded(kind: str, object_id: int) -> Any:
 
 def to_model(store: Store, viewer: User | None, obj: Obj, *, deep: bool = True) -> Any:
     """``obj`` as its ``omero.model`` class, loaded, with details (and nested parts when deep)."""
+    if obj.kind == "Roi":
+        return roi_model(obj, DetailsCache(store, viewer))  # shapes unless fetched: no
+    if obj.kind in SHAPE_KINDS:
+        return shape_model(obj, DetailsCache(store, viewer))
     cls = _CLASSES[obj.kind]
     m = cls(rlong(obj.id), True)
     unload_collections(m)

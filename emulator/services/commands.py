@@ -19,6 +19,7 @@ import omero.cmd
 
 from cellprofiler_omero.emulator import modelmap
 from cellprofiler_omero.emulator.icebase import api_usage, servant
+from cellprofiler_omero.emulator.services import roi as rois
 from cellprofiler_omero.emulator.services.common import Caller, SessionServant
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def submit(factory: _ServiceFactory, request: Any, current: Ice.Current) -> Any:
     caller = factory.caller(current)
     if not isinstance(request, omero.cmd.Delete2):
         raise api_usage(f"{type(request).__name__} requests are not implemented by the "
-                        "emulator (only Delete2 of images).")
+                        "emulator (only Delete2 of images, ROIs, annotations and files).")
     started = int(time.time() * 1000)
     response = _delete2(factory, caller, request)
     flags = [omero.cmd.State.FAILURE] if isinstance(response, omero.cmd.ERR) else []
@@ -96,6 +97,13 @@ def _delete2(factory: _ServiceFactory, caller: Caller, request: Any) -> Any:
     annotation_ids: list[int] = []
     file_ids: list[int] = []
     link_ids: list[int] = []
+    shorts = {name.rsplit(".", 1)[-1].removesuffix("I") for name in targets}
+    roi_kinds = {"Roi", "Shape", *modelmap.SHAPE_KINDS}
+    if shorts & roi_kinds:
+        if shorts - roi_kinds:
+            raise api_usage("The emulator's Delete2 takes ROIs and shapes alone, not "
+                            "with other objects in one request.")
+        return _delete_rois(factory, caller, targets, bool(request.dryRun))
     for name, ids in targets.items():
         short = name.rsplit(".", 1)[-1].removesuffix("I")
         if short == "Image":
@@ -130,9 +138,14 @@ def _delete2(factory: _ServiceFactory, caller: Caller, request: Any) -> Any:
         if image.owner_id != caller.user.id and not caller.user.admin:
             return _refusal(f"not permitted to delete ome.model.core.Image[{image_id}]")
         images.append(image)
+    # An image's ROIs and their shapes go with it (omero-blitz's delete graph).
+    on_images, their_shapes = rois.rois_of_images(store, [i.id for i in images])
+    deleted = rois.deleted_objects(on_images, their_shapes)
+    if images:
+        deleted[_IMAGE_CLASS] = [i.id for i in images]
     if request.dryRun:
-        return omero.cmd.Delete2Response(
-            deletedObjects={_IMAGE_CLASS: [i.id for i in images]} if images else {})
+        return omero.cmd.Delete2Response(deletedObjects=deleted)
+    store.delete_many([o.id for o in (*on_images, *their_shapes)])
     for image in images:
         # Annotations only this image used go with it, as the default graph policy does.
         orphans = [link.child_id for link in store.links_from("ImageAnnotationLink",
@@ -146,8 +159,35 @@ def _delete2(factory: _ServiceFactory, caller: Caller, request: Any) -> Any:
                 continue
             if not any(store.links_to(kind, [ann_id]) for kind in _ANNOTATION_LINKS):
                 store.delete(ann_id)
-    return omero.cmd.Delete2Response(
-        deletedObjects={_IMAGE_CLASS: [i.id for i in images]} if images else {})
+    return omero.cmd.Delete2Response(deletedObjects=deleted)
+
+
+def _delete_rois(factory: _ServiceFactory, caller: Caller, targets: dict[str, list[int]],
+                 dry_run: bool) -> Any:
+    """ROIs (with their shapes) and single shapes; a ROI left without shapes stays, as
+    omero-blitz's delete rules keep it."""
+    store = factory.ctx.store
+    found: dict[int, Any] = {}
+    shapes: dict[int, Any] = {}
+    for name, ids in targets.items():
+        short = name.rsplit(".", 1)[-1].removesuffix("I")
+        for oid in ids:
+            obj = store.get(int(oid))
+            if obj is None or not (obj.kind == short or (
+                    short == "Shape" and obj.kind in modelmap.SHAPE_KINDS)):
+                continue  # nothing to delete
+            java = f"{rois.JAVA_PACKAGE}.{obj.kind}[{obj.id}]"
+            if not factory.visible(caller, obj):
+                return _refusal(f"cannot read {java}")
+            if obj.owner_id != caller.user.id and not caller.user.admin:
+                return _refusal(f"not permitted to delete {java}")
+            (found if obj.kind == "Roi" else shapes)[obj.id] = obj
+    for shape in store.by_parents(modelmap.SHAPE_KINDS, list(found)):
+        shapes[shape.id] = shape
+    deleted = rois.deleted_objects(list(found.values()), list(shapes.values()))
+    if not dry_run:
+        store.delete_many([*found, *shapes])
+    return omero.cmd.Delete2Response(deletedObjects=deleted)
 
 
 _ANNOTATION_LINKS = tuple(kind for kind, (_, child) in modelmap.LINK_ENDS.items()

@@ -22,6 +22,7 @@ from cellprofiler_omero.emulator.icebase import (
     servant,
     validation,
 )
+from cellprofiler_omero.emulator.services import roi as rois
 from cellprofiler_omero.emulator.services.common import Caller, SessionServant
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class UpdateI(SessionServant):
         oid = unwrap(obj.id)
         if kind in ("Pixels", "LogicalChannel", "Channel"):
             return self._update_pixels_part(caller, kind, oid, obj)
+        if rois.is_roi_kind(kind):
+            return rois.RoiWriter(self).save(caller, obj)
         stored = self.ctx.store.get(oid)
         if stored is None or not self.visible(caller, stored):
             raise api_usage(f"{kind}:{oid} does not exist.")
@@ -107,6 +110,8 @@ class UpdateI(SessionServant):
             return self._ref(caller, obj)
         if kind in ("Well", "WellSample"):
             return self._save_plate_part(caller, kind, obj)
+        if rois.is_roi_kind(kind):
+            return rois.RoiWriter(self).save(caller, obj)
         if kind not in SAVABLE or kind == "Image":
             raise api_usage(f"The emulator cannot create {kind} objects through IUpdate.")
         group_id = self.write_group(caller)
@@ -254,31 +259,46 @@ class UpdateI(SessionServant):
                 link.owner_id, link.group_id, link.created)
         obj = store.get(oid)
         assert obj is not None
+        if kind == "Roi":
+            return modelmap.roi_models(store, caller.user, [obj])[0]
         return modelmap.to_model(store, caller.user, obj)
 
+    def _models(self, caller: Caller, saved: list[tuple[str, int]]) -> list[Any]:
+        """What the save methods return: ROIs (with their shapes) built together, since
+        one call may bring thousands of them."""
+        roi_ids = [oid for kind, oid in saved if kind == "Roi"]
+        built: dict[int, Any] = {}
+        if roi_ids:
+            store = self.ctx.store
+            found = store.get_many(roi_ids, "Roi")
+            built = {m.id.val: m for m in modelmap.roi_models(store, caller.user, found)}
+        return [built[oid] if kind == "Roi" else self._model(caller, kind, oid)
+                for kind, oid in saved]
+
+    def _save_all(self, caller: Caller, objs: list[Any]) -> list[tuple[str, int]]:
+        # One transaction per call, as a real server's: a refusal leaves nothing saved.
+        with rois.batch(self.ctx.store):
+            return [self._save(caller, obj) for obj in objs]
+
     def saveObject(self, obj: Any, current: Ice.Current) -> None:
-        self._save(self.caller(current), obj)
+        self._save_all(self.caller(current), [obj])
 
     def saveAndReturnObject(self, obj: Any, current: Ice.Current) -> Any:
         caller = self.caller(current)
-        kind, oid = self._save(caller, obj)
-        return self._model(caller, kind, oid)
+        return self._models(caller, self._save_all(caller, [obj]))[0]
 
     def saveCollection(self, objs: list[Any], current: Ice.Current) -> None:
-        caller = self.caller(current)
-        for obj in objs:
-            self._save(caller, obj)
+        self._save_all(self.caller(current), objs)
 
     def saveArray(self, objs: list[Any], current: Ice.Current) -> None:
         self.saveCollection(objs, current)
 
     def saveAndReturnArray(self, objs: list[Any], current: Ice.Current) -> list[Any]:
         caller = self.caller(current)
-        return [self._model(caller, *self._save(caller, obj)) for obj in objs]
+        return self._models(caller, self._save_all(caller, objs))
 
     def saveAndReturnIds(self, objs: list[Any], current: Ice.Current) -> list[int]:
-        caller = self.caller(current)
-        return [self._save(caller, obj)[1] for obj in objs]
+        return [oid for _kind, oid in self._save_all(self.caller(current), objs)]
 
     def deleteObject(self, obj: Any, current: Ice.Current) -> None:
         caller = self.caller(current)
@@ -298,7 +318,13 @@ class UpdateI(SessionServant):
             raise api_usage(f"{kind}:{oid} does not exist.")
         if stored.owner_id != caller.user.id and not caller.user.admin:
             raise security_violation(f"{kind}:{oid} belongs to another user.")
-        store.delete(oid)
+        gone = [oid]
+        if stored.kind == "Image":
+            found, shapes = rois.rois_of_images(store, [oid])
+            gone += [o.id for o in (*found, *shapes)]
+        elif stored.kind == "Roi":
+            gone += [s.id for s in store.by_parents(modelmap.SHAPE_KINDS, [oid])]
+        store.delete_many(gone)
         if stored.kind == "Image":
             self.ctx.pixels.remove(oid)
 
