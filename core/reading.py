@@ -3,17 +3,23 @@
 ``ImageReader`` validates requests against the image's metadata, keeps its pixel
 source open across reads (stores are reused), reopens it after the session was
 renewed, and retries a read once when the session lapsed mid-read.
+
+``MetadataCache`` holds ``ImageMeta`` for many images, fetched in batches
+(``Connection.image_metas``) when the list of images to read is known beforehand
+(CellProfiler's image sets), so that opening a reader per image costs no round trip.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 
 import anyio
 import numpy as np
 
-from cellprofiler_omero.core.errors import UnsupportedData
+from cellprofiler_omero.core.errors import OmeroError, UnsupportedData
 from cellprofiler_omero.core.model import ImageMeta, PixelRequest, PixelType, Region
 from cellprofiler_omero.core.refs import Kind, ObjectRef
 from cellprofiler_omero.core.registry import FallbackPixelSource
@@ -23,15 +29,103 @@ from cellprofiler_omero.core.session import SessionManager
 log = logging.getLogger(__name__)
 
 
-class ImageReader:
-    """Reads regions of one image; one instance per image, reused across reads."""
+MetaKey = tuple[str | None, int | None, int]
 
-    def __init__(self, manager: SessionManager, ref: ObjectRef) -> None:
+
+def meta_key(ref: ObjectRef) -> MetaKey:
+    """What names one image on one server, whatever link form named it."""
+    return (ref.host.lower() if ref.host else None, ref.port, ref.id)
+
+
+class MetadataCache:
+    """``ImageMeta`` by image, filled in batches; the ``limit`` most recent are kept.
+
+    Thread-safe (CellProfiler's threads ask, the runtime's loop fills).
+    ``queries`` counts the batched calls made, ``hits`` the look-ups answered.
+    """
+
+    def __init__(self, limit: int = 20000) -> None:
+        self.limit = limit
+        self._metas: OrderedDict[MetaKey, ImageMeta] = OrderedDict()
+        self._lock = threading.Lock()
+        self.queries = 0
+        self.hits = 0
+
+    def get(self, ref: ObjectRef) -> ImageMeta | None:
+        """The cached metadata of ``ref``'s image, or None."""
+        with self._lock:
+            meta = self._metas.get(meta_key(ref))
+            if meta is not None:
+                self._metas.move_to_end(meta_key(ref))
+                self.hits += 1
+            return meta
+
+    def put(self, ref: ObjectRef, meta: ImageMeta) -> None:
+        with self._lock:
+            self._metas[meta_key(ref)] = meta
+            self._metas.move_to_end(meta_key(ref))
+            while len(self._metas) > self.limit:
+                self._metas.popitem(last=False)
+
+    def __contains__(self, ref: ObjectRef) -> bool:
+        with self._lock:
+            return meta_key(ref) in self._metas
+
+    def clear(self) -> None:
+        with self._lock:
+            self._metas.clear()
+
+    async def prefetch(self, manager: SessionManager, refs: Iterable[ObjectRef]) -> int:
+        """Fetch the metadata of the images in ``refs`` not cached yet, in batches per
+        server (``Connection.image_metas``); how many were fetched.
+
+        An optimisation only: a failure is logged and the images are read one by one
+        later, where the error (a login needed, an image not found) is reported.
+        """
+        by_server: dict[tuple[str | None, int | None], list[ObjectRef]] = {}
+        for ref in refs:
+            if ref.kind is Kind.IMAGE and ref not in self:
+                by_server.setdefault((meta_key(ref)[0], ref.port), []).append(ref)
+        fetched = 0
+        for group in by_server.values():
+            ids = list(dict.fromkeys(r.id for r in group))
+            # At most the cache's size: more would push out what was just fetched.
+            ids = ids[:self.limit]
+            try:
+                metas = await self.manager_call(manager, group[0], ids)
+            except OmeroError as exc:
+                log.info("metadata of %d images not prefetched (%s); reading them one by "
+                         "one", len(ids), exc.message)
+                continue
+            for ref in group:
+                meta = metas.get(ref.id)
+                if meta is not None:
+                    self.put(ref, meta)
+            fetched += len(metas)
+        return fetched
+
+    async def manager_call(self, manager: SessionManager, ref: ObjectRef, ids: list[int]
+                           ) -> dict[int, ImageMeta]:
+        self.queries += 1
+        return await manager.call(lambda c: c.image_metas(ids), ref,
+                                  what=f"reading the metadata of {len(ids)} images")
+
+
+class ImageReader:
+    """Reads regions of one image; one instance per image, reused across reads.
+
+    ``meta``, when the caller already has the image's metadata (a ``MetadataCache``),
+    spares the look-up.
+    """
+
+    def __init__(self, manager: SessionManager, ref: ObjectRef,
+                 meta: ImageMeta | None = None) -> None:
         if ref.kind is not Kind.IMAGE:
             raise ValueError(f"{ref} is not an image")
         self.manager = manager
         self.ref = ref
         self._meta: ImageMeta | None = None
+        self._given = meta
         self._source: FallbackPixelSource | None = None
         self._source_conn: Connection | None = None
         self._lock: anyio.Lock | None = None
@@ -39,8 +133,8 @@ class ImageReader:
     async def metadata(self) -> ImageMeta:
         """The image's metadata (fetched once)."""
         if self._meta is None:
-            self._meta = await self.manager.call(lambda c: c.image_meta(self.ref.id),
-                                                 self.ref)
+            self._meta = self._given or await self.manager.call(
+                lambda c: c.image_meta(self.ref.id), self.ref)
             if self._meta.pixel_type in (PixelType.COMPLEX, PixelType.DOUBLE_COMPLEX):
                 raise UnsupportedData(
                     f"Image {self.ref.id} has {self._meta.pixel_type.value} pixels, which "

@@ -99,6 +99,11 @@ class Connection(Protocol):
         """Sizes, pixel type, channels, levels and plate position of one image."""
 
     async def images_in(self, ref: ObjectRef) -> list[ObjectRef]:
+    async def image_metas(self, image_ids: Sequence[int]) -> dict[int, ImageMeta]:
+        """``image_meta`` of many images by id, in a few round trips (a reader caches
+        them when CellProfiler builds its image sets). Images that do not exist or that
+        the user may not read are left out: ``image_meta`` says why for one of them."""
+
         """The images a container holds, in a stable order (an image gives itself)."""
 
     async def children(self, ref: ObjectRef | None, offset: int, limit: int) -> Page:

@@ -12,6 +12,11 @@
   HDF5 refuses) when "Extract image planes" is on; metadata calls are pointed at
   ``:root:`` the way CellProfiler's own file-list calls already are.
 
+* NamesAndTypes tells the OMERO reader about image sets (``reader.prefetch_file_list``
+  after ``prepare_run``, ``reader.announce_image_set`` after ``run``), so the reader
+  fetches metadata in batches and reads the next image set ahead. Only OMERO images
+  are affected; these calls never raise.
+
 Both are idempotent and leave every other URL to CellProfiler's own logic.
 """
 
@@ -41,6 +46,7 @@ def install() -> None:
     _patch_is_image()
     _patch_add_urls()
     _patch_stemless_metadata()
+    _patch_names_and_types()
     from cellprofiler_omero.cp_integration import metadata
 
     metadata.install()  # OMERO annotations as a Metadata module extraction method
@@ -71,6 +77,34 @@ def _patch_stemless_metadata() -> None:
     add_metadata._cellprofiler_omero = True  # type: ignore[attr-defined]
     cls.add_metadata = add_metadata
     cls.get_metadata = get_metadata
+
+def _patch_names_and_types() -> None:
+    from cellprofiler_core.modules.namesandtypes import NamesAndTypes
+
+    from cellprofiler_omero.cp_integration import reader
+
+    if getattr(NamesAndTypes.run, "_cellprofiler_omero", False):
+        return
+    run_original: Callable[..., Any] = NamesAndTypes.run
+    prepare_original: Callable[..., Any] = NamesAndTypes.prepare_run
+
+    @functools.wraps(prepare_original)
+    def prepare_run(self: Any, workspace: Any) -> Any:
+        result = prepare_original(self, workspace)
+        if result and not workspace.pipeline.test_mode:
+            reader.prefetch_file_list(workspace)
+        return result
+
+    @functools.wraps(run_original)
+    def run(self: Any, workspace: Any) -> Any:
+        result = run_original(self, workspace)
+        reader.announce_image_set(self, workspace)
+        return result
+
+    run._cellprofiler_omero = True  # type: ignore[attr-defined]
+    NamesAndTypes.run = run
+    NamesAndTypes.prepare_run = prepare_run
+
 
 def normalise_url(url: str) -> str:
     """An OMERO image link without a trailing slash; other URLs unchanged."""

@@ -18,17 +18,35 @@ Planes are shared by every reader of the same image in the process: when one
 channel of a plane is asked for, every channel of that plane is fetched at once
 in the background (read-ahead, bounded by ``reader.cache_mib``), so the other
 channels of the image set are already on their way.
+
+No per-image tax (CellProfiler makes a reader per image per image set):
+
+* metadata comes from a process-wide ``MetadataCache``, filled in batches when
+  NamesAndTypes prepares the run (the file list's OMERO images) and, in analysis
+  workers, for a window of upcoming image sets (``announce_image_set``);
+* the Ice transport's stores stay with the connection and move between images;
+* the next image set's planes are read while CellProfiler computes the current one.
+  How the reader knows the next image set: NamesAndTypes stores every image set in
+  the measurements (``ImageSet_ImageSet``, by image number) and its ``run`` is
+  where each image set starts; ``compat`` calls ``announce_image_set`` after it,
+  which decodes image sets N and N+1 the way NamesAndTypes does. CellProfiler runs
+  image numbers in ascending order (per group); when N+1 is not the next one run
+  (another worker runs it), the planes read for it are dropped unused when the next
+  image set is announced, or pushed out by the ``reader.cache_mib`` budget.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,13 +64,40 @@ from cellprofiler_core.reader import Reader
 from cellprofiler_omero.core import refs, runtime
 from cellprofiler_omero.core.errors import AuthError
 from cellprofiler_omero.core.model import ImageMeta, PixelType, Region
-from cellprofiler_omero.core.reading import ImageReader
+from cellprofiler_omero.core.reading import ImageReader, MetadataCache
 from cellprofiler_omero.core.refs import ObjectRef
 from cellprofiler_omero.cp_integration import compat, session
 
 log = logging.getLogger(__name__)
 
 PlaneKey = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class PlannedPlane:
+    """A plane CellProfiler will ask an OMERO image for, as NamesAndTypes names it."""
+
+    ref: ObjectRef
+    index: int | None = None
+    c: int | None = None
+    z: int | None = None
+    t: int | None = None
+
+
+@dataclass
+class ReadAheadStats:
+    """What read-ahead did (process-wide; tests and the benchmark read it)."""
+
+    #: Channel planes started for an image set before CellProfiler asked for them.
+    started: int = 0
+    #: Of those, asked for by CellProfiler.
+    used: int = 0
+    #: Of those, dropped unused (a wrong guess, or pushed out by the budget).
+    dropped: int = 0
+    #: Image sets not read ahead because they did not fit the budget.
+    skipped: int = 0
+    #: Most bytes the plane cache held at once.
+    peak_bytes: int = 0
 
 
 class _Shared:
@@ -63,12 +108,23 @@ class _Shared:
         self.images: dict[ObjectRef, tuple[ImageReader, int]] = {}
         self.planes: OrderedDict[PlaneKey, dict[int, Future[np.ndarray]]] = OrderedDict()
         self.plane_bytes: dict[PlaneKey, int] = {}
+        self.metas = MetadataCache()
+        self.stats = ReadAheadStats()
+        #: Planes read ahead for an image set and not asked for yet; each holds its
+        #: image's reader (``acquire``) until it is used or dropped.
+        self.speculative: dict[PlaneKey, ObjectRef] = {}
+        #: The announced image set: its planes, the next one's, and whether reading
+        #: ahead has started (on its first plane request).
+        self.current: tuple[PlannedPlane, ...] = ()
+        self.upcoming: tuple[PlannedPlane, ...] = ()
+        self.launched = True
+        self._executor: ThreadPoolExecutor | None = None
 
     def acquire(self, ref: ObjectRef) -> ImageReader:
         with self.lock:
             reader, count = self.images.get(ref, (None, 0))
             if reader is None:
-                reader = ImageReader(session.manager(), ref)
+                reader = ImageReader(session.manager(), ref, self.metas.get(ref))
             self.images[ref] = (reader, count + 1)
             return reader
 
@@ -95,11 +151,21 @@ class _Shared:
             log.debug("closing image reader failed: %s", exc)
 
     def _drop(self, key: PlaneKey) -> None:
-        self.planes.pop(key, None)
+        futures = self.planes.pop(key, None)
         self.plane_bytes.pop(key, None)
+        ref = self.speculative.pop(key, None)
+        if ref is not None:  # read ahead and never asked for
+            self.stats.dropped += len(futures or ())
+            for future in (futures or {}).values():
+                future.cancel()
+            self.release(ref, wait=False)
 
     def budget_bytes(self) -> int:
         return int(session.manager().settings.reader.cache_mib) * 1024 * 1024
+
+    def held_bytes(self) -> int:
+        with self.lock:
+            return sum(self.plane_bytes.values())
 
     def remember(self, key: PlaneKey, futures: dict[int, Future[np.ndarray]], size: int
                  ) -> None:
@@ -110,9 +176,201 @@ class _Shared:
             while len(self.planes) > 1 and sum(self.plane_bytes.values()) > budget:
                 oldest = next(iter(self.planes))
                 self._drop(oldest)
+            self.stats.peak_bytes = max(self.stats.peak_bytes, sum(self.plane_bytes.values()))
+
+    def claim(self, key: PlaneKey) -> None:
+        """CellProfiler asked for a plane read ahead: it is no longer speculative."""
+        with self.lock:
+            ref = self.speculative.pop(key, None)
+            if ref is not None:
+                self.stats.used += len(self.planes.get(key) or ())
+                self.release(ref, wait=False)
+
+    # -- image sets ------------------------------------------------------------------------
+
+    def announce(self, current: Sequence[PlannedPlane], upcoming: Sequence[PlannedPlane],
+                 window: Callable[[], Iterable[ObjectRef]]) -> None:
+        """Image set ``current`` starts; ``upcoming`` is the one expected next.
+
+        Planes read ahead for images not in ``current`` were a wrong guess: dropped.
+        Metadata missing from the cache is fetched for ``window()``'s images at once.
+        """
+        refs = {p.ref for p in current}
+        with self.lock:
+            for key in [k for k, ref in self.speculative.items() if ref not in refs]:
+                self._drop(key)
+            self.current, self.upcoming = tuple(current), tuple(upcoming)
+            self.launched = not session.manager().settings.reader.readahead
+        wanted = [p.ref for p in (*current, *upcoming)]
+        if any(ref not in self.metas for ref in wanted):
+            prefetch([*wanted, *window()])
+
+    def launch(self, ref: ObjectRef) -> None:
+        """On the first plane request of the announced image set: start every plane of
+        it, and once they are in, the next image set's (within the budget)."""
+        with self.lock:
+            if self.launched or ref not in {p.ref for p in self.current}:
+                return
+            self.launched = True
+            current, upcoming = self.current, self.upcoming
+        futures = [f for plane in current for f in self.start(plane)]
+        if upcoming:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="omero-readahead")
+            self._executor.submit(self._after, futures, upcoming)
+
+    def _after(self, futures: list[Future[np.ndarray]], upcoming: Sequence[PlannedPlane]
+               ) -> None:
+        wait_all(futures)
+        try:
+            metas = {p.ref: self.metas.get(p.ref) for p in upcoming}
+            if any(m is None for m in metas.values()):
+                return  # not prefetched (an error was logged): read when asked
+            size = sum(_plane_bytes(m, p) for p, m in zip(upcoming, metas.values(), strict=True)
+                       if m is not None)
+            with self.lock:
+                if self.upcoming is not upcoming:
+                    return  # the next image set has started already
+                if self.held_bytes() + size > self.budget_bytes():
+                    self.stats.skipped += 1
+                    return
+                for plane in upcoming:
+                    self.start(plane, speculative=True)
+        except Exception as exc:  # reading ahead must never fail a pipeline
+            log.debug("reading ahead failed: %s", exc)
+
+    def start(self, plane: PlannedPlane, *, speculative: bool = False
+              ) -> list[Future[np.ndarray]]:
+        """Start reading ``plane`` (every channel when its channel is not given)."""
+        meta = self.metas.get(plane.ref)
+        if meta is None:
+            return []
+        if plane.index is not None:
+            z, c, t = _zct(meta, plane.index)
+            channels: Sequence[int] = (c,)
+        else:
+            z, t = plane.z or 0, plane.t or 0
+            channels = range(meta.size_c) if plane.c is None else (plane.c,)
+        if not (0 <= z < meta.size_z and 0 <= t < meta.size_t) or any(
+                not 0 <= c < meta.size_c for c in channels):
+            return []
+        key: PlaneKey = (plane.ref, z, t, None)
+        with self.lock:
+            if key in self.planes:
+                return list(self.planes[key].values())
+            # An image no OMEROReader has opened yet is read on speculation: its
+            # reader is held until CellProfiler asks for the plane or it is dropped.
+            reader = self.images.get(plane.ref, (None, 0))[0]
+            speculative = speculative or reader is None
+            if speculative:
+                reader = self.acquire(plane.ref)
+            assert reader is not None
+            futures = start_reads(reader, meta, z, t, None, channels, {})
+            if speculative:
+                self.speculative[key] = plane.ref
+                self.stats.started += len(futures)
+            self.remember(key, futures, len(futures) * meta.size_x * meta.size_y
+                          * meta.pixel_type.bytes_per_pixel)
+            return list(futures.values())
+
+
+def prefetch(wanted: Sequence[ObjectRef]) -> None:
+    """Cache the metadata of ``wanted`` in batched queries (connecting if needed, and
+    then handing the session to workers as a first read does)."""
+    mgr = session.manager()
+    was_connected = mgr.connected
+    runtime.run(_shared.metas.prefetch, mgr, wanted)
+    if not was_connected and mgr.connected:
+        session.after_connect(mgr)
+
+
+def _zct(meta: ImageMeta, index: int) -> tuple[int, int, int]:
+    return (index % meta.size_z, (index // meta.size_z) % meta.size_c,
+            index // (meta.size_z * meta.size_c))
+
+
+def _plane_bytes(meta: ImageMeta, plane: PlannedPlane) -> int:
+    channels = meta.size_c if plane.c is None and plane.index is None else 1
+    return channels * meta.size_x * meta.size_y * meta.pixel_type.bytes_per_pixel
+
+
+def start_reads(reader: ImageReader, meta: ImageMeta, z: int, t: int, region: Region | None,
+                channels: Iterable[int], futures: dict[int, Future[np.ndarray]]
+                ) -> dict[int, Future[np.ndarray]]:
+    """Start a read of each of ``channels`` not in ``futures`` (one task per channel)."""
+    portal = runtime.portal()
+    for c in channels:
+        if c not in futures:
+            futures[c] = portal.start_task_soon(
+                functools.partial(reader.read, z=(z,), c=(c,), t=t, region=region))
+    return futures
 
 
 _shared = _Shared()
+
+#: Image sets whose metadata an analysis worker fetches at once when it meets an image
+#: set whose images are not cached (one batched query for this many image sets).
+METADATA_WINDOW = 64
+
+
+def _planned(image_set: dict[str, Any]) -> list[PlannedPlane]:
+    """The OMERO planes of one NamesAndTypes image set (name -> ImagePlane)."""
+    out = []
+    for plane in image_set.values():
+        url = getattr(plane, "url", None)
+        if not isinstance(url, str) or not refs.is_image_reference(url):
+            continue
+        out.append(PlannedPlane(refs.parse_image(url), plane.index, plane.channel, plane.z,
+                                plane.t))
+    return out
+
+
+def announce_image_set(module: Any, workspace: Any) -> None:
+    """NamesAndTypes has started an image set: prepare reading it and the next one.
+
+    ``module`` is the NamesAndTypes module; image sets are read from the measurements
+    as its ``get_imageset`` reads them. Never raises: reading ahead is an optimisation.
+    """
+    try:
+        m = workspace.measurements
+        number = int(m.image_set_number)
+
+        def image_set(n: int) -> list[PlannedPlane]:
+            from cellprofiler_core.constants.modules.namesandtypes import M_IMAGE_SET
+
+            if not m.has_measurements("Image", M_IMAGE_SET, n):
+                return []
+            raw = m.get_measurement("Image", M_IMAGE_SET, n)
+            compressed = ast.literal_eval(raw) if isinstance(raw, str) else raw
+            return _planned(module.decompress_imageset(workspace, compressed))
+
+        def window() -> list[ObjectRef]:
+            return [p.ref for n in range(number + 2, number + METADATA_WINDOW)
+                    for p in image_set(n)]
+
+        current = image_set(number)
+        if current:
+            _shared.announce(current, image_set(number + 1), window)
+    except Exception as exc:
+        log.debug("image set not announced to the OMERO reader: %s", exc)
+
+
+def prefetch_file_list(workspace: Any) -> None:
+    """Cache the metadata of the file list's OMERO images (batched queries), as
+    NamesAndTypes prepares the run. Never raises."""
+    try:
+        urls = [getattr(f, "url", f) for f in workspace.pipeline.file_list]
+        wanted = [refs.parse_image(u) for u in urls
+                  if isinstance(u, str) and refs.is_image_reference(u)]
+        if wanted:
+            prefetch(wanted)
+    except Exception as exc:
+        log.debug("file list metadata not prefetched: %s", exc)
+
+
+def read_ahead_stats() -> ReadAheadStats:
+    """What reading ahead has done in this process."""
+    return _shared.stats
 
 
 class OMEROReader(Reader):
@@ -178,21 +436,19 @@ class OMEROReader(Reader):
                        ) -> dict[int, Future[np.ndarray]]:
         meta = self.metadata()
         key: PlaneKey = (self.ref, z, t, region)
+        reader = self._reader()
+        _shared.launch(self.ref)
         with _shared.lock:
             futures = _shared.planes.get(key)
+            _shared.claim(key)
             if futures is not None and first in futures:
                 _shared.planes.move_to_end(key)
                 return futures
             futures = dict(futures or {})
-            reader = self._reader()
             readahead = session.manager().settings.reader.readahead
             wanted = [first] + ([c for c in range(meta.size_c) if c != first]
                                 if readahead else [])
-            portal = runtime.portal()
-            for c in wanted:
-                if c not in futures:
-                    futures[c] = portal.start_task_soon(
-                        functools.partial(reader.read, z=(z,), c=(c,), t=t, region=region))
+            start_reads(reader, meta, z, t, region, wanted, futures)
             w = region.w if region else meta.size_x
             h = region.h if region else meta.size_y
             _shared.remember(key, futures, len(futures) * w * h * meta.pixel_type.bytes_per_pixel)

@@ -167,17 +167,23 @@ def test_dropped_connection_mid_read_ends_with_correct_data(manager: SessionMana
     run(reader.aclose)
 
 
-def test_stores_are_reused_across_reads(manager: SessionManager, seeded: dict[str, Any]
-                                        ) -> None:
+def test_stores_are_reused_across_reads_and_images(manager: SessionManager,
+                                                   seeded: dict[str, Any]) -> None:
     reader = ImageReader(manager, parse_image(f"Image:{seeded['fields'][0]}"))
     run(lambda: reader.read(c=[0]))
     pool = reader._source._source.pool  # type: ignore[union-attr]
-    opened = pool._count
+    opened = pool.stats.opened
     for _ in range(5):
         run(lambda: reader.read(c=[0, 1]))
-    assert pool._count == opened or pool._count <= manager.settings.ice.stores_per_image
+    assert pool.stats.opened <= max(opened, manager.settings.ice.stores_per_image)
     run(reader.aclose)
-    assert pool._idle == []
+    # The stores stay with the connection: the next image rebinds them (setPixelsId).
+    assert pool._idle
+    other = ImageReader(manager, parse_image(f"Image:{seeded['fields'][1]}"))
+    before = pool.stats.opened
+    run(lambda: other.read(c=[0]))
+    assert pool.stats.opened == before and pool.stats.rebound >= 1
+    run(other.aclose)
 
 
 # -- uploading ----------------------------------------------------------------------------

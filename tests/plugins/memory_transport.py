@@ -61,6 +61,9 @@ class MemoryConnection:
         return ImageMeta(image_id, f"mem{image_id}", x, y, z, c, 1, PixelType.UINT16,
                          tuple(Channel(f"ch{i}") for i in range(c)))
 
+    async def image_metas(self, image_ids: Sequence[int]) -> dict[int, ImageMeta]:
+        return {i: await self.image_meta(i) for i in image_ids if i in IMAGES}
+
     async def images_in(self, ref: ObjectRef) -> list[ObjectRef]:
         return [ref] if ref.kind is Kind.IMAGE else []
 

@@ -6,6 +6,7 @@ many run at once and translates Ice and omero exceptions into the core's errors.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -79,6 +80,10 @@ class IceConnection:
         self._lock = threading.Lock()
         self._max_plane: tuple[int, int] | None = None
         self._services: _Services | None = None
+        #: RawPixelsStore pools for reads by group id (``reader.pool_for``), closed with
+        #: the connection so a detached session keeps no stores open.
+        self.store_pools: dict[int, Any] = {}
+        self.pool_lock = threading.Lock()
 
     # -- opening --------------------------------------------------------------------------
 
@@ -204,6 +209,10 @@ class IceConnection:
 
         def run() -> None:
             try:
+                with self.pool_lock:
+                    pools = list(self.store_pools.values())
+                for pool in pools:
+                    pool.close_blocking()
                 if detach:
                     self.client.getSession().detachOnDestroy()
                     self.client.closeSession()
@@ -226,18 +235,55 @@ class IceConnection:
             lambda: self.call(self._image_meta, image_id, what=f"reading image {image_id}"),
             image_id=image_id, wait_seconds=self.settings.ice.pyramid_wait_seconds)
 
+    #: Images per batched metadata query: ``in (:ids)`` lists stay far below what the
+    #: database and the Ice message limit take, and one page of rows stays small.
+    META_PAGE = 500
+
+    _IMAGE_HQL = (
+        "select distinct i from Image i join fetch i.pixels p join fetch p.pixelsType "
+        "left outer join fetch p.channels c left outer join fetch c.logicalChannel "
+        "join fetch i.details.owner join fetch i.details.group where i.id {where}")
+
     def _image_meta(self, image_id: int) -> ImageMeta:
-        query = self._query()
-        image = query.findByQuery(
-            "select i from Image i join fetch i.pixels p join fetch p.pixelsType "
-            "left outer join fetch p.channels c left outer join fetch c.logicalChannel "
-            "join fetch i.details.owner join fetch i.details.group where i.id = :id",
-            params(id=image_id), ALL_GROUPS)
+        image = self._query().findByQuery(self._IMAGE_HQL.format(where="= :id"),
+                                          params(id=image_id), ALL_GROUPS)
         if image is None:
             raise NotFound(
                 f"Image {image_id} does not exist on {self._info.server.host}, or "
                 f"{self._info.user} may not read it.",
                 hint="Check the id, and that the image's group is one of yours.")
+        return self._meta_of(image, self._plate_position(image_id))
+
+    async def image_metas(self, image_ids: Sequence[int]) -> dict[int, ImageMeta]:
+        """Metadata of many images in a few queries (``META_PAGE`` images per query).
+
+        Images that do not exist or that the user may not read are left out; the
+        caller asks ``image_meta`` for those, which says why.
+        """
+        ids = list(dict.fromkeys(int(i) for i in image_ids))
+        out: dict[int, ImageMeta] = {}
+        for start in range(0, len(ids), self.META_PAGE):
+            page = ids[start:start + self.META_PAGE]
+            # Big images' levels need a RawPixelsStore, refused until the pyramid exists.
+            out.update(await wait_for_pyramid(
+                functools.partial(self.call, self._image_metas, page,
+                                  what=f"reading the metadata of {len(page)} images"),
+                image_id=page[0], wait_seconds=self.settings.ice.pyramid_wait_seconds))
+        return out
+
+    def _image_metas(self, ids: list[int]) -> dict[int, ImageMeta]:
+        """One page: one query for images, pixels and channels, one for plate positions
+        (and one for screens when any image sits in a plate)."""
+        images = self._query().findAllByQuery(self._IMAGE_HQL.format(where="in (:ids)"),
+                                              params(ids=ids), ALL_GROUPS)
+        plates = self._plate_positions(ids)
+        metas = (self._meta_of(image, plates.get(int(unwrap(image.getId()))))
+                 for image in images)
+        return {meta.id: meta for meta in metas}
+
+    def _meta_of(self, image: Any, plate: PlatePosition | None) -> ImageMeta:
+        """An ``ImageMeta`` from an Image with its pixels, type, channels, owner, group."""
+        image_id = int(unwrap(image.getId()))
         pixels = image.getPrimaryPixels()
         channels = []
         for index, ch in enumerate(pixels.copyChannels()):
@@ -266,7 +312,7 @@ class IceConnection:
                                 unwrap(pixels.getSizeX()), unwrap(pixels.getSizeY())),
             owner=unwrap(image.details.owner.getOmeName()),
             group=unwrap(group.getName()), group_id=unwrap(group.getId()),
-            plate=self._plate_position(image_id),
+            plate=plate,
             description=unwrap(image.getDescription()),
             pixels_id=unwrap(pixels.getId()),
         )
@@ -337,10 +383,14 @@ class IceConnection:
             store.close()
 
     def _plate_position(self, image_id: int) -> PlatePosition | None:
-        """Where the image sits in a plate, or None when it is in none.
+        """Where the image sits in a plate, or None when it is in none."""
+        return self._plate_positions([image_id]).get(image_id)
 
-        Projections only: ``findByQuery`` refuses more than one row on a real server,
-        and an image may sit in several well samples, a plate in several screens. The
+    def _plate_positions(self, image_ids: list[int]) -> dict[int, PlatePosition]:
+        """Where each image sits in a plate (images in none are left out).
+
+        Projections only: an image may sit in several well samples, a plate in several
+        screens (and ``findByQuery`` refuses more than one row on a real server). The
         field is the well sample's index in its well's ordered list (``index(ws)``), as
         OMERO.web numbers fields. Of several well samples the lowest id is reported, of
         several screens the one with the lowest id, so the answer never changes between
@@ -348,23 +398,32 @@ class IceConnection:
         """
         query = self._query()
         rows = query.projection(
-            "select index(ws), w.id, w.row, w.column, p.id, p.name from Well w "
-            "join w.wellSamples ws join w.plate p where ws.image.id = :id order by ws.id",
-            params(id=image_id), ALL_GROUPS)
-        if not rows:
-            return None
-        field, well_id, row, column, plate_id, plate_name = (unwrap(v) for v in rows[0])
-        screens = query.projection(
-            "select l.parent.id, l.parent.name from ScreenPlateLink l "
-            "where l.child.id = :id order by l.parent.id", params(id=plate_id), ALL_GROUPS)
-        screen_id, screen_name = ((unwrap(screens[0][0]), unwrap(screens[0][1])) if screens
-                                  else (None, None))
-        return PlatePosition(
-            plate_id=int(plate_id), plate_name=plate_name or "", well_id=int(well_id),
-            row=None if row is None else int(row),
-            column=None if column is None else int(column),
-            field=int(field) if field is not None else 0,
-            screen_id=None if screen_id is None else int(screen_id), screen_name=screen_name)
+            "select ws.image.id, index(ws), w.id, w.row, w.column, p.id, p.name from Well w "
+            "join w.wellSamples ws join w.plate p where ws.image.id in (:ids) order by ws.id",
+            params(ids=image_ids), ALL_GROUPS)
+        first: dict[int, list[Any]] = {}
+        for row in rows:
+            first.setdefault(int(unwrap(row[0])), [unwrap(v) for v in row[1:]])
+        if not first:
+            return {}
+        plate_ids = sorted({int(r[4]) for r in first.values()})
+        screens: dict[int, tuple[int, str | None]] = {}
+        for plate_id, screen_id, screen_name in (
+                [unwrap(v) for v in row] for row in query.projection(
+                    "select l.child.id, l.parent.id, l.parent.name from ScreenPlateLink l "
+                    "where l.child.id in (:ids) order by l.parent.id",
+                    params(ids=plate_ids), ALL_GROUPS)):
+            screens.setdefault(int(plate_id), (int(screen_id), screen_name))
+        out: dict[int, PlatePosition] = {}
+        for image_id, (field, well_id, row, column, plate_id, plate_name) in first.items():
+            screen_id, screen_name = screens.get(int(plate_id), (None, None))
+            out[image_id] = PlatePosition(
+                plate_id=int(plate_id), plate_name=plate_name or "", well_id=int(well_id),
+                row=None if row is None else int(row),
+                column=None if column is None else int(column),
+                field=int(field) if field is not None else 0,
+                screen_id=screen_id, screen_name=screen_name)
+        return out
 
     # -- containers -----------------------------------------------------------------------
 

@@ -1,15 +1,24 @@
-"""Pixels over Ice: a bounded pool of RawPixelsStore handles per image, tiles in parallel.
+"""Pixels over Ice: RawPixelsStore handles pooled per connection, tiles in parallel.
 
 Each requested plane is split into tiles under ``transfer.max_chunk_bytes`` (far below the
 message limit); every (plane, tile) becomes one ``getTile`` call on a free store;
-the bytes are decoded straight into one preallocated array. Stores are reused across
-reads and closed with the source.
+the bytes are decoded straight into one preallocated array.
+
+Stores outlive the images they read. A connection keeps one ``StorePool`` per group, and
+a store moves to the next image with ``setPixelsId`` (a real server's
+``RawPixelsBean.setPixelsId`` closes the old buffer and opens the new one on the same
+stateful service), so opening an image costs no ``createRawPixelsStore`` and no
+``close``: a first read of an image that some store already served costs its tiles plus
+one ``setPixelsId`` per store it borrows. Pools are kept per group because every call
+on a store carries the image's group in its context, as BlitzGateway does. The pool's
+stores are closed with the connection.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -34,84 +43,138 @@ def close_quietly(store: Any, ctx: dict[str, str]) -> None:
         log.debug("closing a store failed: %s", type(exc).__name__)
 
 
-class StorePool:
-    """Up to ``size`` RawPixelsStore handles bound to one image, lent one at a time.
+def full_level(meta: ImageMeta) -> int:
+    """RawPixelsStore's number for full resolution (it counts from the smallest level)."""
+    return len(meta.levels or ((0, 0),)) - 1
 
-    For reads only: a failed store is replaced by opening another, which a writer must
-    never do (on a real server a store bound after the first write is read-only).
+
+@dataclass
+class PooledStore:
+    """A RawPixelsStore proxy, the Pixels it is bound to and its resolution level."""
+
+    proxy: Any
+    pixels_id: int
+    level: int
+
+
+@dataclass
+class PoolStats:
+    """What a pool has cost in calls beyond the tiles (for tests and the benchmark)."""
+
+    opened: int = 0  # createRawPixelsStore + setPixelsId
+    rebound: int = 0  # setPixelsId on an idle store of another image
+    reused: int = 0  # borrowed already bound to the image: no call
+
+
+class StorePool:
+    """Up to ``size`` RawPixelsStore handles of one connection and group, for reads.
+
+    A borrower gets an idle store already bound to its image if there is one, else the
+    least recently used idle store rebound to it, else a new store while fewer than
+    ``size`` exist. For reads only: a failed store is closed and replaced by opening
+    another, which a writer must never do (on a real server a store bound after the
+    first write is read-only).
     """
 
-    def __init__(self, conn: IceConnection, meta: ImageMeta, size: int) -> None:
+    def __init__(self, conn: IceConnection, group_id: int, size: int) -> None:
         self.conn = conn
-        self.meta = meta
-        self.ctx = {"omero.group": str(meta.group_id if meta.group_id is not None else -1)}
-        self._size = size
-        self._idle: list[tuple[Any, int]] = []  # (store, its RawPixelsStore level)
-        self._count = 0
+        self.ctx = {"omero.group": str(group_id)}
+        self.size = size
+        self.stats = PoolStats()
+        self._idle: list[PooledStore] = []  # least recently returned first
         self._slots = anyio.Semaphore(size)
-        self._lock = anyio.Lock()
-        self.tile_size: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
 
-    def _open(self) -> tuple[Any, int]:
-        if self.meta.pixels_id is None:
-            raise ValueError(f"image {self.meta.id}'s metadata has no Pixels id")
+    def _take_idle(self, pixels_id: int) -> PooledStore | None:
+        with self._lock:
+            for index in range(len(self._idle) - 1, -1, -1):
+                if self._idle[index].pixels_id == pixels_id:
+                    return self._idle.pop(index)
+            return self._idle.pop(0) if self._idle else None
+
+    def _open(self, meta: ImageMeta, pixels_id: int) -> PooledStore:
         store = self.conn.sf.createRawPixelsStore(self.ctx)
         try:
             # A real server raises MissingPyramidException here while it builds the
             # pyramid of a new big image; the store is then unbound and useless.
-            store.setPixelsId(self.meta.pixels_id, True, self.ctx)
-            if self.tile_size is None and len(self.meta.levels) > 1:
-                # Only pyramids need their tiles aligned to the server's.
-                w, h = store.getTileSize(self.ctx)
-                self.tile_size = (int(w), int(h))
+            store.setPixelsId(pixels_id, True, self.ctx)
         except BaseException:
             close_quietly(store, self.ctx)
             raise
-        return store, len(self.meta.levels or ((0, 0),)) - 1
+        return PooledStore(store, pixels_id, full_level(meta))
 
-    async def borrow(self) -> tuple[Any, int]:
+    def _rebind(self, store: PooledStore, meta: ImageMeta, pixels_id: int) -> PooledStore:
+        store.proxy.setPixelsId(pixels_id, True, self.ctx)
+        # The new buffer starts at full resolution, whatever the old one was set to.
+        return PooledStore(store.proxy, pixels_id, full_level(meta))
+
+    async def borrow(self, meta: ImageMeta) -> PooledStore:
+        """A store bound to ``meta``'s Pixels (wait while ``size`` are lent out)."""
+        if meta.pixels_id is None:
+            raise ValueError(f"image {meta.id}'s metadata has no Pixels id")
+        pixels_id = int(meta.pixels_id)
         await self._slots.acquire()
-        async with self._lock:
-            if self._idle:
-                return self._idle.pop()
-            self._count += 1
+        idle = self._take_idle(pixels_id)
+        what = f"opening image {meta.id}"
         try:
-            return await self.conn.call(self._open, what=f"opening image {self.meta.id}")
+            if idle is not None and idle.pixels_id == pixels_id:
+                self.stats.reused += 1
+                return idle
+            if idle is not None:
+                try:
+                    store = await self.conn.call(self._rebind, idle, meta, pixels_id, what=what)
+                except BaseException:
+                    self._discard(idle)
+                    raise
+                self.stats.rebound += 1
+                return store
+            store = await self.conn.call(self._open, meta, pixels_id, what=what)
+            self.stats.opened += 1
+            return store
         except BaseException:
-            async with self._lock:
-                self._count -= 1
             self._slots.release()
             raise
 
-    async def give_back(self, store: Any, level: int, *, healthy: bool = True) -> None:
+    def give_back(self, store: PooledStore, *, healthy: bool = True) -> None:
         """Return a borrowed store; an unhealthy one is closed (best effort) and replaced
         by a new one on a later ``borrow`` (reads only: writers never replace a store)."""
-        async with self._lock:
-            if healthy:
-                self._idle.append((store, level))
+        try:
+            if healthy and not self._closed:
+                with self._lock:
+                    self._idle.append(store)
             else:
-                self._count -= 1
-        self._slots.release()
-        if not healthy:
-            # In a daemon thread: the call may wait on a dropped connection, and this
-            # often runs while the task is being cancelled.
-            threading.Thread(target=close_quietly, args=(store, self.ctx), daemon=True,
-                             name="close-store").start()
+                self._discard(store)
+        finally:
+            self._slots.release()
 
-    async def close(self) -> None:
-        async with self._lock:
+    def _discard(self, store: PooledStore) -> None:
+        # In a daemon thread: the call may wait on a dropped connection, and this
+        # often runs while the task is being cancelled.
+        threading.Thread(target=close_quietly, args=(store.proxy, self.ctx), daemon=True,
+                         name="close-store").start()
+
+    def close_blocking(self) -> None:
+        """Close the idle stores (blocking; the connection calls it as it closes)."""
+        with self._lock:
+            self._closed = True
             stores, self._idle = self._idle, []
+        for store in stores:
+            close_quietly(store.proxy, self.ctx)
 
-        def run() -> None:
-            for store, _ in stores:
-                close_quietly(store, self.ctx)
 
-        if stores:
-            await anyio.to_thread.run_sync(run)
+def pool_for(conn: IceConnection, group_id: int, settings: Settings) -> StorePool:
+    """The connection's store pool for images of ``group_id`` (made on first use)."""
+    with conn.pool_lock:
+        pool = conn.store_pools.get(group_id)
+        if pool is None:
+            size = max(settings.ice.concurrency, settings.ice.stores_per_image)
+            pool = conn.store_pools[group_id] = StorePool(conn, group_id, size)
+        return pool  # type: ignore[no-any-return]
 
 
 class IcePixelSource(AsyncClosing):
-    """The Ice transport's ``PixelSource`` for one image."""
+    """The Ice transport's ``PixelSource`` for one image (stores from the pool)."""
 
     transport = "ice"
 
@@ -119,7 +182,11 @@ class IcePixelSource(AsyncClosing):
         self.conn = conn
         self.meta = meta
         self.settings = settings
-        self.pool = StorePool(conn, meta, settings.ice.stores_per_image)
+        group = meta.group_id if meta.group_id is not None else -1
+        self.pool = pool_for(conn, group, settings)
+        # An image uses at most this many of the pool's stores at once.
+        self._own = anyio.Semaphore(settings.ice.stores_per_image)
+        self.tile_size: tuple[int, int] | None = None
 
     async def metadata(self) -> ImageMeta:
         return self.meta
@@ -128,6 +195,20 @@ class IcePixelSource(AsyncClosing):
         return await wait_for_pyramid(lambda: self._read(request), image_id=self.meta.id,
                                       wait_seconds=self.settings.ice.pyramid_wait_seconds)
 
+    async def _tile_size(self) -> tuple[int, int] | None:
+        """The server's tile size, which only pyramids need their tiles aligned to."""
+        if self.tile_size is None and len(self.meta.levels) > 1:
+            store = await self.pool.borrow(self.meta)
+            healthy = False
+            try:
+                w, h = await self.conn.call(store.proxy.getTileSize, self.pool.ctx,
+                                            what=f"reading image {self.meta.id}")
+                self.tile_size = (int(w), int(h))
+                healthy = True
+            finally:
+                self.pool.give_back(store, healthy=healthy)
+        return self.tile_size
+
     async def _read(self, request: PixelRequest) -> np.ndarray:
         meta = self.meta
         size_x, size_y = meta.level_size(request.level)
@@ -135,34 +216,32 @@ class IcePixelSource(AsyncClosing):
         out = np.empty((len(request.z), len(request.c), region.h, region.w),
                        dtype=meta.pixel_type.dtype)
         # The server numbers levels the other way round: n-1 is full resolution.
-        native_level = len(meta.levels or ((0, 0),)) - 1 - request.level
-        if self.pool.tile_size is None and len(meta.levels) > 1:
-            store, level = await self.pool.borrow()
-            await self.pool.give_back(store, level)
+        native_level = full_level(meta) - request.level
         tiles = plan_tiles(region, meta.pixel_type.bytes_per_pixel,
-                           self.settings.transfer.max_chunk_bytes,
-                           self.pool.tile_size if len(meta.levels) > 1 else None)
+                           self.settings.transfer.max_chunk_bytes, await self._tile_size())
         what = f"reading image {meta.id}"
+        ctx = self.pool.ctx
 
         async def fetch(zi: int, ci: int, tile: Any) -> None:
             z, c = request.z[zi], request.c[ci]
             r = tile.region
-            store, level = await self.pool.borrow()
-            healthy = False
-            try:
-                def get() -> bytes:
-                    if level != native_level:
-                        store.setResolutionLevel(native_level, self.pool.ctx)
-                    data: bytes = store.getTile(z, c, request.t, r.x, r.y, r.w, r.h,
-                                                self.pool.ctx)
-                    return data
+            async with self._own:
+                store = await self.pool.borrow(meta)
+                healthy = False
+                try:
+                    def get() -> bytes:
+                        if store.level != native_level:
+                            store.proxy.setResolutionLevel(native_level, ctx)
+                            store.level = native_level
+                        data: bytes = store.proxy.getTile(z, c, request.t, r.x, r.y, r.w,
+                                                          r.h, ctx)
+                        return data
 
-                data = await self.conn.call(get, what=what)
-                decode_into(out[zi, ci], data, meta.pixel_type, tile)
-                healthy = True
-            finally:
-                await self.pool.give_back(store, native_level if healthy else level,
-                                          healthy=healthy)
+                    data = await self.conn.call(get, what=what)
+                    decode_into(out[zi, ci], data, meta.pixel_type, tile)
+                    healthy = True
+                finally:
+                    self.pool.give_back(store, healthy=healthy)
 
         async with task_group() as tg:
             for zi in range(len(request.z)):
@@ -172,4 +251,4 @@ class IcePixelSource(AsyncClosing):
         return out
 
     async def aclose(self) -> None:
-        await self.pool.close()
+        """Nothing to close: the stores go back to the connection's pool."""
