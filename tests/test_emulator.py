@@ -305,7 +305,7 @@ def test_unimplemented_operation_answers_api_usage_at_once(blitz: Any) -> None:
     conn = blitz()
     started = time.monotonic()
     with pytest.raises(omero.ApiUsageException, match="not implemented by the emulator"):
-        conn.getRoiService().findByImage(1, None)
+        conn.getRoiService().getRoiMeasurements(1, None)
     assert time.monotonic() - started < 1.0
 
 
