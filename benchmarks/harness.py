@@ -7,6 +7,12 @@ package against the way people do the same job without it. A failing section or 
 is recorded as an error and the run goes on; the exit status is 1 when anything
 failed, 0 otherwise (a MISS is a finding, not a failure).
 
+Against the emulator every section that talks to the server runs once per network
+profile (``--network``: loopback, lan, campus, wan, or a custom latency/bandwidth), all
+in one run on the same emulator, so each comparison is side by side under the same
+network; each timed pass records its round trips (Ice calls, HTTP requests) by
+operation from the emulator's counter.
+
 With ``--host``/``--user`` or ``--images`` it runs against the user's own OMERO
 server instead (password or saved token) and then only reads the images named with
 ``--images`` — it never writes there — plus the local ceilings.
@@ -34,8 +40,15 @@ from cellprofiler_omero.benchmarks import (
     paths_tables,
     paths_upload,
     report,
+    timing,
 )
-from cellprofiler_omero.benchmarks.target import Target, own_server, start_emulator
+from cellprofiler_omero.benchmarks.target import (
+    PROFILES,
+    NetworkProfile,
+    Target,
+    own_server,
+    start_emulator,
+)
 from cellprofiler_omero.benchmarks.timing import describe
 from cellprofiler_omero.core.errors import OmeroError
 from cellprofiler_omero.core.model import TableTarget
@@ -47,8 +60,12 @@ log = logging.getLogger(__name__)
 SECTIONS = ("read", "upload", "tables", "e2e", "ceilings", "growth")
 #: What may run against a server that is not ours: nothing that writes.
 OWN_SERVER_SECTIONS = ("read", "ceilings")
+#: Sections that never talk to the server: run once, whatever the network profiles.
+NETWORK_FREE_SECTIONS = ("ceilings",)
 DEFAULT_OUTPUT = Path("benchmarks") / "results"
-SCHEMA_VERSION = 1
+#: 2: ``profiles`` holds the sections of every network profile after the first (whose
+#: sections stay at the top level, as in 1) and ``meta.networks`` lists them in order.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -106,9 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="leave these sections out")
     parser.add_argument("--show", type=Path, metavar="FILE",
                         help="print the table of a saved results JSON file and exit")
+    parser.add_argument("--network", nargs="+", metavar="PROFILE",
+                        choices=[*PROFILES, "all"],
+                        help="network profiles to run every section under, side by side: "
+                             + ", ".join(p.label for p in PROFILES.values())
+                             + "; 'all' for every one (default: all; with --quick, loopback)")
     parser.add_argument("--latency-ms", type=float, default=0.0, metavar="MS",
-                        help="make the emulator wait MS milliseconds before answering each "
-                             "Ice call and HTTP request, as a network would (default 0)")
+                        help="a custom profile: the emulator waits MS milliseconds before "
+                             "answering each Ice call and HTTP request (one round trip)")
+    parser.add_argument("--bandwidth-mbit", type=float, default=0.0, metavar="MBIT",
+                        help="a custom profile: request and reply bytes cross a link of "
+                             "MBIT Mbit/s per direction (default: unlimited)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     own = parser.add_argument_group(
         "your own OMERO server (read paths only, on the images you name)")
@@ -138,8 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: name the images to read on your server with --images REF...",
               file=sys.stderr)
         return 2
-    if own and args.latency_ms:
-        print("error: --latency-ms applies to the emulator only", file=sys.stderr)
+    if own and (args.latency_ms or args.bandwidth_mbit or args.network):
+        print("error: --network, --latency-ms and --bandwidth-mbit apply to the emulator "
+              "only (your server is behind the network it is behind)", file=sys.stderr)
+        return 2
+    if args.latency_ms < 0 or args.bandwidth_mbit < 0:
+        print("error: --latency-ms and --bandwidth-mbit cannot be negative", file=sys.stderr)
         return 2
     try:
         refs = [parse_image(text) for text in args.images or ()]
@@ -148,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     plan = QUICK if args.quick else FULL
     chosen = [s for s in (args.only or SECTIONS) if s not in args.skip]
+    args.profiles = network_profiles(args, own)
     try:
         results = run(plan, chosen, args, refs if own else None)
     except (OmeroError, EmulatorError) as exc:  # no server to measure against
@@ -162,6 +192,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for failure in failed:
         print(f"error: {failure}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def network_profiles(args: argparse.Namespace, own: bool) -> list[NetworkProfile]:
+    """The profiles to run, in order: those named (``all``: every one), then a custom one
+    from ``--latency-ms``/``--bandwidth-mbit``; by default every profile (``--quick``
+    and the user's own server: loopback, i.e. the network as it is)."""
+    custom = (NetworkProfile("custom", args.latency_ms, args.bandwidth_mbit)
+              if args.latency_ms or args.bandwidth_mbit else None)
+    names: list[str] = list(args.network or [])
+    if "all" in names:
+        names = list(PROFILES)
+    if not names and custom is None:
+        names = ["loopback"] if own or getattr(args, "quick", False) else list(PROFILES)
+    chosen = [PROFILES[name] for name in dict.fromkeys(names)]
+    return chosen + ([custom] if custom is not None else [])
 
 
 def progress(message: str) -> None:
@@ -186,19 +231,21 @@ def run(plan: Plan, sections: Sequence[str], args: argparse.Namespace,
                  "sections": list(sections), "machine": machine.describe()},
         "sections": {},
     }
-    out = results["sections"]
+    profiles: list[NetworkProfile] = getattr(args, "profiles", None) or [PROFILES["loopback"]]
+    skipped: dict[str, Any] = {}
     if own_refs is not None:
         progress("connecting to your server")
         target = own_server(args.host, args.port, args.user, args.password,
                             args.pixelbuffer_url)
         for name in sections:
             if name not in OWN_SERVER_SECTIONS:
-                out[name] = {"status": "skipped",
-                             "reason": "runs only against the emulator (it writes data)"}
+                skipped[name] = {"status": "skipped",
+                                 "reason": "runs only against the emulator (it writes data)"}
     else:
         progress("starting the emulator")
         target = start_emulator(seed_for(plan, sections))
-    results["meta"]["target"] = {**target.describe(), "latency_ms": args.latency_ms}
+    results["meta"]["target"] = target.describe()
+    results["meta"]["networks"] = [p.describe() for p in profiles]
     parents: list[TableTarget] = []
 
     def parent() -> TableTarget:
@@ -207,8 +254,8 @@ def run(plan: Plan, sections: Sequence[str], args: argparse.Namespace,
         return parents[0]
 
     try:
-        if args.latency_ms and target.emulator is not None:
-            target.emulator.set_faults(latency_ms=args.latency_ms)
+        if target.emulator is not None:
+            timing.round_trip_counter = target.emulator.call_counts
         steps: dict[str, Callable[[], dict[str, Any]]] = {
             "read": lambda: _read(target, plan, own_refs),
             "upload": lambda: paths_upload.run(target, plan.upload),
@@ -217,22 +264,50 @@ def run(plan: Plan, sections: Sequence[str], args: argparse.Namespace,
             "ceilings": lambda: ceilings.run(plan.ceilings),
             "growth": lambda: growth.run(target, parent(), plan.growth),
         }
-        for name in sections:
-            if name in out:
-                continue
-            progress(f"{name}…")
-            section_started = time.perf_counter()
-            try:
-                out[name] = steps[name]()
-            except Exception as exc:
-                log.debug("section %s failed", name, exc_info=True)
-                out[name] = {"status": "error", "error": describe(exc)}
-            out[name]["section_seconds"] = time.perf_counter() - section_started
+        free = [name for name in sections if name in NETWORK_FREE_SECTIONS]
+        networked = [name for name in sections if name not in NETWORK_FREE_SECTIONS]
+        results["sections"] = _run_sections(free, steps, dict(skipped), target)
+        for index, profile in enumerate(profiles):
+            target.set_network(profile)
+            if len(profiles) > 1:
+                progress(f"network {profile.label}")
+            out = _run_sections(networked, steps, dict(skipped), target)
+            if index == 0:
+                results["sections"].update(out)
+                results["goals"] = report.evaluate_goals(results)
+            else:
+                results.setdefault("profiles", {})[profile.name] = {
+                    "network": profile.describe(), "sections": out,
+                    "goals": report.evaluate_goals({"sections": out})}
     finally:
+        timing.round_trip_counter = None
         target.close()
     results["meta"]["duration_s"] = time.perf_counter() - started
-    results["goals"] = report.evaluate_goals(results)
     return results
+
+
+def _run_sections(names: Sequence[str], steps: dict[str, Callable[[], dict[str, Any]]],
+                  out: dict[str, Any], target: Target) -> dict[str, Any]:
+    """Run each section not already in ``out`` (skipped ones are); record its time and
+    the round trips it made in all (``round_trips``, by operation) when counted."""
+    for name in names:
+        if name in out:
+            continue
+        progress(f"{name}…")
+        section_started = time.perf_counter()
+        before = target.call_counts()
+        try:
+            out[name] = steps[name]()
+        except Exception as exc:
+            log.debug("section %s failed", name, exc_info=True)
+            out[name] = {"status": "error", "error": describe(exc)}
+        out[name]["section_seconds"] = time.perf_counter() - section_started
+        after = target.call_counts()
+        if before is not None and after is not None:
+            out[name]["round_trips"] = {op: n - before.get(op, 0)
+                                        for op, n in sorted(after.items())
+                                        if n != before.get(op, 0)}
+    return out
 
 
 def scratch_dataset(target: Target) -> TableTarget:
@@ -266,14 +341,18 @@ def _e2e(target: Target, plan: Plan) -> dict[str, Any]:
 
 
 def failures(results: dict[str, Any]) -> list[str]:
-    """What failed: sections with errors and paths with errors inside ok sections."""
+    """What failed: sections with errors and paths with errors inside ok sections (named
+    with their network profile when a run has several)."""
     found = []
-    for name, section in results.get("sections", {}).items():
-        if section.get("status") == "error":
-            found.append(f"{name}: {section.get('error')}")
-            continue
-        for where, value in _walk(section, name):
-            found.append(f"{where}: {value}")
+    runs = report.network_runs(results)
+    for network, sections in runs:
+        prefix = f"[{network.get('name')}] " if len(runs) > 1 else ""
+        for name, section in sections.items():
+            if section.get("status") == "error":
+                found.append(f"{prefix}{name}: {section.get('error')}")
+                continue
+            for where, value in _walk(section, name):
+                found.append(f"{prefix}{where}: {value}")
     return found
 
 
@@ -297,12 +376,17 @@ def write_results(results: dict[str, Any], folder: Path) -> dict[str, Path]:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     stem = folder / f"bench-{results['meta']['mode']}-{stamp}"
     written: dict[str, Path] = {}
-    grown = results["sections"].get("growth", {})
-    if grown.get("status") == "ok":
+    growths = [(None, results["sections"].get("growth", {}))] + [
+        (name, data.get("sections", {}).get("growth", {}))
+        for name, data in results.get("profiles", {}).items()]
+    for profile, grown in growths:
+        if grown.get("status") != "ok":
+            continue
+        suffix = "-growth.png" if profile is None else f"-growth-{profile}.png"
         try:
-            plot = report.plot_growth(grown, stem.with_name(stem.name + "-growth.png"))
+            plot = report.plot_growth(grown, stem.with_name(stem.name + suffix))
             grown["plot"] = str(plot)
-            written["plot"] = plot
+            written["plot" if profile is None else f"plot ({profile})"] = plot
         except Exception as exc:  # matplotlib missing or broken: the figures still stand
             grown.setdefault("warnings", []).append(f"no plot: {describe(exc)}")
     json_path = stem.with_suffix(".json")

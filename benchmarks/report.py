@@ -3,6 +3,10 @@
 Everything here works on the results dictionary the harness writes as JSON, so a
 saved run can be shown again (``cellprofiler-omero bench --show FILE``) and the
 formatting can be tested without running a benchmark. Nothing here measures.
+
+A run holds one set of sections per network profile (``network_runs``); the table shows
+each profile's sections in turn, the round trips of each timed pass beside its time,
+and the goals with one column per profile.
 """
 
 from __future__ import annotations
@@ -208,6 +212,28 @@ class Line:
     detail: str = ""
     goal: str | None = None  # a GOALS id
     goal_value: float | None = None
+    #: Round trips (Ice calls + HTTP requests) of one pass, shown beside the value.
+    calls: int | None = None
+
+
+def _calls(timing: Mapping[str, Any] | None) -> int | None:
+    """A timing's round trips per pass, when they were counted."""
+    value = timing.get("round_trips_per_pass") if timing else None
+    return int(value) if isinstance(value, int | float) else None
+
+
+def fmt_calls(value: int | None) -> str:
+    """``1 call``, ``87 calls``; empty when not counted."""
+    if value is None:
+        return ""
+    return f"{value:,} call" + ("" if value == 1 else "s")
+
+
+def fmt_operations(counts: Mapping[str, int], limit: int = 4) -> str:
+    """The most frequent operations: ``RawPixelsStore.getPlane 9, IQuery.findByQuery 3, …``."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    text = ", ".join(f"{op} {n:,}" for op, n in ranked[:limit])
+    return text + (f", … ({len(ranked) - limit} more)" if len(ranked) > limit else "")
 
 
 @dataclass
@@ -227,10 +253,13 @@ def render(sections: Sequence[Section]) -> str:
         lines = section.lines
         label_w = max([len(line.label) for line in lines] + [0])
         value_w = max([len(line.value) for line in lines] + [0])
+        calls_w = max([len(fmt_calls(line.calls)) for line in lines] + [0])
         detail_w = max([len(line.detail) for line in lines if line.goal] + [0])
         out += ["", section.title, "-" * min(100, len(section.title))]
         for line in lines:
             text = f"  {line.label:<{label_w}}  {line.value:>{value_w}}  "
+            if calls_w:
+                text += f"{fmt_calls(line.calls):>{calls_w}}  "
             if line.goal is not None:
                 goal = GOALS[line.goal]
                 text += (f"{line.detail:<{detail_w}}  goal {goal.describe():<7} "
@@ -266,8 +295,39 @@ def build_sections(results: Mapping[str, Any]) -> list[Section]:
         section = builder(data)
         if data.get("warnings"):
             section.notes.extend(f"warning: {w}" for w in data["warnings"])
+        section.notes.extend(_round_trip_notes(data))
         out.append(section)
     return out
+
+
+def _round_trip_notes(data: Mapping[str, Any]) -> list[str]:
+    """What each timed pass asked the server for, and the section's total."""
+    notes = []
+    for where, timing in _timings_with_calls(data, ""):
+        if not timing["round_trips"]:
+            continue  # a pass that never talks to the server (the ceilings)
+        notes.append(f"round trips of one {where} pass: {fmt_operations(timing['round_trips'])}")
+    total = data.get("round_trips")
+    if total:
+        notes.append(f"round trips in the whole section (set-up and warm-up included): "
+                     f"{sum(total.values()):,}")
+    return notes
+
+
+def _timings_with_calls(data: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every timing in a section that counted its round trips, with where it is."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(data, dict):
+        if isinstance(data.get("round_trips"), dict) and "median_s" in data:
+            return [(where or "timed", data)]
+        for key, value in data.items():
+            if key in ("round_trips", "workload"):
+                continue
+            label = data.get("label") if isinstance(data.get("label"), str) else None
+            inner = f"{where} {key}".strip() if not label else f"{label}, {key}"
+            found += _timings_with_calls(
+                value, inner.replace("paths ", "").replace("cases ", ""))
+    return found
 
 
 def _rate(timing: Mapping[str, Any] | None, key: str = "median_rate") -> float | None:
@@ -297,7 +357,7 @@ def _read_section(data: dict[str, Any]) -> Section:
             section.lines.append(Line(label, "ERROR", timing["error"][:60]))
             continue
         detail = f"{fmt_ratio(vs_common.get(key))} (a)" if key != "common" else ""
-        line = Line(label, fmt_rate(_rate(timing)), detail)
+        line = Line(label, fmt_rate(_rate(timing)), detail, calls=_calls(timing))
         if key == "ice":
             line.goal, line.goal_value = "read_ice_vs_common", ratios.get("ice_vs_common")
         section.lines.append(line)
@@ -324,12 +384,12 @@ def _upload_section(data: dict[str, Any]) -> Section:
         blitz, ours = case.get("blitz"), case.get("ours")
         section.lines.append(Line(f"{head}, createImageFromNumpySeq",
                                   fmt_rate(_rate(blitz)) if blitz and "error" not in blitz
-                                  else "ERROR"))
+                                  else "ERROR", calls=_calls(blitz)))
         section.lines.append(Line(f"{head}, core.uploading.upload",
                                   fmt_rate(_rate(ours)) if ours and "error" not in ours
                                   else "ERROR",
                                   f"{fmt_ratio(case.get('ratio'))} createImageFromNumpySeq",
-                                  "upload_vs_blitz", case.get("ratio")))
+                                  "upload_vs_blitz", case.get("ratio"), calls=_calls(ours)))
     return section
 
 
@@ -341,12 +401,12 @@ def _tables_section(data: dict[str, Any]) -> Section:
         rows = case["rows"]
         base, ours = case.get("per_image_set"), case.get("table_writer")
         section.lines.append(Line(f"{rows:,} rows, one addData per image set",
-                                  fmt_rate(_rate(base), "rows/s")))
+                                  fmt_rate(_rate(base), "rows/s"), calls=_calls(base)))
         goal = "tables_vs_per_image_set" if judged and judged["rows"] == rows else None
         section.lines.append(Line(f"{rows:,} rows, TableWriter",
                                   fmt_rate(_rate(ours), "rows/s"),
                                   f"{fmt_ratio(case.get('ratio'))} per image set", goal,
-                                  case.get("ratio")))
+                                  case.get("ratio"), calls=_calls(ours)))
     return section
 
 
@@ -410,6 +470,9 @@ def header(results: Mapping[str, Any]) -> str:
              else f"OMERO server {target.get('host')}:{target.get('port')}")
     if target.get("latency_ms"):
         where += f" (+{target['latency_ms']:g} ms per call)"
+    runs = network_runs(results)
+    if target.get("kind") == "emulator":
+        where += ", network " + ("; ".join(network_label(n) for n, _ in runs))
     first = (f"cellprofiler-omero benchmarks — {meta.get('mode', '?')} run against {where}, "
              f"{fmt_seconds(meta.get('duration_s'))}")
     packages = machine.get("packages", {})
@@ -423,9 +486,49 @@ def header(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def network_runs(results: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(network, sections)`` of every network profile of a run, in the order run.
+
+    The first profile's sections are the top-level ``sections`` (with those that do not
+    depend on the network, such as the ceilings); further profiles are under
+    ``profiles``. A run saved before profiles existed is one run on its own network.
+    """
+    meta = results.get("meta", {})
+    networks = meta.get("networks")
+    if not networks:
+        latency = meta.get("target", {}).get("latency_ms") or 0.0
+        networks = [{"name": "custom" if latency else "loopback", "latency_ms": latency,
+                     "bandwidth_mbit": 0.0}]
+    runs = [(dict(networks[0]), dict(results.get("sections", {})))]
+    for name, data in results.get("profiles", {}).items():
+        runs.append((dict(data.get("network") or {"name": name}),
+                     dict(data.get("sections", {}))))
+    return runs
+
+
+def network_label(network: Mapping[str, Any]) -> str:
+    """``campus (2 ms per call, 1 Gbit/s)``."""
+    latency, bandwidth = network.get("latency_ms") or 0, network.get("bandwidth_mbit") or 0
+    name = network.get("name", "?")
+    if not latency and not bandwidth:
+        return f"{name} (nothing added)"
+    bw = (f"{bandwidth / 1000:g} Gbit/s" if bandwidth >= 1000 else f"{bandwidth:g} Mbit/s"
+          ) if bandwidth else "bandwidth unlimited"
+    return f"{name} ({latency:g} ms per call, {bw})"
+
+
 def summary(results: Mapping[str, Any]) -> str:
-    """The header, every section, then the goals with their verdicts."""
-    text = header(results) + "\n" + render(build_sections(results))
+    """The header, every section (per network profile), then the goals with their
+    verdicts (one column per profile when there are several)."""
+    runs = network_runs(results)
+    text = header(results)
+    for network, sections in runs:
+        if len(runs) > 1:
+            banner = f"Network: {network_label(network)}"
+            text += f"\n\n{'=' * len(banner)}\n{banner}\n{'=' * len(banner)}"
+        text += "\n" + render(build_sections({"sections": sections}))
+    if len(runs) > 1:
+        return text + "\n" + "\n".join(_goals_by_profile(results, runs))
     goals = results.get("goals") or evaluate_goals(results)
     lines = ["", "Goals", "-" * 40]
     for goal in goals:
@@ -434,6 +537,33 @@ def summary(results: Mapping[str, Any]) -> str:
         lines.append(f"  {goal['verdict']:<4}  {g.label:<52} {value:>9}  goal {g.describe()}"
                      f"  ({goal['where']})")
     return text + "\n" + "\n".join(lines)
+
+
+def _goals_by_profile(results: Mapping[str, Any],
+                      runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """The goals as rows, one ``PASS 14.3×`` column per network profile."""
+    columns = []
+    for index, (network, sections) in enumerate(runs):
+        stored = (results.get("goals") if index == 0
+                  else results.get("profiles", {}).get(network.get("name"), {}).get("goals"))
+        goals = stored or evaluate_goals({"sections": sections})
+        columns.append((network.get("name", "?"), {g["id"]: g for g in goals}))
+    label_w = max(len(f"{g.label} {g.describe()}") for g in GOALS.values())
+    width = 14
+    head = f"  {'':<{label_w}}" + "".join(f"  {name:>{width}}" for name, _ in columns)
+    lines = ["", "Goals, per network profile", "-" * len(head), head]
+    for goal_id, g in GOALS.items():
+        row = f"  {f'{g.label} {g.describe()}':<{label_w}}"
+        for _, by_id in columns:
+            goal = by_id.get(goal_id)
+            if goal is None:
+                row += f"  {NOT_MEASURED:>{width}}"
+                continue
+            value = (fmt_percent(goal["value"]) if g.unit == "%" else fmt_ratio(goal["value"]))
+            cell = value if goal["verdict"] == NOT_MEASURED else f"{goal['verdict']} {value}"
+            row += f"  {cell:>{width}}"
+        lines.append(row)
+    return lines
 
 
 # -- the plot ---------------------------------------------------------------------------------

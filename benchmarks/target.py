@@ -30,6 +30,47 @@ log = logging.getLogger(__name__)
 EMULATOR_USER = ("demo", "demo")
 
 
+@dataclass(frozen=True)
+class NetworkProfile:
+    """A network between the client and the emulator: latency per call, bandwidth cap.
+
+    The emulator applies it (``Emulator.set_network``): every Ice call and HTTP request
+    waits ``latency_ms``, one round trip, and its request and reply bytes cross a link of
+    ``bandwidth_mbit`` per direction, shared by concurrent calls (0: unlimited).
+    """
+
+    name: str
+    latency_ms: float = 0.0
+    bandwidth_mbit: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        """What the results file records about the profile."""
+        return {"name": self.name, "latency_ms": self.latency_ms,
+                "bandwidth_mbit": self.bandwidth_mbit}
+
+    @property
+    def label(self) -> str:
+        """``campus (2 ms per call, 1 Gbit/s)``; loopback says it adds nothing."""
+        if not self.latency_ms and not self.bandwidth_mbit:
+            return f"{self.name} (nothing added)"
+        parts = [f"{self.latency_ms:g} ms per call"]
+        if self.bandwidth_mbit:
+            bw = self.bandwidth_mbit
+            parts.append(f"{bw / 1000:g} Gbit/s" if bw >= 1000 else f"{bw:g} Mbit/s")
+        else:
+            parts.append("bandwidth unlimited")
+        return f"{self.name} ({', '.join(parts)})"
+
+
+#: The networks users' servers are behind: a machine room, a campus, another site.
+PROFILES: dict[str, NetworkProfile] = {p.name: p for p in (
+    NetworkProfile("loopback"),
+    NetworkProfile("lan", 0.5, 10_000),
+    NetworkProfile("campus", 2.0, 1_000),
+    NetworkProfile("wan", 20.0, 200),
+)}
+
+
 @dataclass
 class Target:
     """Where the benchmark runs and how to log in there (secrets are never shown)."""
@@ -144,6 +185,19 @@ class Target:
                     client.closeSession()
             with contextlib.suppress(Exception):
                 client.__del__()
+
+    def set_network(self, profile: NetworkProfile) -> None:
+        """Put the emulator behind ``profile``'s network (the user's server: refused)."""
+        if self.emulator is None:
+            if profile.latency_ms or profile.bandwidth_mbit:
+                raise ValueError("a network profile applies to the emulator only")
+            return
+        self.emulator.set_network(latency_ms=profile.latency_ms,
+                                  bandwidth_mbit=profile.bandwidth_mbit)
+
+    def call_counts(self) -> dict[str, int] | None:
+        """The emulator's round-trip counts so far (``None`` for the user's server)."""
+        return None if self.emulator is None else self.emulator.call_counts()
 
     def close(self) -> None:
         """Stop the emulator, if this target started one."""

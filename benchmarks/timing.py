@@ -26,6 +26,24 @@ Pass = Callable[[], float]
 #: Opens a path (sessions, clients) and yields its pass; closes it on exit.
 PathFactory = Callable[[], AbstractContextManager[Pass]]
 
+#: The server's round-trip counter (the harness sets the emulator's ``call_counts``):
+#: each timed pass then records the Ice calls and HTTP requests it made, by operation.
+#: Read outside the timed window; passes run one at a time, so the difference is theirs.
+round_trip_counter: Callable[[], dict[str, int]] | None = None
+
+
+def _calls_now() -> dict[str, int] | None:
+    return None if round_trip_counter is None else round_trip_counter()
+
+
+def _calls_since(before: dict[str, int] | None) -> dict[str, int] | None:
+    """The calls made since ``before`` was read, by operation."""
+    if before is None or round_trip_counter is None:
+        return None
+    after = round_trip_counter()
+    return {op: n - before.get(op, 0) for op, n in sorted(after.items())
+            if n != before.get(op, 0)}
+
 
 @dataclass
 class Timing:
@@ -35,6 +53,8 @@ class Timing:
     unit: str = "MB/s"
     seconds: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Round trips of the last timed pass by operation (when a counter is set).
+    round_trips: dict[str, int] | None = None
 
     @property
     def best(self) -> float:
@@ -50,10 +70,13 @@ class Timing:
         return self.amount / scale / seconds if seconds > 0 else float("inf")
 
     def to_json(self) -> dict[str, Any]:
+        calls = {} if self.round_trips is None else {
+            "round_trips": self.round_trips,
+            "round_trips_per_pass": sum(self.round_trips.values())}
         return {"amount": self.amount, "unit": self.unit, "seconds": self.seconds,
                 "best_s": self.best, "median_s": self.median,
                 "best_rate": self.rate(self.best), "median_rate": self.rate(self.median),
-                **self.extra}
+                **calls, **self.extra}
 
 
 def repeat(one_pass: Pass, *, repetitions: int, warmup: int = 1,
@@ -64,9 +87,13 @@ def repeat(one_pass: Pass, *, repetitions: int, warmup: int = 1,
         amount = float(one_pass())
     timing = Timing(amount, unit)
     for _ in range(repetitions):
+        before = _calls_now()
         started = time.perf_counter()
         amount = float(one_pass())
         timing.seconds.append(time.perf_counter() - started)
+        calls = _calls_since(before)
+        if calls is not None:
+            timing.round_trips = calls
     timing.amount = amount
     return timing
 
@@ -109,9 +136,11 @@ def measure_interleaved(paths: Mapping[str, PathFactory], *, repetitions: int,
         for round_number in range(warmup + repetitions):
             for name in list(passes):
                 try:
+                    before = _calls_now()
                     started = time.perf_counter()
                     amount = float(passes[name]())
                     elapsed = time.perf_counter() - started
+                    calls = _calls_since(before)
                 except Exception as exc:
                     log.debug("path %s failed:\n%s", name, traceback.format_exc())
                     results[name] = {"error": describe(exc)}
@@ -120,6 +149,8 @@ def measure_interleaved(paths: Mapping[str, PathFactory], *, repetitions: int,
                 timings[name].amount = amount
                 if round_number >= warmup:
                     timings[name].seconds.append(elapsed)
+                    if calls is not None:
+                        timings[name].round_trips = calls
         for name in passes:
             results[name] = timings[name].to_json()
             results[name]["interleaved_with"] = sorted(set(passes) - {name})
