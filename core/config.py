@@ -104,6 +104,10 @@ class TransferSettings:
     #: Largest piece fetched or sent in one call, in bytes: a tile of pixels (Ice,
     #: pixel-buffer) or a batch of table rows. Well under any message limit.
     max_chunk_bytes: int = 8 * 1024 * 1024
+    #: SaveImagesToOMERO: uploads that may still be finishing behind the pipeline (their
+    #: pixels held in memory); one more waits for room. 0: each upload completes before
+    #: the pipeline goes on.
+    upload_queue: int = 2
 
 
 @dataclass(frozen=True)
@@ -430,6 +434,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             f"Setting 'server.connect_timeout_seconds' must be above 0 and at most 86400 "
             f"(a day), not {timeout}.")
+    if settings.transfer.upload_queue < 0:
+        raise ConfigError(
+            f"Setting 'transfer.upload_queue' must be 0 or more, not "
+            f"{settings.transfer.upload_queue}.", hint="0 uploads each image before going on.")
     if settings.retry.budget_seconds < 0:
         raise ConfigError(
             f"Setting 'retry.budget_seconds' must be 0 or more, not "

@@ -16,6 +16,7 @@ omero-py, HTTP) into these types, and the core decides by type alone (as httpx's
     ├── UnsupportedData             data this package cannot represent (also ValueError)
     │   └── PlaneTooLarge           a plane above the server's maximum plane size
     ├── PyramidNotReady             the server is still building a pyramid
+    ├── UploadInterrupted           pixels stopped going up after the first write
     ├── NoTransport                 every transport declined or failed (``causes``)
     ├── TransportUnavailable        this transport cannot serve now  [transient]
     └── ServerError                 the server failed  [transient]
@@ -226,3 +227,19 @@ class CannotAnnotate(PermissionDenied):
         self.kind = kind
         self.object_id = object_id
         self.user = user
+
+
+class UploadInterrupted(OmeroError):
+    """An upload's pixels stopped going up after the first was written.
+
+    A real server lets no store bound after the first write write into that image, so
+    the attempt cannot be finished. The image stays marked as incomplete: running the
+    same upload again (same key) sets it aside and makes the image anew. ``image_id``
+    is the incomplete image, ``name`` its name.
+    """
+
+    def __init__(self, message: str, *, image_id: int, name: str,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.image_id = image_id
+        self.name = name

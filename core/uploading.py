@@ -13,6 +13,8 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -101,13 +103,27 @@ def content_key(array: np.ndarray, *, name: str, dataset_id: int | None, axes: s
     return hashlib.sha256(identity.encode() + pixels).hexdigest()
 
 
-async def upload(manager: SessionManager, array: np.ndarray, *, name: str,
-                 axes: str | None = None, dataset_id: int | None = None,
-                 channel_names: Sequence[str] = (), description: str = "",
-                 physical_size: PhysicalSize = PhysicalSize(),
-                 source_image_ids: Sequence[int] = (), source_urls: Sequence[str] = (),
-                 client_key: str | None = None) -> UploadedImage:
-    """Create an image from ``array`` on the connected server and return it."""
+@runtime_checkable
+class StagedImageSink(Protocol):
+    """An ``ImageSink`` that can create the image first and write its pixels later.
+
+    ``begin`` finds a completed upload of the key (``(image, None)``) or creates the
+    image (``(image, token)``); ``finish(pixels, spec, token)`` writes and completes it,
+    possibly through another sink of the same transport (after a session renewal). A
+    transport without it uploads in one step and its image's id is known only then.
+    """
+
+    async def begin(self, pixels: np.ndarray, spec: NewImage
+                    ) -> tuple[UploadedImage, Any | None]: ...
+
+    async def finish(self, pixels: np.ndarray, spec: NewImage, token: Any
+                     ) -> UploadedImage: ...
+
+
+def _prepare(array: np.ndarray, *, name: str, axes: str | None, dataset_id: int | None,
+             channel_names: Sequence[str], description: str, physical_size: PhysicalSize,
+             source_image_ids: Sequence[int], source_urls: Sequence[str],
+             client_key: str | None) -> tuple[np.ndarray, NewImage]:
     pixels = to_tzcyx(array, axes)
     pixels, _ptype = omero_dtype(pixels)
     size_c = pixels.shape[2]
@@ -118,16 +134,109 @@ async def upload(manager: SessionManager, array: np.ndarray, *, name: str,
                     description=description, dataset_id=dataset_id,
                     physical_size=physical_size, source_image_ids=tuple(source_image_ids),
                     source_urls=tuple(source_urls))
+    return pixels, spec
+
+
+def _uploaded(manager: SessionManager, result: UploadedImage, spec: NewImage) -> None:
+    info = manager.info
+    if info is not None:
+        manager.registry.hook.omero_image_uploaded(session=info, image=result, spec=spec)
+    log.info("%s image %s (%s) %s", "found" if result.reused else "uploaded", result.id,
+             spec.name, f"in dataset {spec.dataset_id}" if spec.dataset_id else
+             "without a dataset")
+
+
+async def upload(manager: SessionManager, array: np.ndarray, *, name: str,
+                 axes: str | None = None, dataset_id: int | None = None,
+                 channel_names: Sequence[str] = (), description: str = "",
+                 physical_size: PhysicalSize = PhysicalSize(),
+                 source_image_ids: Sequence[int] = (), source_urls: Sequence[str] = (),
+                 client_key: str | None = None) -> UploadedImage:
+    """Create an image from ``array`` on the connected server and return it."""
+    pixels, spec = _prepare(array, name=name, axes=axes, dataset_id=dataset_id,
+                            channel_names=channel_names, description=description,
+                            physical_size=physical_size, source_image_ids=source_image_ids,
+                            source_urls=source_urls, client_key=client_key)
 
     async def op(conn: Connection) -> UploadedImage:
         # aclosing, not ``async with sink``: a third-party sink need only have aclose().
         async with contextlib.aclosing(await manager.registry.open_uploader(conn)) as sink:
             return await sink.upload(pixels, spec)
 
+    # A retry runs the whole upload again: it finds the image an interrupted attempt
+    # made, sets it aside and makes it anew.
     result = await manager.call(op)
-    info = manager.info
-    if info is not None:
-        manager.registry.hook.omero_image_uploaded(session=info, image=result, spec=spec)
-    log.info("%s image %s (%s) %s", "found" if result.reused else "uploaded", result.id,
-             name, f"in dataset {dataset_id}" if dataset_id else "without a dataset")
+    _uploaded(manager, result, spec)
     return result
+
+
+@dataclass
+class PendingUpload:
+    """An upload whose image exists (``image.id`` is final) and whose pixels
+    ``finish()`` writes. ``done`` when nothing is left to write (found complete, or a
+    transport that uploads in one step)."""
+
+    manager: SessionManager
+    image: UploadedImage
+    spec: NewImage
+    pixels: np.ndarray | None
+    token: Any | None
+
+    @property
+    def done(self) -> bool:
+        return self.token is None
+
+    async def finish(self) -> UploadedImage:
+        """Write the pixels and complete the image (once; later calls return it).
+
+        Raises ``UploadInterrupted`` when the writing stopped after its first pixels
+        (the image stays marked incomplete: the same upload run again makes it anew).
+        """
+        if self.token is None:
+            return self.image
+        pixels, token = self.pixels, self.token
+        assert pixels is not None
+
+        async def op(conn: Connection) -> UploadedImage:
+            async with contextlib.aclosing(
+                    await self.manager.registry.open_uploader(conn)) as sink:
+                if not isinstance(sink, StagedImageSink):
+                    raise TypeError(f"{sink!r} cannot finish an upload it did not begin.")
+                return await sink.finish(pixels, self.spec, token)
+
+        result = await self.manager.call(op)
+        self.token, self.pixels = None, None  # the pixels may be freed
+        _uploaded(self.manager, result, self.spec)
+        return result
+
+
+async def begin_upload(manager: SessionManager, array: np.ndarray, *, name: str,
+                       axes: str | None = None, dataset_id: int | None = None,
+                       channel_names: Sequence[str] = (), description: str = "",
+                       physical_size: PhysicalSize = PhysicalSize(),
+                       source_image_ids: Sequence[int] = (), source_urls: Sequence[str] = (),
+                       client_key: str | None = None) -> PendingUpload:
+    """Find or create the image (its id is final) and leave its pixels to ``finish()``.
+
+    Arguments as ``upload``. Exactly once as ``upload``: until ``finish()`` completes, the
+    image is marked incomplete, so if the process dies the same upload run again (same
+    key) sets it aside and makes it anew. A transport that cannot stage uploads does the
+    whole upload here.
+    """
+    pixels, spec = _prepare(array, name=name, axes=axes, dataset_id=dataset_id,
+                            channel_names=channel_names, description=description,
+                            physical_size=physical_size, source_image_ids=source_image_ids,
+                            source_urls=source_urls, client_key=client_key)
+
+    async def op(conn: Connection) -> tuple[UploadedImage, Any | None]:
+        async with contextlib.aclosing(await manager.registry.open_uploader(conn)) as sink:
+            if isinstance(sink, StagedImageSink):
+                return await sink.begin(pixels, spec)
+            return await sink.upload(pixels, spec), None
+
+    image, token = await manager.call(op)
+    pending = PendingUpload(manager, image, spec, pixels if token is not None else None,
+                            token)
+    if pending.done:
+        _uploaded(manager, image, spec)
+    return pending

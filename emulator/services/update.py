@@ -168,7 +168,8 @@ class UpdateI(SessionServant):
 
     def _update_pixels_part(self, caller: Caller, kind: str, oid: int, obj: Any
                             ) -> tuple[str, int]:
-        """Pixels (physical sizes), LogicalChannel (name) and Channel (colour) updates.
+        """Pixels (physical sizes), LogicalChannel (name) and Channel (colour, and the
+        min/max of a StatsInfo saved with it) updates.
 
         The emulator keeps these inside the image, with ids derived from the image's:
         Pixels ``id``, channels ``id * 1000 + index``.
@@ -197,6 +198,12 @@ class UpdateI(SessionServant):
                 raise api_usage(f"{kind}:{oid} does not exist.")
             if kind == "LogicalChannel" and _get(obj, "name") is not None:
                 channels[index]["name"] = _get(obj, "name")
+            stats = getattr(obj, "_statsInfo", None) if kind == "Channel" else None
+            if stats is not None and stats.isLoaded():
+                # Saved through its channel, as IPixels.setChannelGlobalMinMax saves a
+                # new StatsInfo (ome/omero-server PixelsImpl).
+                channels[index]["min"] = float(_get(stats, "globalMin"))
+                channels[index]["max"] = float(_get(stats, "globalMax"))
             if kind == "Channel" and _get(obj, "red") is not None:
                 channels[index]["color"] = [_get(obj, a) or 0 for a in
                                             ("red", "green", "blue", "alpha")]

@@ -8,15 +8,25 @@ replaced, then deleted if the server allows) and a new image is made. An image t
 already has pixel data is never written again, because a real server binds every
 RawPixelsStore opened after the first write read-only ("Write-method not permitted.").
 
-Writing follows the server (ome/omero-romio ``PixelsService``, ``BfPyramidPixelBuffer``):
+An upload is two stages (``begin``: find or create the image; ``finish``: write its
+pixels and complete it), so SaveImagesToOMERO can record the new image's id at once and
+let the pixels go up behind the pipeline. Round trips are few (ARCHITECTURE.md ▸
+"Writes: exactly once" lists them): look-ups that do not depend on each other go
+together, the server's plane limits, pixel types and a Dataset's group are asked once
+per connection, and names, statistics, provenance and the clean description are one
+``saveArray`` (one transaction, so "complete" and its record appear together).
+
+Writing follows the server (ome/omero-romio ``PixelsService``, ``BfPyramidPixelBuffer``;
+ome/omero-server ``RawPixelsBean``):
 
 * planes within the server's maximum plane size (and float/double planes, which are
   exempt) go up concurrently through a fixed set of stores that were all bound with
   ``setPixelsId`` before the first write, each plane in strips under the message
   limit; a store that fails ends the attempt (it is never replaced mid-upload);
+  ``close`` saves (``RawPixelsBean.close`` calls ``save``), so there is no separate save;
 * bigger uint8/uint16 planes go into a pyramid: tiles of the server's ``getTileSize()``
   in omero-py's ``RPSTileLoop`` order (t, c, z, rows, columns) through one store,
-  which holds the pyramid's lock; then ``save`` and ``close``;
+  which holds the pyramid's lock; then ``close``;
 * other pixel types above the limit are refused before anything is created.
 """
 
@@ -25,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -33,7 +44,7 @@ import omero
 import omero.model
 import omero.sys
 from omero.model.enums import UnitsLength
-from omero.rtypes import rlong, rstring, unwrap
+from omero.rtypes import rdouble, rlong, rstring, unwrap
 
 from cellprofiler_omero import __version__
 from cellprofiler_omero.core.config import Settings
@@ -42,6 +53,7 @@ from cellprofiler_omero.core.errors import (
     PermissionDenied,
     PlaneTooLarge,
     ServerError,
+    UploadInterrupted,
 )
 from cellprofiler_omero.core.model import NewImage, PixelType, UploadedImage
 from cellprofiler_omero.core.pixels import encode, iter_strips, rps_tile_loop
@@ -59,9 +71,6 @@ PYRAMID_TYPES = (PixelType.UINT8, PixelType.UINT16)
 FLOAT_TYPES = (PixelType.FLOAT, PixelType.DOUBLE)
 #: How long to wait for the server to delete an abandoned partial image.
 DELETE_WAIT_SECONDS = 60.0
-#: The server's plane limits per connection (read once).
-_LIMITS: weakref.WeakKeyDictionary[IceConnection, tuple[tuple[int, int] | None, bool]] = \
-    weakref.WeakKeyDictionary()
 
 
 def marker(key: str) -> str:
@@ -74,52 +83,77 @@ def abandoned_marker(key: str) -> str:
     return f"[cellprofiler-omero abandoned upload {key}]"
 
 
+@dataclass
+class _ConnectionFacts:
+    """What a connection learns once and keeps: the server's plane limits, its pixel
+    types, and the groups of Datasets this user may add images to."""
+
+    limits: tuple[tuple[int, int] | None, bool] | None = None
+    pixel_types: dict[str, Any] = field(default_factory=dict)
+    dataset_groups: dict[int, int] = field(default_factory=dict)
+
+
+#: Facts per connection (a sink lives for one upload; a connection for many).
+_FACTS: weakref.WeakKeyDictionary[IceConnection, _ConnectionFacts] = \
+    weakref.WeakKeyDictionary()
+_FACTS_LOCK = threading.Lock()
+
+
+@dataclass
+class Started:
+    """A new image made by ``begin`` whose pixels ``finish`` writes.
+
+    ``writing`` turns true just before the first pixels are sent: from then on a real
+    server lets no new store write into the image, so a second ``finish`` of the same
+    ``Started`` raises ``UploadInterrupted`` instead of trying.
+    """
+
+    image_id: int
+    group_id: int
+    writing: bool = False
+
+
 class IceImageSink(AsyncClosing):
-    """The Ice transport's ``ImageSink``."""
+    """The Ice transport's ``ImageSink`` (and ``StagedImageSink``)."""
 
     transport = "ice"
 
     def __init__(self, conn: IceConnection, settings: Settings) -> None:
         self.conn = conn
         self.settings = settings
-        self._limits: tuple[tuple[int, int] | None, bool] | None = None
+        with _FACTS_LOCK:
+            self._facts = _FACTS.setdefault(conn, _ConnectionFacts())
 
     async def aclose(self) -> None:
         return None
 
     # -- finding earlier attempts -----------------------------------------------------------
 
-    def _find(self, key: str, name: str) -> tuple[int | None, list[int]]:
-        """``(complete image, partial images)`` of earlier uploads with this key."""
-        query = self.conn.sf.getQueryService()
+    def _find_complete(self, key: str) -> tuple[int, str] | None:
+        """``(image id, description)`` of a completed upload with this key."""
         p = omero.sys.ParametersI()
         p.add("ns", rstring(PROVENANCE_NS))
         p.add("key", rstring(key))
-        rows = query.projection(
-            "select l.parent.id from ImageAnnotationLink l join l.child a join a.mapValue mv "
+        rows = self.conn.sf.getQueryService().projection(
+            "select l.parent.id, l.parent.description from ImageAnnotationLink l "
+            "join l.child a join a.mapValue mv "
             "where a.ns = :ns and mv.name = 'upload_key' and mv.value = :key "
             "order by l.parent.id", p, ALL_GROUPS)
-        if rows:
-            return int(unwrap(rows[0][0])), []
+        if not rows:
+            return None
+        return int(unwrap(rows[0][0])), unwrap(rows[0][1]) or ""
+
+    def _find_partial(self, key: str, name: str) -> list[int]:
+        """This user's images still marked as an upload in progress with this key."""
         p = omero.sys.ParametersI()
         p.add("marker", rstring(f"%{marker(key)}%"))
         p.add("name", rstring(name))
         p.addLong("uid", self.conn.info.user_id)
         # Narrowed by owner and name first: a description LIKE alone scans every image.
-        rows = query.projection(
+        rows = self.conn.sf.getQueryService().projection(
             "select i.id from Image i where i.details.owner.id = :uid and i.name = :name "
             "and i.description like :marker order by i.id", p, ALL_GROUPS)
-        return None, [int(unwrap(row[0])) for row in rows]
-
-    def _has_provenance(self, image_id: int, key: str) -> bool:
-        p = params(id=image_id)
-        p.add("ns", rstring(PROVENANCE_NS))
-        p.add("key", rstring(key))
-        rows = self.conn.sf.getQueryService().projection(
-            "select l.id from ImageAnnotationLink l join l.child a join a.mapValue mv "
-            "where l.parent.id = :id and a.ns = :ns and mv.name = 'upload_key' "
-            "and mv.value = :key", p, ALL_GROUPS)
-        return bool(rows)
+        return [int(unwrap(row[0])) for row in rows]
 
     # -- setting a partial image aside --------------------------------------------------------
 
@@ -146,14 +180,11 @@ class IceImageSink(AsyncClosing):
                         "be deleted; it is renamed '... (incomplete upload, safe to delete)'",
                         image_id)
 
-    # -- the server's plane limits ----------------------------------------------------------
+    # -- what the connection asks once ------------------------------------------------------
 
     def _plane_limits(self) -> tuple[tuple[int, int] | None, bool]:
-        """``(max plane (w, h) or None, whether float/double are exempt)``, read once
-        per connection (a sink lives for one upload; a connection for many)."""
-        if self._limits is None:
-            self._limits = _LIMITS.get(self.conn)
-        if self._limits is None:
+        """``(max plane (w, h) or None, whether float/double are exempt)``."""
+        if self._facts.limits is None:
             config = self.conn.sf.getConfigService()
 
             def value(key: str) -> str:
@@ -168,8 +199,8 @@ class IceImageSink(AsyncClosing):
             limit = (int(width), int(height)) if width.isdigit() and height.isdigit() \
                 else None
             # The server's default (ome/omero-common config.xml) exempts float and double.
-            self._limits = _LIMITS[self.conn] = (limit, override != "false")
-        return self._limits
+            self._facts.limits = (limit, override != "false")
+        return self._facts.limits
 
     def _check_plane_size(self, ptype: PixelType, size_x: int, size_y: int) -> None:
         """Refuse, before anything is created, a plane the server cannot store."""
@@ -180,85 +211,226 @@ class IceImageSink(AsyncClosing):
             return
         raise _too_large(ptype, size_x, size_y, limit, float_exempt)
 
-    # -- creating --------------------------------------------------------------------------
+    def _may_be_pyramid(self, ptype: PixelType, size_x: int, size_y: int) -> bool:
+        """Whether the server may keep this image as a pyramid: only then is it asked
+        (``PixelsService.requiresPixelsPyramid``: integer planes above the limit)."""
+        limit, _exempt = self._plane_limits()
+        return limit is None or (size_x * size_y > limit[0] * limit[1]
+                                 and ptype in PYRAMID_TYPES)
 
-    def _create(self, pixels: np.ndarray, ptype: PixelType, spec: NewImage, group_id: int
-                ) -> int:
-        """A new image in ``group_id`` (new objects go to the call context's group)."""
-        sf = self.conn.sf
-        t, z, c, y, x = pixels.shape
-        p = omero.sys.ParametersI()
-        p.add("value", rstring(ptype.value))
-        ome_type = sf.getQueryService().findByQuery(
-            "from PixelsType as p where p.value = :value", p)
-        if ome_type is None:
-            raise ServerError(f"The server has no pixel type {ptype.value!r}.")
+    def _pixels_type(self, ptype: PixelType) -> Any:
+        found = self._facts.pixel_types.get(ptype.value)
+        if found is None:
+            p = omero.sys.ParametersI()
+            p.add("value", rstring(ptype.value))
+            found = self.conn.sf.getQueryService().findByQuery(
+                "from PixelsType as p where p.value = :value", p)
+            if found is None:
+                raise ServerError(f"The server has no pixel type {ptype.value!r}.")
+            self._facts.pixel_types[ptype.value] = found
+        return found
+
+    def _dataset_group(self, dataset_id: int) -> int | None:
+        """The group of a Dataset this user may add images to (None: may not)."""
+        known = self._facts.dataset_groups.get(dataset_id)
+        if known is not None:
+            return known
+        dataset = self.conn.sf.getQueryService().findByQuery(
+            "select d from Dataset d where d.id = :id", params(id=dataset_id), ALL_GROUPS)
+        if dataset is None:
+            raise NotFound(f"Dataset {dataset_id} does not exist, or "
+                           f"{self.conn.info.user} may not read it.")
+        if not dataset.details.permissions.canLink():
+            return None
+        group = int(unwrap(dataset.details.group.id))
+        self._facts.dataset_groups[dataset_id] = group
+        return group
+
+    # -- stage 1: find or create -------------------------------------------------------------
+
+    async def begin(self, pixels: np.ndarray, spec: NewImage
+                    ) -> tuple[UploadedImage, Started | None]:
+        """Find a completed upload of ``spec.client_key`` (``(image, None)``), or set aside
+        incomplete ones and create the image (``(image, Started)``; ``finish`` writes it).
+
+        One round trip of look-ups that run together, then one ``createImage``.
+        """
+        ptype = PixelType.from_dtype(pixels.dtype)
+        t, z, c, size_y, size_x = pixels.shape
+        found: dict[str, Any] = {}
+
+        async def ask(what: str, label: str, func: Any, *args: Any) -> None:
+            found[label] = await self.conn.call(func, *args, what=what)
+
+        async with task_group() as tg:
+            tg.start_soon(ask, "reading the server's maximum plane size", "limits",
+                          self._check_plane_size, ptype, size_x, size_y)
+            tg.start_soon(ask, "looking for an earlier upload", "complete",
+                          self._find_complete, spec.client_key)
+            tg.start_soon(ask, "looking for an earlier upload", "partial",
+                          self._find_partial, spec.client_key, spec.name)
+            tg.start_soon(ask, f"reading pixel type {ptype.value}", "ptype",
+                          self._pixels_type, ptype)
+            if spec.dataset_id is not None:
+                tg.start_soon(ask, f"reading Dataset {spec.dataset_id}", "group",
+                              self._dataset_group, spec.dataset_id)
+        group_id = self.conn.info.group_id
+        if spec.dataset_id is not None:
+            if found["group"] is None:
+                if found["complete"] is None:
+                    raise PermissionDenied(
+                        f"{self.conn.info.user} may not add images to Dataset "
+                        f"{spec.dataset_id}.",
+                        hint="Choose a dataset you own, or one in a read-write group.")
+            else:
+                group_id = found["group"]
+        if found["complete"] is not None:
+            # Found again (a retry after a lost reply, or a rerun): finish what may be
+            # missing, but record its provenance only once.
+            image_id, description = found["complete"]
+            await self.conn.call(self._complete_again, image_id, description, spec, group_id,
+                                 what=f"completing image {image_id}")
+            return UploadedImage(image_id, spec.name, spec.dataset_id, reused=True), None
+        for image_id in found["partial"]:
+            log.info("upload %s: setting aside image %s left incomplete by an earlier "
+                     "attempt", spec.client_key[:8], image_id)
+            await self.conn.call(self._abandon, image_id, spec.client_key,
+                                 what=f"setting aside incomplete image {image_id}")
         description = f"{spec.description}\n{marker(spec.client_key)}".strip()
-        image_id = sf.getPixelsService().createImage(
-            x, y, z, t, list(range(c)), ome_type, spec.name, description,
-            {"omero.group": str(group_id)})
-        return int(unwrap(image_id))
+        image_id = await self.conn.call(
+            lambda: int(unwrap(self.conn.sf.getPixelsService().createImage(
+                size_x, size_y, z, t, list(range(c)), found["ptype"], spec.name,
+                description, {"omero.group": str(group_id)}))),
+            what=f"creating image {spec.name!r}")
+        return (UploadedImage(image_id, spec.name, spec.dataset_id, reused=False),
+                Started(image_id, group_id))
 
-    def _pixels_id(self, image_id: int) -> int:
-        rows = self.conn.sf.getQueryService().projection(
-            "select p.id from Pixels p where p.image.id = :id", params(id=image_id),
-            ALL_GROUPS)
-        if not rows:
-            raise ServerError(f"Image {image_id} has no pixels on the server.")
-        return int(unwrap(rows[0][0]))
+    def _complete_again(self, image_id: int, description: str, spec: NewImage,
+                        group_id: int) -> None:
+        """A found upload: its Dataset link and clean description, if missing."""
+        sf = self.conn.sf
+        ctx = {"omero.group": str(group_id)}
+        if spec.dataset_id is not None:
+            linked = sf.getQueryService().projection(
+                "select l.id from DatasetImageLink l where l.parent.id = :d and "
+                "l.child.id = :i", params(d=spec.dataset_id, i=image_id), ALL_GROUPS)
+            if not linked:
+                sf.getUpdateService().saveObject(_dataset_link(spec.dataset_id, image_id),
+                                                 ctx)
+        if description != spec.description:
+            image = sf.getQueryService().get("Image", image_id, ctx)
+            image.setDescription(rstring(spec.description))
+            sf.getUpdateService().saveObject(image, ctx)
+
+    # -- stage 2: write and complete ---------------------------------------------------------
+
+    async def finish(self, pixels: np.ndarray, spec: NewImage, started: Started
+                     ) -> UploadedImage:
+        """Write the pixels of an image ``begin`` made, then complete it."""
+        if started.writing:
+            raise UploadInterrupted(
+                f"The upload of image {started.image_id} ({spec.name!r}) stopped after its "
+                "first pixels were written; the server lets no new connection write into "
+                "it.", image_id=started.image_id, name=spec.name,
+                hint="Run the same upload again: the incomplete image is set aside and "
+                     "made anew (never duplicated).")
+        ptype = PixelType.from_dtype(pixels.dtype)
+        try:
+            await self._write(started, pixels, ptype, spec)
+        except PlaneTooLarge:
+            # The server wants a pyramid its writer cannot hold: nothing usable was
+            # written, so the new image goes again at once.
+            await self.conn.call(self._abandon, started.image_id, spec.client_key,
+                                 what=f"removing image {started.image_id}")
+            raise
+        return UploadedImage(started.image_id, spec.name, spec.dataset_id, reused=False)
+
+    async def upload(self, pixels: np.ndarray, spec: NewImage) -> UploadedImage:
+        image, started = await self.begin(pixels, spec)
+        if started is None:
+            return image
+        return await self.finish(pixels, spec, started)
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _open_store(self, pixels_id: int, ctx: dict[str, str]) -> Any:
-        store = self.conn.sf.createRawPixelsStore(ctx)
-        try:
-            store.setPixelsId(pixels_id, True, ctx)
-        except BaseException:
-            close_quietly(store, ctx)
-            raise
-        return store
+    def _fetch(self, image_id: int) -> Any:
+        """The new image with its pixels, channels and logical channels, loaded."""
+        image = self.conn.sf.getQueryService().findByQuery(
+            "select i from Image i join fetch i.pixels p join fetch p.channels c "
+            "join fetch c.logicalChannel left outer join fetch c.statsInfo "
+            "where i.id = :id", params(id=image_id), ALL_GROUPS)
+        if image is None:
+            raise ServerError(f"Image {image_id} has no pixels on the server.")
+        return image
 
-    async def _write(self, image_id: int, pixels_id: int, pixels: np.ndarray,
-                     ptype: PixelType, group_id: int) -> None:
-        """Write every plane, then save and close every store (which ends the writing)."""
-        ctx = {"omero.group": str(group_id)}
-        what = f"uploading image {image_id}"
+    def _new_store(self, ctx: dict[str, str]) -> Any:
+        return self.conn.sf.createRawPixelsStore(ctx)
+
+    @staticmethod
+    def _bind(store: Any, pixels_id: int, ctx: dict[str, str]) -> None:
+        store.setPixelsId(pixels_id, True, ctx)
+
+    async def _write(self, started: Started, pixels: np.ndarray, ptype: PixelType,
+                     spec: NewImage) -> None:
+        """Write every plane, close every store (which saves), then complete the image."""
+        ctx = {"omero.group": str(started.group_id)}
+        what = f"uploading image {started.image_id}"
         t, z, c, y, x = pixels.shape
-        first = await self.conn.call(self._open_store, pixels_id, ctx, what=what)
-        stores = [first]
+        maybe_pyramid = await self.conn.call(self._may_be_pyramid, ptype, x, y, what=what)
+        wanted = 1 if maybe_pyramid else max(1, min(
+            self.settings.ice.stores_per_image,
+            t * z * c * _strips_per_plane(y, x, ptype, self._max_bytes())))
+        stores: list[Any] = []
+        got: dict[str, Any] = {}
+
+        async def fetch() -> None:
+            got["image"] = await self.conn.call(self._fetch, started.image_id, what=what)
+
+        async def new_store() -> None:
+            stores.append(await self.conn.call(self._new_store, ctx, what=what))
+
         try:
-            # Asked before anything else: on a pyramid writer most other calls (byte
-            # width, resolution levels…) would end its writing mode.
-            pyramid = await self.conn.call(lambda: bool(first.requiresPixelsPyramid(ctx)),
-                                           what=what)
-            if pyramid and ptype not in PYRAMID_TYPES:
-                # Reached only when the server hid its plane limits from this user.
-                await self.conn.call(close_quietly, first, ctx, what=what)
-                stores = []
-                raise _too_large(ptype, x, y, None, True)
-            if pyramid:
-                await self._write_pyramid(first, pixels, ptype, ctx, what)
+            # The image and the stores at once; then every store is bound before the
+            # first write (a store bound after the pixel file exists is read-only).
+            async with task_group() as tg:
+                tg.start_soon(fetch)
+                for _ in range(wanted):
+                    tg.start_soon(new_store)
+            image = got["image"]
+            pixels_id = int(unwrap(image.getPrimaryPixels().getId()))
+            if maybe_pyramid:
+                first = stores[0]
+                await self.conn.call(self._bind, first, pixels_id, ctx, what=what)
+                # Asked before anything else: on a pyramid writer most other calls
+                # (byte width, resolution levels…) would end its writing mode.
+                pyramid = await self.conn.call(
+                    lambda: bool(first.requiresPixelsPyramid(ctx)), what=what)
+                if pyramid and ptype not in PYRAMID_TYPES:
+                    # Reached only when the server hid its plane limits from this user.
+                    raise _too_large(ptype, x, y, None, True)
+                started.writing = True
+                if pyramid:
+                    await self._write_pyramid(first, pixels, ptype, ctx, what)
+                else:
+                    await self._write_planes(stores, pixels, ptype, ctx, what)
             else:
-                # Every store is bound before the first write: a store bound after the
-                # pixel file exists is read-only on a real server.
-                wanted = max(1, min(self.settings.ice.stores_per_image, t * z * c *
-                                    _strips_per_plane(y, x, ptype, self._max_bytes())))
-                for _ in range(wanted - 1):
-                    stores.append(await self.conn.call(self._open_store, pixels_id, ctx,
-                                                       what=what))
+                async with task_group() as tg:
+                    for store in stores:
+                        tg.start_soon(lambda s: self.conn.call(self._bind, s, pixels_id,
+                                                               ctx, what=what), store)
+                started.writing = True
                 await self._write_planes(stores, pixels, ptype, ctx, what)
-            await self.conn.call(lambda: first.save(ctx), what=what)
-            await self.conn.call(self._close_all, stores, ctx, what=what)
+            closing, stores = stores, []
+            async with task_group() as tg:
+                for store in closing:
+                    tg.start_soon(lambda s: self.conn.call(s.close, ctx, what=what), store)
         except BaseException:
             # This attempt is over; a retry makes a new image (never reopens this one).
             threading.Thread(target=self._close_quietly_all, args=(stores, ctx), daemon=True,
                              name="close-stores").start()
             raise
-
-    @staticmethod
-    def _close_all(stores: list[Any], ctx: dict[str, str]) -> None:
-        for store in stores:
-            store.close(ctx)
+        await self.conn.call(self._complete, image, pixels, spec, started.group_id,
+                             what=f"finishing image {started.image_id}")
 
     @staticmethod
     def _close_quietly_all(stores: list[Any], ctx: dict[str, str]) -> None:
@@ -327,125 +499,74 @@ class IceImageSink(AsyncClosing):
             send.close()
             receive.close()
 
-    # -- finishing -------------------------------------------------------------------------
+    # -- completing -------------------------------------------------------------------------
 
-    def _finish(self, image_id: int, pixels_id: int, pixels: np.ndarray, spec: NewImage,
-                group_id: int) -> None:
+    def _complete(self, image: Any, pixels: np.ndarray, spec: NewImage, group_id: int
+                  ) -> None:
+        """Channel names and statistics, physical sizes, the Dataset link, provenance and
+        the clean description in one ``saveArray``: one transaction, so the annotation
+        that marks the upload complete appears with everything it vouches for."""
         sf = self.conn.sf
         ctx = {"omero.group": str(group_id)}
-        update = sf.getUpdateService()
-        pix = sf.getPixelsService().retrievePixDescription(pixels_id, ctx)
-        changed = []
-        for index, channel in enumerate(pix.copyChannels()):
+        image_id = int(unwrap(image.getId()))
+        px = image.getPrimaryPixels()
+        pixels_id = int(unwrap(px.getId()))
+        changed: list[Any] = []
+        for index, channel in enumerate(px.copyChannels()):
+            values = pixels[:, :, index]
             lc = channel.getLogicalChannel()
             lc.setName(rstring(spec.channel_names[index]))
-            changed.append(lc)
-        if changed:
-            update.saveArray(changed, ctx)
-        for index in range(pixels.shape[2]):
-            values = pixels[:, :, index]
-            sf.getPixelsService().setChannelGlobalMinMax(
-                unwrap(pix.getId()), index, float(values.min()), float(values.max()), ctx)
+            stats = channel.getStatsInfo()
+            if stats is None or not stats.isLoaded():
+                # IPixels.setChannelGlobalMinMax does the same: a new StatsInfo saved
+                # through its channel (ome/omero-server PixelsImpl).
+                stats = omero.model.StatsInfoI()
+                channel.setStatsInfo(stats)
+            stats.setGlobalMin(rdouble(float(values.min())))
+            stats.setGlobalMax(rdouble(float(values.max())))
+            # The stores' close updated the Pixels (its SHA-1): never save the copy
+            # loaded before the writing.
+            channel.setPixels(omero.model.PixelsI(pixels_id, False))
+            changed += [lc, channel]
         size = spec.physical_size
         if size.x is not None or size.y is not None or size.z is not None:
-            pix = sf.getPixelsService().retrievePixDescription(unwrap(pix.getId()), ctx)
+            fresh = sf.getPixelsService().retrievePixDescription(pixels_id, ctx)
+            fresh.unloadChannels()
             for axis, value in (("X", size.x), ("Y", size.y), ("Z", size.z)):
                 if value is not None:
-                    getattr(pix, f"setPhysicalSize{axis}")(
+                    getattr(fresh, f"setPhysicalSize{axis}")(
                         omero.model.LengthI(value, UnitsLength.MICROMETER))
-            update.saveObject(pix, ctx)
-        self._link_and_record(image_id, spec, group_id, recorded=False)
-
-    def _link_and_record(self, image_id: int, spec: NewImage, group_id: int, *,
-                         recorded: bool) -> None:
-        """Dataset link, provenance annotation (unless ``recorded``), then the clean
-        description, in that order: the annotation is what marks the upload complete."""
-        sf = self.conn.sf
-        ctx = {"omero.group": str(group_id)}
-        update = sf.getUpdateService()
-        query = sf.getQueryService()
+            changed.append(fresh)
+        image.unloadPixels()
+        image.setDescription(rstring(spec.description))
+        changed.append(image)
         if spec.dataset_id is not None:
-            linked = query.projection(
-                "select l.id from DatasetImageLink l where l.parent.id = :d and "
-                "l.child.id = :i", params(d=spec.dataset_id, i=image_id), ALL_GROUPS)
-            if not linked:
-                link = omero.model.DatasetImageLinkI()
-                link.setParent(omero.model.DatasetI(rlong(spec.dataset_id), False))
-                link.setChild(omero.model.ImageI(rlong(image_id), False))
-                update.saveObject(link, ctx)
-        if not recorded and not self._has_provenance(image_id, spec.client_key):
-            ann = omero.model.MapAnnotationI()
-            ann.setNs(rstring(PROVENANCE_NS))
-            values = [omero.model.NamedValue("upload_key", spec.client_key),
-                      omero.model.NamedValue("software", f"cellprofiler-omero {__version__}")]
-            values += [omero.model.NamedValue("source_image_id", str(i))
-                       for i in spec.source_image_ids]
-            values += [omero.model.NamedValue("source_url", u) for u in spec.source_urls]
-            ann.setMapValue(values)
-            link = omero.model.ImageAnnotationLinkI()
-            link.setParent(omero.model.ImageI(rlong(image_id), False))
-            link.setChild(ann)
-            update.saveObject(link, ctx)
-        image = query.get("Image", image_id, ctx)
-        if (unwrap(image.getDescription()) or "") != spec.description:
-            image.setDescription(rstring(spec.description))
-            update.saveObject(image, ctx)
+            changed.append(_dataset_link(spec.dataset_id, image_id))
+        changed.append(_provenance_link(image_id, spec))
+        sf.getUpdateService().saveArray(changed, ctx)
 
-    # -- the upload ------------------------------------------------------------------------
 
-    async def upload(self, pixels: np.ndarray, spec: NewImage) -> UploadedImage:
-        ptype = PixelType.from_dtype(pixels.dtype)
-        size_y, size_x = pixels.shape[3], pixels.shape[4]
-        await self.conn.call(self._check_plane_size, ptype, size_x, size_y,
-                             what="reading the server's maximum plane size")
-        complete, partial = await self.conn.call(
-            self._find, spec.client_key, spec.name, what="looking for an earlier upload")
-        if spec.dataset_id is not None and complete is None and not await self.conn.can_write(
-                "Dataset", spec.dataset_id):
-            raise PermissionDenied(
-                f"{self.conn.info.user} may not add images to Dataset {spec.dataset_id}.",
-                hint="Choose a dataset you own, or one in a read-write group.")
-        group_id = self.conn.info.group_id
-        if spec.dataset_id is not None:
-            group_id = await self.conn.call(self._group_of_dataset, spec.dataset_id,
-                                            what=f"reading Dataset {spec.dataset_id}")
-        if complete is not None:
-            # Found again (a retry after a lost reply, or a rerun): finish what may be
-            # missing, but record its provenance only once.
-            found: int = complete
-            await self.conn.call(lambda: self._link_and_record(found, spec, group_id,
-                                                               recorded=True),
-                                 what=f"completing image {found}")
-            return UploadedImage(found, spec.name, spec.dataset_id, reused=True)
-        for image_id in partial:
-            log.info("upload %s: setting aside image %s left incomplete by an earlier "
-                     "attempt", spec.client_key[:8], image_id)
-            await self.conn.call(self._abandon, image_id, spec.client_key,
-                                 what=f"setting aside incomplete image {image_id}")
-        image_id = await self.conn.call(self._create, pixels, ptype, spec, group_id,
-                                        what=f"creating image {spec.name!r}")
-        pixels_id = await self.conn.call(self._pixels_id, image_id,
-                                         what=f"finding the pixels of image {image_id}")
-        try:
-            await self._write(image_id, pixels_id, pixels, ptype, group_id)
-        except PlaneTooLarge:
-            # The server wants a pyramid its writer cannot hold: nothing usable was
-            # written, so the new image goes again at once.
-            await self.conn.call(self._abandon, image_id, spec.client_key,
-                                 what=f"removing image {image_id}")
-            raise
-        await self.conn.call(self._finish, image_id, pixels_id, pixels, spec, group_id,
-                             what=f"finishing image {image_id}")
-        return UploadedImage(image_id, spec.name, spec.dataset_id, reused=False)
+def _dataset_link(dataset_id: int, image_id: int) -> Any:
+    link = omero.model.DatasetImageLinkI()
+    link.setParent(omero.model.DatasetI(rlong(dataset_id), False))
+    link.setChild(omero.model.ImageI(rlong(image_id), False))
+    return link
 
-    def _group_of_dataset(self, dataset_id: int) -> int:
-        rows = self.conn.sf.getQueryService().projection(
-            "select d.details.group.id from Dataset d where d.id = :id",
-            params(id=dataset_id), ALL_GROUPS)
-        if not rows:
-            raise NotFound(f"Dataset {dataset_id} does not exist, or "
-                           f"{self.conn.info.user} may not read it.")
-        return int(unwrap(rows[0][0]))
+
+def _provenance_link(image_id: int, spec: NewImage) -> Any:
+    """The map annotation that records the upload's key and sources, linked to the image."""
+    ann = omero.model.MapAnnotationI()
+    ann.setNs(rstring(PROVENANCE_NS))
+    values = [omero.model.NamedValue("upload_key", spec.client_key),
+              omero.model.NamedValue("software", f"cellprofiler-omero {__version__}")]
+    values += [omero.model.NamedValue("source_image_id", str(i))
+               for i in spec.source_image_ids]
+    values += [omero.model.NamedValue("source_url", u) for u in spec.source_urls]
+    ann.setMapValue(values)
+    link = omero.model.ImageAnnotationLinkI()
+    link.setParent(omero.model.ImageI(rlong(image_id), False))
+    link.setChild(ann)
+    return link
 
 
 def _strips_per_plane(size_y: int, size_x: int, ptype: PixelType, max_bytes: int) -> int:
