@@ -64,10 +64,12 @@ class Collision:
     wanted: str
     given: str
     taken_by: str
+    reserved: bool = False  # taken by a built-in name, not by another key
 
     def __str__(self) -> str:
-        return (f"OMERO key {self.key!r} is named {self.given} (the name {self.wanted} is "
-                f"taken by {self.taken_by!r})")
+        why = (f"{self.wanted} is a built-in name" if self.reserved else
+               f"{self.wanted} is taken by OMERO key {self.taken_by!r}")
+        return f"OMERO key {self.key!r} is named {self.given} ({why})"
 
 
 def safe_name(key: str) -> str:
@@ -86,7 +88,7 @@ def metadata_names(keys: Iterable[str], reserved: Iterable[str] = ()
     are named in sorted order, so the same keys always get the same names: the first
     key wanting a name gets it, the next ``<name>_2``, ``<name>_3``…
     """
-    taken: dict[str, str] = {name.lower(): name for name in reserved}
+    taken: dict[str, tuple[str, bool]] = {name.lower(): (name, True) for name in reserved}
     names: dict[str, str] = {}
     collisions: list[Collision] = []
     for key in sorted(set(keys)):
@@ -95,8 +97,8 @@ def metadata_names(keys: Iterable[str], reserved: Iterable[str] = ()
         while given.lower() in taken:
             given, n = f"{wanted}_{n}", n + 1
         if given != wanted:
-            collisions.append(Collision(key, wanted, given, taken[wanted.lower()]))
-        taken[given.lower()] = key
+            collisions.append(Collision(key, wanted, given, *taken[wanted.lower()]))
+        taken[given.lower()] = (key, False)
         names[key] = given
     return names, collisions
 

@@ -46,6 +46,9 @@ def install() -> None:
     _patch_is_image()
     _patch_add_urls()
     _patch_stemless_metadata()
+    from cellprofiler_omero.cp_integration import metadata
+
+    metadata.install()  # OMERO annotations as a Metadata module extraction method
     _patch_names_and_types()
     from cellprofiler_omero.cp_integration import metadata
 
