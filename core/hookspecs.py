@@ -59,6 +59,7 @@ if TYPE_CHECKING:
         ImageSink,
         PixelSource,
         RoiSink,
+        RoiSource,
         ServerAddress,
         SessionInfo,
         TableSink,
@@ -176,6 +177,19 @@ def omero_open_roi_writer(connection: Connection, settings: Settings) -> RoiSink
     event loop; ``save`` must make at most one ROI per ``NewRoi.key`` on an image,
     finding an earlier attempt's ROI instead of making a second (batches are retried,
     pipelines rerun, and analysis workers may save the same objects).
+    """
+
+
+@hookspec(firstresult=True)
+def omero_open_roi_reader(connection: Connection, settings: Settings) -> RoiSource | None:
+    """Return a ``RoiSource`` that reads ROIs of the connected server's images, or ``None``.
+
+    ``connection``: the live session (see ``omero_open_reader``). ``settings``: as for
+    ``omero_connect``. Asked in the order of ``transports.read`` (ROIs are read as pixels
+    are); called for each image's ROIs and closed after, so it should be cheap to make.
+
+    Runs in a worker thread; may block. The source's ``rois`` runs on the event loop and
+    is retried after a lapsed session (it only reads).
     """
 
 

@@ -37,6 +37,7 @@ from cellprofiler_omero.core.roles import (
     ImageSink,
     PixelSource,
     RoiSink,
+    RoiSource,
     ServerAddress,
     TableSink,
 )
@@ -140,6 +141,16 @@ class Registry:
             _, sink = self.first("upload", "omero_open_uploader", connection=connection,
                                  settings=self.settings)
             return sink
+
+        return await anyio.to_thread.run_sync(blocking)
+
+    async def open_roi_reader(self, connection: Connection) -> RoiSource:
+        """A ROI source from the first transport of ``transports.read`` that offers one
+        (its factory hook runs in a worker thread)."""
+        def blocking() -> RoiSource:
+            _, source = self.first("read", "omero_open_roi_reader", connection=connection,
+                                   settings=self.settings)
+            return source
 
         return await anyio.to_thread.run_sync(blocking)
 

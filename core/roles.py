@@ -28,7 +28,8 @@ from cellprofiler_omero.core.model import (
     UploadedImage,
 )
 from cellprofiler_omero.core.refs import ObjectRef
-from cellprofiler_omero.core.shapes import NewRoi, SavedRoi
+from cellprofiler_omero.core.roi_reading import RoiFilter
+from cellprofiler_omero.core.shapes import NewRoi, Roi, SavedRoi
 
 LoginSource = Literal["password", "session", "token", "environment"]
 
@@ -228,6 +229,22 @@ class RoiSink(Protocol):
 
 
 @runtime_checkable
+class RoiSource(Protocol):
+    """Reads the ROIs of images, with their shapes."""
+
+    @property
+    def transport(self) -> str: ...
+
+    async def rois(self, image_id: int, selection: RoiFilter) -> list[Roi]:
+        """Every ROI on ``image_id`` that ``selection`` keeps (its other shapes left
+        out), in ROI id order, however many there are (the transport pages); ``[]``
+        for an image without ROIs, ``NotFound`` for an image the user cannot read.
+        Shapes of kinds ``core.shapes`` does not model (lines, labels…) are left out."""
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
 class AnnotationSink(Protocol):
     """Writes key-value pair annotations (MapAnnotations) on images."""
 
@@ -270,6 +287,7 @@ __all__ = [
     "Node",
     "PixelSource",
     "RoiSink",
+    "RoiSource",
     "RoiTarget",
     "ServerAddress",
     "SessionInfo",

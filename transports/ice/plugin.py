@@ -57,6 +57,17 @@ def omero_open_uploader(connection: Connection, settings: Settings) -> object | 
 
 
 @hookimpl
+def omero_open_roi_reader(connection: Connection, settings: Settings) -> object | None:
+    from cellprofiler_omero.transports.ice.connection import IceConnection
+
+    if not isinstance(connection, IceConnection):
+        return None
+    from cellprofiler_omero.transports.ice.roi_reader import IceRoiSource
+
+    return IceRoiSource(connection, settings)
+
+
+@hookimpl
 def omero_open_roi_writer(connection: Connection, settings: Settings) -> object | None:
     from cellprofiler_omero.transports.ice.connection import IceConnection
 
