@@ -21,9 +21,16 @@ transport" is a worked example.
 from __future__ import annotations
 
 from cellprofiler_omero.core import errors, model, roles
+from cellprofiler_omero.core.annotations import (
+    ImageAnnotations,
+    KeyValue,
+    NewKeyValues,
+    WrittenKeyValues,
+)
 from cellprofiler_omero.core.config import Settings, positive
 from cellprofiler_omero.core.errors import (
     AuthError,
+    CannotAnnotate,
     ConfigError,
     ConnectionLost,
     NotFound,
@@ -54,6 +61,7 @@ from cellprofiler_omero.core.model import (
 )
 from cellprofiler_omero.core.refs import Kind, ObjectRef
 from cellprofiler_omero.core.roles import (
+    AnnotationSink,
     AsyncClosing,
     Connection,
     Credentials,
@@ -69,8 +77,10 @@ ENTRY_POINT_GROUP = PROJECT_NAME
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "AnnotationSink",
     "AsyncClosing",
     "AuthError",
+    "CannotAnnotate",
     "Channel",
     "ColumnKind",
     "ColumnSpec",
@@ -79,10 +89,13 @@ __all__ = [
     "ConnectionLost",
     "Credentials",
     "Group",
+    "ImageAnnotations",
     "ImageMeta",
     "ImageSink",
+    "KeyValue",
     "Kind",
     "NewImage",
+    "NewKeyValues",
     "Node",
     "NotFound",
     "ObjectRef",
@@ -105,6 +118,7 @@ __all__ = [
     "TransportUnavailable",
     "UnsupportedData",
     "UploadedImage",
+    "WrittenKeyValues",
     "errors",
     "hookimpl",
     "model",

@@ -20,6 +20,7 @@ before anything is written; one with no OMERO source image fails with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any
@@ -93,7 +94,8 @@ async def put_key_values(mgr: SessionManager, request: NewKeyValues) -> WrittenK
     budget (the writer looks for an earlier attempt's annotation first)."""
 
     async def attempt(conn: Any) -> WrittenKeyValues:
-        async with await mgr.registry.open_annotation_writer(conn) as sink:
+        sink = await mgr.registry.open_annotation_writer(conn)
+        async with contextlib.aclosing(sink):  # a plugin's sink needs only aclose()
             written: WrittenKeyValues = await sink.put_key_values(request)
             return written
 
