@@ -377,7 +377,7 @@ LINKS = {  # (kind, collection on parent, collection on child)
     "ScreenPlateLink": ("Screen", "Plate", "plateLinks", "screenLinks"),
 }
 ANNOTATED = ("Project", "Dataset", "Image", "Screen", "Plate", "Well", "PlateAcquisition",
-             "OriginalFile")
+             "OriginalFile", "Roi")
 #: omero-model's concrete Shape classes (``Shape`` selects them all).
 SHAPE_KINDS = ("Mask", "Polygon", "Polyline", "Rectangle", "Ellipse", "Point", "Line",
                "Label")

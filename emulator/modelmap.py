@@ -317,6 +317,7 @@ LINK_CLASSES: dict[str, Any] = {
     "WellAnnotationLink": omero.model.WellAnnotationLinkI,
     "PlateAcquisitionAnnotationLink": omero.model.PlateAcquisitionAnnotationLinkI,
     "OriginalFileAnnotationLink": omero.model.OriginalFileAnnotationLinkI,
+    "RoiAnnotationLink": omero.model.RoiAnnotationLinkI,
 }
 
 #: Link class → (parent kind, child kind).
@@ -326,7 +327,7 @@ LINK_ENDS: dict[str, tuple[str, str]] = {
     "ScreenPlateLink": ("Screen", "Plate"),
     **{f"{k}AnnotationLink": (k, "Annotation") for k in
        ("Project", "Dataset", "Image", "Screen", "Plate", "Well", "PlateAcquisition",
-        "OriginalFile")},
+        "OriginalFile", "Roi")},
 }
 
 ANNOTATION_KINDS = ("FileAnnotation", "MapAnnotation", "CommentAnnotation", "TagAnnotation")

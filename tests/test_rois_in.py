@@ -210,6 +210,14 @@ def drawn(emulator: Any) -> Iterator[dict[str, Any]]:
         roi.setImage(omero.model.ImageI(image, False))
         roi.addShape(omero_rois.mask_from_binary_image(bits, text="mask"))
         ids["mask"] = int(conn.getUpdateService().saveAndReturnObject(roi).getId().getValue())
+        # A tool marks the ROIs it made with an annotation in its namespace.
+        for marked in ("ellipse", "mask"):
+            note = omero.model.MapAnnotationI()
+            note.setNs(rstring("lab/segmenter"))
+            link = omero.model.RoiAnnotationLinkI()
+            link.setParent(omero.model.RoiI(ids[marked], False))
+            link.setChild(note)
+            conn.getUpdateService().saveAndReturnObject(link)
         yield {"image": image, "bare": bare, "ids": ids,
                "areas": {"polygon": 60, "rectangle": 24, "overlapping": 24, "mask": 23,
                          "point": 1,
@@ -232,9 +240,9 @@ def test_the_ice_reader_returns_every_roi_decoded_and_filtered(manager: Any,
 
 
 def _pipeline(image_name: str = "DNA") -> Any:
-    """Images → NamesAndTypes (every image as DNA) → LoadObjectsFromOMERO ×4 (all
-    shapes; rectangles only; names matching 'cell rect*'; all but rectangles) →
-    MeasureObjectSizeShape (of the last)."""
+    """Images → NamesAndTypes (every image as DNA) → LoadObjectsFromOMERO ×5 (all
+    shapes; rectangles only; names matching 'cell rect*'; all but rectangles; those
+    annotated in 'lab/segmenter') → MeasureObjectSizeShape (of the fourth)."""
     import cellprofiler_core.modules.namesandtypes as nt_module
     from cellprofiler.modules.measureobjectsizeshape import MeasureObjectSizeShape
     from cellprofiler_core.modules.images import Images
@@ -253,13 +261,15 @@ def _pipeline(image_name: str = "DNA") -> Any:
     modules += [images, names]
     for output, kinds, text in (("AllRois", None, ""), ("Rects", "Rectangle", ""),
                                 ("CellRects", None, "cell rect*"),
-                                ("Drawn", "Polygon,Ellipse,Point,Mask", "")):
+                                ("Drawn", "Polygon,Ellipse,Point,Mask", ""),
+                                ("Marked", None, "")):
         load = LoadObjectsFromOMERO()
         load.image_name.value = image_name
         load.objects_name.value = output
         if kinds:
             load.kinds.value = kinds
         load.text_filter.value = text
+        load.namespace.value = "lab/segmenter" if output == "Marked" else ""
         modules.append(load)
     measure = MeasureObjectSizeShape()
     # Only objects that do not overlap: for overlapping objects CellProfiler's
@@ -311,6 +321,9 @@ def test_rois_come_into_a_pipeline_as_objects_of_their_shapes_areas(
         [ids["rectangle"], ids["overlapping"]])
     assert m.get_measurement("CellRects", "OMERO_RoiID", with_rois).tolist() == sorted(
         [ids["rectangle"], ids["overlapping"]])
+
+    assert m.get_measurement("Marked", "OMERO_RoiID", with_rois).tolist() == sorted(
+        [ids["ellipse"], ids["mask"]])
 
     assert m.get_measurement("Image", "Count_AllRois", without) == 0
     assert m.get_measurement("Image", "Count_Rects", without) == 0
