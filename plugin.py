@@ -20,7 +20,7 @@ transport" is a worked example.
 
 from __future__ import annotations
 
-from cellprofiler_omero.core import errors, model, roles
+from cellprofiler_omero.core import errors, model, roles, shapes
 from cellprofiler_omero.core.annotations import (
     ImageAnnotations,
     KeyValue,
@@ -60,6 +60,7 @@ from cellprofiler_omero.core.model import (
     UploadedImage,
 )
 from cellprofiler_omero.core.refs import Kind, ObjectRef
+from cellprofiler_omero.core.roi_reading import RoiFilter
 from cellprofiler_omero.core.roles import (
     AnnotationSink,
     AsyncClosing,
@@ -67,6 +68,7 @@ from cellprofiler_omero.core.roles import (
     Credentials,
     ImageSink,
     PixelSource,
+    RoiSource,
     ServerAddress,
     SessionInfo,
     TableSink,
@@ -107,6 +109,8 @@ __all__ = [
     "PixelSource",
     "PixelType",
     "Region",
+    "RoiFilter",
+    "RoiSource",
     "ServerAddress",
     "ServerError",
     "SessionInfo",
@@ -124,4 +128,5 @@ __all__ = [
     "model",
     "positive",
     "roles",
+    "shapes",
 ]
