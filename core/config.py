@@ -104,9 +104,9 @@ class TransferSettings:
     #: Largest piece fetched or sent in one call, in bytes: a tile of pixels (Ice,
     #: pixel-buffer) or a batch of table rows. Well under any message limit.
     max_chunk_bytes: int = 8 * 1024 * 1024
-    #: SaveImagesToOMERO: uploads that may still be finishing behind the pipeline (their
-    #: pixels held in memory); one more waits for room. 0: each upload completes before
-    #: the pipeline goes on.
+    #: SaveImagesToOMERO: uploads that may wait or run behind the pipeline (each holds
+    #: its pixels in memory); a further save waits for room. 0: each upload completes
+    #: before the pipeline goes on.
     upload_queue: int = 2
 
 

@@ -11,11 +11,25 @@ and OMERO.web URL are recorded as image measurements ``OMERO_ImageID_<name>`` an
 Uploads are exactly once: the key (``core.uploading.content_key``) is derived from the
 name, dataset, sources and pixel content, so a retry — or rerunning the same pipeline
 on the same images — finds the image already made instead of making another.
+
+Uploads go up behind the pipeline: ``run`` finds or creates the image (so its id is
+recorded in the image set's own measurements), then hands the pixels to the process's
+``UploadQueue``, which writes them in order on its own thread while the next image sets
+are processed. At most ``transfer.upload_queue`` uploads wait or run there (a further
+save waits for room; 0 uploads each image before going on). A failed upload is raised
+by the next save in the process, at the end of the group (``post_group``) or of the run
+(``post_run``); an upload still going when the process exits is finished first. If the
+process dies, the image it was writing stays marked incomplete, and running the
+pipeline again sets it aside and makes it anew under the same key.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,7 +52,7 @@ from cellprofiler_core.setting.text import Integer, Text
 from cellprofiler_omero.core import refs, runtime
 from cellprofiler_omero.core.errors import OmeroError
 from cellprofiler_omero.core.model import PhysicalSize
-from cellprofiler_omero.core.uploading import content_key, upload
+from cellprofiler_omero.core.uploading import PendingUpload, begin_upload, content_key, upload
 from cellprofiler_omero.cp_integration import session
 from cellprofiler_omero.cp_integration.targets import parse_target
 
@@ -75,6 +89,132 @@ def convert(pixels: np.ndarray, bit_depth: str) -> np.ndarray:
     if bit_depth == BIT_DEPTH_FLOAT:
         return pixels.astype(np.float32)
     return pixels
+
+
+class UploadFailed(OmeroError):
+    """An upload that went on behind the pipeline failed (raised at a later save, or at
+    the end of the group or run). ``image_number`` is the image set whose image it was,
+    ``name`` the image's name, ``image_id`` the id recorded for it (now an incomplete
+    image), ``cause`` the error (also ``__cause__``), ``more`` how many other uploads
+    failed since."""
+
+    def __init__(self, message: str, *, image_number: int, name: str, image_id: int,
+                 cause: BaseException, more: int = 0, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.image_number = image_number
+        self.name = name
+        self.image_id = image_id
+        self.cause = cause
+        self.more = more
+
+
+class UploadQueue:
+    """Uploads finishing on one thread behind the pipeline, first in, first out.
+
+    ``put`` blocks while ``depth`` uploads are waiting or running (so memory stays
+    bounded: each holds its pixels); failures are kept and raised by the next ``put``
+    or by ``drain``, which also waits for every upload to end.
+    """
+
+    def __init__(self, depth: int) -> None:
+        if depth < 1:
+            raise ValueError("An upload queue holds at least one upload.")
+        self.depth = depth
+        self._room = threading.Semaphore(depth)
+        self._jobs: deque[tuple[Callable[[], Any], int, str, int]] = deque()
+        self._failures: list[UploadFailed] = []
+        self._lock = threading.Condition()
+        self._busy = 0
+        self._thread = threading.Thread(target=self._work, name="omero-upload-queue",
+                                        daemon=True)
+        self._thread.start()
+
+    def put(self, finish: Callable[[], Any], *, image_number: int, name: str,
+            image_id: int) -> None:
+        """Queue ``finish`` (writes one image), waiting for room; first raises an earlier
+        upload's failure."""
+        self.raise_failure()
+        self._room.acquire()
+        with self._lock:
+            self._jobs.append((finish, image_number, name, image_id))
+            self._busy += 1
+            self._lock.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._jobs:
+                    self._lock.wait()
+                finish, image_number, name, image_id = self._jobs.popleft()
+            try:
+                finish()
+            except BaseException as exc:  # kept for the pipeline's thread to raise
+                log.error("saving image %r (image set %s) to OMERO failed: %s", name,
+                          image_number, exc)
+                with self._lock:
+                    self._failures.append(UploadFailed(
+                        f"Saving image {name!r} of image set {image_number} to OMERO "
+                        f"failed: {exc}", image_number=image_number, name=name,
+                        image_id=image_id, cause=exc,
+                        hint=f"Image {image_id} is left marked incomplete; run the "
+                             "pipeline again to make it (it is not duplicated)."))
+            finally:
+                self._room.release()
+                with self._lock:
+                    self._busy -= 1
+                    self._lock.notify_all()
+
+    def pending(self) -> int:
+        """Uploads waiting or running."""
+        with self._lock:
+            return self._busy
+
+    def raise_failure(self) -> None:
+        """Raise the first failure not raised yet (``more`` counts the others)."""
+        with self._lock:
+            if not self._failures:
+                return
+            first, rest = self._failures[0], self._failures[1:]
+            self._failures = []
+        first.more = len(rest)
+        raise first from first.cause
+
+    def drain(self) -> None:
+        """Wait until every queued upload has ended; then raise the first failure."""
+        with self._lock:
+            while self._busy:
+                self._lock.wait()
+        self.raise_failure()
+
+
+_queue: UploadQueue | None = None
+#: OMERO names of source images by URL (names made "From image filename").
+_names: dict[str, str] = {}
+_queue_lock = threading.Lock()
+
+
+def upload_queue(depth: int) -> UploadQueue:
+    """The process's upload queue (made on first use with ``depth``; kept after)."""
+    global _queue
+    with _queue_lock:
+        if _queue is None:
+            _queue = UploadQueue(depth)
+            atexit.register(_finish_at_exit)
+        return _queue
+
+
+def finish_uploads() -> None:
+    """Wait for the uploads still going behind the pipeline; raise the first failure
+    (``UploadFailed``). Nothing to do when none was queued."""
+    if _queue is not None:
+        _queue.drain()
+
+
+def _finish_at_exit() -> None:
+    try:
+        finish_uploads()
+    except UploadFailed as exc:  # nobody is left to raise to: the log says it
+        log.error("%s (and %d more)", exc, exc.more)
 
 
 def source_images(measurements: Any) -> list[tuple[int, str]]:
@@ -232,8 +372,15 @@ class SaveImagesToOMERO(Module):
         self.save(workspace)
 
     def post_group(self, workspace: Any, *args: Any) -> None:
-        if self.when_to_save == WS_LAST_CYCLE and not workspace.pipeline.test_mode:
+        if workspace.pipeline.test_mode:
+            return
+        if self.when_to_save == WS_LAST_CYCLE:
             self.save(workspace)
+        finish_uploads()
+
+    def post_run(self, workspace: Any) -> None:
+        if not workspace.pipeline.test_mode:
+            finish_uploads()
 
     def output_name(self) -> str:
         return self.image_name.value if self.save_what == SAVE_IMAGE \
@@ -256,6 +403,9 @@ class SaveImagesToOMERO(Module):
     def _omero_name(url: Any) -> str | None:
         if not isinstance(url, str) or not refs.is_image_reference(url):
             return None
+        known = _names.get(url)
+        if known is not None:  # one round trip per source image, not per save
+            return known
         ref = refs.parse_image(url)
         mgr = session.manager()
 
@@ -265,9 +415,13 @@ class SaveImagesToOMERO(Module):
             return meta.name
 
         try:
-            return runtime.run(name)
+            found = runtime.run(name)
         except OmeroError:
             return None
+        if len(_names) >= 4096:
+            _names.clear()
+        _names[url] = found
+        return found
 
     def pixels_for(self, workspace: Any) -> tuple[np.ndarray, str, bool, Any]:
         """(array, axes, volumetric, spacing) of what to save."""
@@ -300,12 +454,25 @@ class SaveImagesToOMERO(Module):
         channel_names = [f"{self.output_name()}{'' if size_c == 1 else f'_c{i}'}"
                          for i in range(size_c)]
         mgr = session.manager()
-        result = runtime.run(lambda: upload(
-            mgr, data, name=name, axes=axes, dataset_id=dataset, channel_names=channel_names,
+        arguments: dict[str, Any] = dict(
+            name=name, axes=axes, dataset_id=dataset, channel_names=channel_names,
             description=f"Saved by CellProfiler module {self.module_num} "
                         f"({self.module_name}) from {self.output_name()}",
             physical_size=PhysicalSize(), source_image_ids=[i for i, _ in sources],
-            source_urls=[u for _, u in sources], client_key=key))
+            source_urls=[u for _, u in sources], client_key=key)
+        depth = mgr.settings.transfer.upload_queue
+        if depth == 0:
+            finish_uploads()  # the setting may have changed within the process
+            result = runtime.run(lambda: upload(mgr, data, **arguments))
+        else:
+            queue = upload_queue(depth)
+            queue.raise_failure()  # an earlier image's failure, before making this one
+            pending: PendingUpload = runtime.run(lambda: begin_upload(mgr, data, **arguments))
+            result = pending.image
+            if not pending.done:
+                queue.put(lambda: runtime.run(pending.finish),
+                          image_number=int(workspace.measurements["Image", "ImageNumber"]),
+                          name=name, image_id=result.id)
         session.after_connect(mgr)
         info = mgr.info
         host = info.server.host if info else ""

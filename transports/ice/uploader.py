@@ -467,6 +467,8 @@ class IceImageSink(AsyncClosing):
         send, receive = anyio.create_memory_object_stream[Any](len(stores))
         for store in stores:
             send.send_nowait(store)
+        written = dict.fromkeys(range(len(stores)), 0)  # pieces per store, for the log
+        index = {id(store): n for n, store in enumerate(stores)}
 
         async def piece(tt: int, zz: int, cc: int, row: int, rows: int) -> None:
             store = await receive.receive()
@@ -481,6 +483,7 @@ class IceImageSink(AsyncClosing):
                                       row, x, rows, ctx)
 
                 await self.conn.call(put, what=what)
+                written[index[id(store)]] += 1
             finally:
                 # A failed store is still given back: the failure ends the whole attempt.
                 send.send_nowait(store)
@@ -498,6 +501,9 @@ class IceImageSink(AsyncClosing):
         finally:
             send.close()
             receive.close()
+        pieces = [written[n] for n in range(len(stores))]
+        log.debug("%s: %d pieces through %d stores (%s)", what, sum(pieces), len(stores),
+                  pieces, extra={"pieces_per_store": pieces})
 
     # -- completing -------------------------------------------------------------------------
 
