@@ -3,12 +3,13 @@
 ``save_rois`` checks the target image once (it exists, the user may annotate it, every
 shape lies inside it), then sends the ROIs in batches: as many ROIs per call as fit
 ``transfer.max_chunk_bytes`` (and at most ``rois_per_call``), a few batches at once.
-Each batch goes through ``SessionManager.call``, so a dropped connection or a lapsed
-session retries that batch; the transport's ``RoiSink.save`` first asks the server
-which of the batch's keys the image already holds and sends only the rest, so a retry
-whose first reply was lost, a rerun, or another analysis worker never makes a ROI
-twice. Nothing is sent before every shape has been checked: a label image larger than
-its image is refused whole, not half-written.
+The keys the image already holds are read once, with the image (``RoiSink.target``),
+and those ROIs are not sent again (a rerun, another analysis worker). Each batch goes
+through ``SessionManager.call``, so a dropped connection or a lapsed session retries
+that batch, and a retried batch first asks the server which of its keys the image
+holds now (``RoiSink.save(check=True)``) and sends only the rest: a retry whose first
+reply was lost never makes a ROI twice. Nothing is sent before every shape has been
+checked: a label image larger than its image is refused whole, not half-written.
 """
 
 from __future__ import annotations
@@ -141,20 +142,22 @@ async def save_rois(manager: SessionManager, rois: Sequence[NewRoi], *,
 
     Raises ``NotFound`` (an image does not exist or is not visible),
     ``PermissionDenied`` (the user may not annotate it) or ``LabelsLargerThanImage``
-    before any ROI of that image is sent. Fires ``omero_rois_saved`` once per image.
+    before any ROI is sent. Fires ``omero_rois_saved`` once per image.
+
+    Server calls: one look-up per image (``RoiSink.target``: the image and the keys of
+    the ROIs it holds), then one call per batch; a retried batch first asks again which
+    of its keys the image holds.
     """
     by_image: dict[int, list[int]] = {}
     for index, roi in enumerate(rois):
         by_image.setdefault(roi.image_id, []).append(index)
     saved: list[SavedRoi | None] = [None] * len(rois)
-    attempts = 0
-    batches_sent = 0
+    counts = {"attempts": 0, "batches": 0}
     max_bytes = manager.settings.transfer.max_chunk_bytes
 
     async def target_of(image_id: int) -> RoiTarget:
         async def op(conn: Connection) -> RoiTarget:
-            nonlocal attempts
-            attempts += 1
+            counts["attempts"] += 1
             async with contextlib.aclosing(
                     await manager.registry.open_roi_writer(conn)) as sink:
                 return await sink.target(image_id)
@@ -162,50 +165,73 @@ async def save_rois(manager: SessionManager, rois: Sequence[NewRoi], *,
         return await manager.call(op, what=f"checking image {image_id} for ROIs")
 
     # Every image is checked before any ROI is sent: nothing is half-written.
+    targets: dict[int, RoiTarget] = {}
     for image_id, indices in by_image.items():
-        check_inside([rois[i] for i in indices], await target_of(image_id))
+        targets[image_id] = await target_of(image_id)
+        check_inside([rois[i] for i in indices], targets[image_id])
+
+    async def send(batch: list[tuple[int, NewRoi]], limiter: anyio.CapacityLimiter) -> None:
+        tries = 0
+
+        async def op(conn: Connection) -> list[SavedRoi]:
+            nonlocal tries
+            tries += 1
+            counts["attempts"] += 1
+            async with contextlib.aclosing(
+                    await manager.registry.open_roi_writer(conn)) as sink:
+                # The first attempt's keys were just looked up; a retry looks again,
+                # since the failed attempt may have saved before its reply was lost.
+                return await sink.save([roi for _, roi in batch], check=tries > 1)
+
+        image_id = batch[0][1].image_id
+        async with limiter:
+            result = await manager.call(
+                op, what=f"saving {len(batch)} ROIs on image {image_id}")
+        if len(result) != len(batch):
+            raise UnsupportedData(
+                f"The ROI writer returned {len(result)} ROIs for a batch of {len(batch)}.")
+        counts["batches"] += 1
+        for (index, _), item in zip(batch, result, strict=True):
+            saved[index] = item
 
     for image_id, indices in by_image.items():
-        batches = plan_batches([rois[i] for i in indices], max_bytes, rois_per_call)
-        starts = [0]
-        for batch in batches[:-1]:
-            starts.append(starts[-1] + len(batch))
+        existing = targets[image_id].existing
+        first_of_key: dict[str, int] = {}
+        todo: list[tuple[int, NewRoi]] = []
+        for index in indices:
+            roi = rois[index]
+            if roi.key is not None and roi.key in existing:
+                saved[index] = SavedRoi(existing[roi.key], image_id, roi.key, reused=True)
+            elif roi.key is not None and roi.key in first_of_key:
+                continue  # the same key twice: filled in from the first below
+            else:
+                if roi.key is not None:
+                    first_of_key[roi.key] = index
+                todo.append((index, roi))
+        planned = plan_batches([roi for _, roi in todo], max_bytes, rois_per_call)
+        batches, start = [], 0
+        for part in planned:
+            batches.append(todo[start:start + len(part)])
+            start += len(part)
         limiter = anyio.CapacityLimiter(max(1, concurrency))
-
-        async def send(batch: list[NewRoi], start: int, image_id: int = image_id,
-                       indices: list[int] = indices,
-                       limiter: anyio.CapacityLimiter = limiter) -> None:
-            nonlocal attempts, batches_sent
-
-            async def op(conn: Connection) -> list[SavedRoi]:
-                nonlocal attempts
-                attempts += 1
-                async with contextlib.aclosing(
-                        await manager.registry.open_roi_writer(conn)) as sink:
-                    return await sink.save(batch)
-
-            async with limiter:
-                result = await manager.call(
-                    op, what=f"saving {len(batch)} ROIs on image {image_id}")
-            if len(result) != len(batch):
-                raise UnsupportedData(
-                    f"The ROI writer returned {len(result)} ROIs for a batch of "
-                    f"{len(batch)}.")
-            batches_sent += 1
-            for offset, item in enumerate(result):
-                saved[indices[start + offset]] = item
-
         async with task_group() as tg:
-            for batch, start in zip(batches, starts, strict=True):
-                tg.start_soon(send, batch, start)
-        done = [saved[i] for i in indices]
+            for batch in batches:
+                tg.start_soon(send, batch, limiter)
+        for index in indices:
+            key = rois[index].key
+            if saved[index] is None and key is not None:
+                first = saved[first_of_key[key]]
+                assert first is not None
+                saved[index] = SavedRoi(first.id, image_id, key, reused=True)
+        done = [r for r in (saved[i] for i in indices) if r is not None]
         info = manager.info
         if info is not None:
-            manager.registry.hook.omero_rois_saved(
-                session=info, image_id=image_id, rois=[r for r in done if r is not None])
-        added = sum(1 for r in done if r is not None and not r.reused)
+            manager.registry.hook.omero_rois_saved(session=info, image_id=image_id,
+                                                   rois=done)
+        added = sum(1 for r in done if not r.reused)
         log.info("image %s: %d ROIs saved, %d found from an earlier attempt", image_id,
                  added, len(done) - added)
     complete = tuple(r for r in saved if r is not None)
-    assert len(complete) == len(rois)
-    return RoiSaveResult(complete, batches_sent, attempts)
+    if len(complete) != len(rois):
+        raise UnsupportedData(f"{len(rois) - len(complete)} ROIs were not saved.")
+    return RoiSaveResult(complete, counts["batches"], counts["attempts"])

@@ -99,12 +99,12 @@ class Connection(Protocol):
     async def image_meta(self, image_id: int) -> ImageMeta:
         """Sizes, pixel type, channels, levels and plate position of one image."""
 
-    async def images_in(self, ref: ObjectRef) -> list[ObjectRef]:
     async def image_metas(self, image_ids: Sequence[int]) -> dict[int, ImageMeta]:
         """``image_meta`` of many images by id, in a few round trips (a reader caches
         them when CellProfiler builds its image sets). Images that do not exist or that
         the user may not read are left out: ``image_meta`` says why for one of them."""
 
+    async def images_in(self, ref: ObjectRef) -> list[ObjectRef]:
         """The images a container holds, in a stable order (an image gives itself)."""
 
     async def children(self, ref: ObjectRef | None, offset: int, limit: int) -> Page:
@@ -195,7 +195,8 @@ class TableSink(Protocol):
 
 @dataclass(frozen=True)
 class RoiTarget:
-    """An image ROIs may be added to: its sizes (to check shapes against) and its group."""
+    """An image ROIs may be added to: its sizes (to check shapes against), its group, and
+    the keyed ROIs it holds already (``existing``: key → ROI id)."""
 
     image_id: int
     size_x: int
@@ -203,6 +204,7 @@ class RoiTarget:
     size_z: int
     size_t: int
     group_id: int
+    existing: Mapping[str, int] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -213,16 +215,20 @@ class RoiSink(Protocol):
     def transport(self) -> str: ...
 
     async def target(self, image_id: int) -> RoiTarget:
-        """The image ROIs are to be saved on; ``NotFound`` when it does not exist or the
-        user cannot see it, ``PermissionDenied`` when the user may not annotate it."""
+        """The image ROIs are to be saved on, with the keys of the ROIs it holds (one
+        look-up per image and save); ``NotFound`` when it does not exist or the user
+        cannot see it, ``PermissionDenied`` when the user may not annotate it."""
 
-    async def save(self, rois: Sequence[NewRoi]) -> list[SavedRoi]:
+    async def save(self, rois: Sequence[NewRoi], *, check: bool = True) -> list[SavedRoi]:
         """Save one batch of ROIs, all on one image, in as few calls as the transport can
         (the caller keeps a batch under ``transfer.max_chunk_bytes``).
 
-        Exactly once: a ROI whose ``key`` the server already holds on that image (an
-        earlier attempt's, a rerun's, another worker's) is not made again; its id is
-        returned with ``reused=True``. Ids come back in the order of ``rois``.
+        Exactly once: with ``check``, a ROI whose ``key`` the server already holds on
+        that image (an earlier attempt's, a rerun's, another worker's) is not made again;
+        its id is returned with ``reused=True``. The caller passes ``check=False`` only
+        for a batch's first attempt whose keys it has just looked up (``target``); a
+        retry always checks, since the failed attempt may have saved. Ids come back in
+        the order of ``rois``.
         """
 
     async def aclose(self) -> None: ...

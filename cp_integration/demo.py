@@ -5,13 +5,15 @@
 3. writes the pipeline and a file list of OMERO.web image links;
 4. runs CellProfiler headless (``python -m cellprofiler -c -r …``) with this
    package's plugins: read from OMERO → find nuclei → measure → save the nuclei
-   label images to OMERO → export the measurements as OMERO.tables;
+   label images to OMERO → save the nuclei as ROIs on their source images → export
+   the measurements as OMERO.tables (with a Roi column);
 5. prints what happened: image sets, objects (and the ground truth), images
-   uploaded, table rows, where to find them, and how long each phase took.
+   uploaded, ROIs saved, table rows, where to find them, and how long each phase took.
 
 The counts come from the observer hooks (``omero_image_uploaded``,
-``omero_table_written``), which the CellProfiler processes record in an events file
-(``cp_integration.events``); CellProfiler's log is kept for people, never parsed.
+``omero_table_written``, ``omero_rois_saved``), which the CellProfiler processes
+record in an events file (``cp_integration.events``); CellProfiler's log is kept for
+people, never parsed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from cellprofiler_omero.cp_integration import plugins_dir
 from cellprofiler_omero.cp_integration.events import (
     EVENTS_ENV,
     ImageEvent,
+    RoiEvent,
     TableEvent,
     read_events,
 )
@@ -63,6 +66,8 @@ class DemoReport:
     ground_truth: int = 0
     uploaded: list[tuple[int, str]] = field(default_factory=list)
     tables: list[tuple[str, int, int]] = field(default_factory=list)
+    #: ROIs on each source image (image id → ROIs), from ``omero_rois_saved``.
+    rois: dict[int, int] = field(default_factory=dict)
     phases: list[tuple[str, float]] = field(default_factory=list)
     exit_code: int = 0
     kept_running: bool = False
@@ -77,6 +82,8 @@ class DemoReport:
             f"{self.ground_truth})",
             f"  images uploaded      : {len(self.uploaded)} label images into Dataset "
             f"{self.dataset_id}",
+            f"  ROIs saved           : {sum(self.rois.values())} nuclei as Mask ROIs on "
+            f"{len(self.rois)} source images (one per nucleus; open them in OMERO.iviewer)",
         ]
         for name, file_id, rows in self.tables:
             lines.append(f"  table rows written   : {rows:6d} in {name} (OriginalFile {file_id})")
@@ -138,7 +145,7 @@ def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
             urls, truth = _file_list(manager, report.dataset_id)
             report.ground_truth = truth
             pipeline = report.output_dir / "demo.cppipe"
-            pipeline.write_text(nuclei_pipeline(report.dataset_id))
+            pipeline.write_text(nuclei_pipeline(report.dataset_id, save_rois=True))
             file_list = report.output_dir / "files.txt"
             file_list.write_text("\n".join(urls) + "\n")
         with _phase(report, "run CellProfiler headless", say):
@@ -203,6 +210,7 @@ def run_cellprofiler(pipeline: Path, file_list: Path, output: Path, env: dict[st
                disable=not (sys.stderr.isatty() if progress is None else progress))
     images: dict[int, ImageEvent] = {}
     tables: dict[int, TableEvent] = {}
+    rois: dict[int, RoiEvent] = {}
     offset = 0
 
     def take_events() -> None:
@@ -213,6 +221,8 @@ def run_cellprofiler(pipeline: Path, file_list: Path, output: Path, env: dict[st
                 if event.image_id not in images:
                     bar.update(1)
                 images[event.image_id] = event
+            elif isinstance(event, RoiEvent):
+                rois[event.image_id] = event
             else:
                 latest = tables.get(event.file_id)
                 if latest is None or event.rows >= latest.rows:
@@ -233,6 +243,7 @@ def run_cellprofiler(pipeline: Path, file_list: Path, output: Path, env: dict[st
     bar.close()
     report.uploaded = [(event.image_id, event.name) for event in images.values()]
     report.tables = [(event.name, file_id, event.rows) for file_id, event in tables.items()]
+    report.rois = {image_id: event.rois for image_id, event in rois.items()}
     report.image_sets = _rows_of(report.tables, "Image") or len(images)
     report.objects = _rows_of(report.tables, "Nuclei")
     return code

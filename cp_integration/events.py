@@ -3,10 +3,11 @@
 When ``CELLPROFILER_OMERO_EVENTS_FILE`` names a file, every process of the run (the
 CellProfiler process and its analysis workers, which inherit the environment)
 appends one JSON object per line to it from the observer hooks: an
-``image_uploaded`` event per image saved (``omero_image_uploaded``) and a
-``table_written`` event per batch of rows added (``omero_table_written``). The demo
-counts its images and rows from this file, and a cluster job can too; nothing needs
-to read CellProfiler's log.
+``image_uploaded`` event per image saved (``omero_image_uploaded``), a
+``table_written`` event per batch of rows added (``omero_table_written``) and a
+``rois_saved`` event per image that received ROIs (``omero_rois_saved``). The demo
+counts its images, rows and ROIs from this file, and a cluster job can too; nothing
+needs to read CellProfiler's log.
 
 Each line is written with one ``write`` to a file opened for appending, so lines from
 several processes do not interleave.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from cellprofiler_omero.core.hookspecs import hookimpl
 from cellprofiler_omero.core.model import NewImage, TableInfo, UploadedImage
 from cellprofiler_omero.core.roles import SessionInfo
+from cellprofiler_omero.core.shapes import SavedRoi
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,16 @@ class TableEvent:
     name: str
     rows_added: int
     rows: int
+
+
+@dataclass(frozen=True)
+class RoiEvent:
+    """ROIs saved on an image: ``rois`` in all, ``added`` of them made now (the others
+    were found, made by an earlier attempt or run)."""
+
+    image_id: int
+    rois: int
+    added: int
 
 
 class EventLog:
@@ -82,13 +94,21 @@ class EventLog:
                       "name": table.name, "rows_added": rows_added, "rows": table.rows})
 
 
+    @hookimpl
+    def omero_rois_saved(self, session: SessionInfo, image_id: int,
+                         rois: Sequence[SavedRoi]) -> None:
+        self._append({"event": "rois_saved", "image_id": image_id, "rois": len(rois),
+                      "added": sum(1 for roi in rois if not roi.reused)})
+
+
 def event_log_from_environment() -> EventLog | None:
     """The ``EventLog`` for ``$CELLPROFILER_OMERO_EVENTS_FILE``, or ``None`` when unset."""
     path = os.environ.get(EVENTS_ENV)
     return EventLog(Path(path)) if path else None
 
 
-def read_events(path: Path, offset: int = 0) -> tuple[list[ImageEvent | TableEvent], int]:
+def read_events(path: Path, offset: int = 0
+                ) -> tuple[list[ImageEvent | TableEvent | RoiEvent], int]:
     """The events in ``path`` from byte ``offset`` on, and the offset after the last
     complete line (pass it back to read only what was added since)."""
     try:
@@ -101,7 +121,7 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[ImageEvent | TableEve
     return list(_parse(complete.decode("utf-8").splitlines())), offset + len(complete)
 
 
-def _parse(lines: list[str]) -> Iterator[ImageEvent | TableEvent]:
+def _parse(lines: list[str]) -> Iterator[ImageEvent | TableEvent | RoiEvent]:
     for line in lines:
         record = json.loads(line)
         if record.get("event") == "image_uploaded":
@@ -110,3 +130,6 @@ def _parse(lines: list[str]) -> Iterator[ImageEvent | TableEvent]:
         elif record.get("event") == "table_written":
             yield TableEvent(int(record["file_id"]), str(record["name"]),
                              int(record["rows_added"]), int(record["rows"]))
+        elif record.get("event") == "rois_saved":
+            yield RoiEvent(int(record["image_id"]), int(record["rois"]),
+                           int(record["added"]))

@@ -19,8 +19,12 @@ the run; CellProfiler's analysis workers append after each image set. Appends
 are keyed by ImageNumber (and ObjectNumber), so retries, restarts and several
 workers never duplicate or lose a row. Test mode writes nothing.
 
+Objects saved as ROIs by SaveObjectsToOMERO (their ``OMERO_RoiId`` measurement) get
+a ``Roi`` column (``omero.grid.RoiColumn``) beside the Image column, so OMERO.web goes
+from a row to its outline.
+
 Columns come in a fixed order, the same on every run: the key columns
-(ImageNumber, ObjectNumber, Image), then the measurements sorted by name, then (in
+(ImageNumber, ObjectNumber, Image[, Roi]), then the measurements sorted by name, then (in
 the Image table) the per-image aggregates sorted by object, measurement and
 aggregate. CellProfiler's own column order can change from process to process.
 
@@ -85,6 +89,7 @@ from cellprofiler_omero.core.tables import (
 )
 from cellprofiler_omero.cp_integration import session
 from cellprofiler_omero.cp_integration.save_images import _tell, source_images
+from cellprofiler_omero.cp_integration.save_objects import ROI_ID_FEATURE
 from cellprofiler_omero.cp_integration.targets import PARENT_KINDS, parse_target
 
 log = logging.getLogger(__name__)
@@ -93,6 +98,9 @@ IMAGE = "Image"
 RELATIONSHIPS = "Relationships"
 AGGREGATES = ("Mean", "Median", "StDev")
 FEATURE_PREFIX = "OMERO_TableFile_"
+#: The ``omero.grid.RoiColumn`` SaveObjectsToOMERO's per-object ``ROI_ID_FEATURE``
+#: (each object's ROI id) becomes in the object's table, beside the Image column.
+ROI_COLUMN = "Roi"
 #: Version of the run key's definition: bump it when ``run_key_parts`` changes.
 RUN_KEY_VERSION = "cellprofiler-omero run key 1"
 #: The Image measurement categories that say where an image set's images come from.
@@ -164,7 +172,7 @@ def plan_tables(columns: list[tuple[Any, ...]], prefix: str, string_size: int,
     aggregates = []
     for obj, features in sorted(by_object.items()):
         for feature, coltype in features:
-            if not coltype.startswith("varchar"):
+            if not coltype.startswith("varchar") and feature != ROI_ID_FEATURE:
                 aggregates += [(f"{agg}_{obj}_{feature}", obj, feature) for agg in AGGREGATES]
     image_keys = [ColumnSpec("ImageNumber", ColumnKind.LONG), ColumnSpec(IMAGE, ColumnKind.IMAGE)]
     image_columns = [spec(f, c) for f, c in image_features]
@@ -179,6 +187,11 @@ def plan_tables(columns: list[tuple[Any, ...]], prefix: str, string_size: int,
     for obj, features in sorted(by_object.items()):
         keys = [ColumnSpec("ImageNumber", ColumnKind.LONG),
                 ColumnSpec("ObjectNumber", ColumnKind.LONG), ColumnSpec(IMAGE, ColumnKind.IMAGE)]
+        if any(feature == ROI_ID_FEATURE for feature, _ in features):
+            # Objects saved as ROIs: a RoiColumn beside the Image column (in every part),
+            # so OMERO.web's tools go from a row to its outline.
+            keys.append(ColumnSpec(ROI_COLUMN, ColumnKind.ROI))
+            features = [(f, c) for f, c in features if f != ROI_ID_FEATURE]
         for label, cols in _split(prefix, obj, keys, [spec(f, c) for f, c in features],
                                   max_columns):
             names = {c.name for c in cols}
@@ -484,8 +497,18 @@ then gets tables of its own), or delete the old tables in OMERO before rerunning
             values = [] if values is None else list(np.asarray(values).ravel())
             data[feature] = values
             n = max(n, len(values))
+        roi_ids: list[Any] = []
+        if ROI_COLUMN in kinds and m.has_feature(plan.object_name, ROI_ID_FEATURE):
+            found = m.get_current_measurement(plan.object_name, ROI_ID_FEATURE)
+            roi_ids = [] if found is None else list(np.asarray(found).ravel())
+            n = max(n, len(roi_ids))
         rows = {"ImageNumber": [image_number] * n, "ObjectNumber": list(range(1, n + 1)),
                 IMAGE: [image_id] * n}
+        if ROI_COLUMN in kinds:
+            # 0 where an object has no ROI (as the Image column's 0: not from OMERO).
+            rows[ROI_COLUMN] = [int(_number(roi_ids[i])) if i < len(roi_ids)
+                                and math.isfinite(_number(roi_ids[i])) else 0
+                                for i in range(n)]
         for feature in plan.features:
             values = data[feature]
             rows[feature] = [self._cell(kinds[feature], values[i] if i < len(values) else None)

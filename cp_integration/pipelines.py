@@ -19,10 +19,11 @@ def _module(cls: Any, number: int, pipeline: Any) -> Any:
 
 def nuclei_pipeline(dataset_id: int | None, *, save_labels: bool = True,
                     export_tables: bool = True, table_parent: tuple[str, int] | None = None,
-                    table_prefix: str = "CellProfiler") -> str:
+                    table_prefix: str = "CellProfiler", save_rois: bool = False) -> str:
     """Images (OMERO URLs, planes extracted) → NamesAndTypes (C0 = DNA, C1 = Cyto) →
     IdentifyPrimaryObjects (Nuclei) → MeasureObjectSizeShape → MeasureObjectIntensity
-    → SaveImagesToOMERO (nuclei labels) → ExportToOMEROTable; returns ``.cppipe`` text.
+    → SaveImagesToOMERO (nuclei labels) → [SaveObjectsToOMERO (nuclei as Mask ROIs on
+    their source images, ``save_rois``)] → ExportToOMEROTable; returns ``.cppipe`` text.
     """
     import logging
 
@@ -84,6 +85,13 @@ def nuclei_pipeline(dataset_id: int | None, *, save_labels: bool = True,
         save.name_suffix.value = "_nuclei"
         save.wants_dataset.value = dataset_id is not None
         save.dataset.value = str(dataset_id or "")
+    if save_rois:
+        from cellprofiler_omero.cp_integration.save_objects import SaveObjectsToOMERO
+
+        rois = _module(SaveObjectsToOMERO, number, pipeline)
+        number += 1
+        rois.objects_name.value = "Nuclei"
+        rois.image_name.value = "DNA"
     if export_tables:
         export = _module(ExportToOMEROTable, number, pipeline)
         kind, parent = table_parent or ("Dataset", dataset_id or 0)

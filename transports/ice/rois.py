@@ -1,17 +1,21 @@
 """Saving ROIs over Ice: many ROIs per ``IUpdate`` call, exactly once per key.
 
 A keyed ROI carries its key in its description (``[cellprofiler-omero roi <key>]``,
-after any description of its own). Before a batch is sent, one query asks which of
-the batch's keys the image already holds (the ROIs on the image with the batch's
-names, their descriptions read for the marker); only the others go, in one
-``IUpdate.saveAndReturnIds`` call (the ids of the whole graph's roots, in order: the
-shapes' bytes are not sent back as ``saveAndReturnArray`` would). So a batch retried
-after its reply was lost, a rerun, or another worker saving the same objects finds
-the ROIs already made.
+after any description of its own). ``target`` reads the image (its permissions and
+sizes) and, in one query, the ids and descriptions of the ROIs it holds: the keys
+found there are not sent again. ``save`` sends a batch in one
+``IUpdate.saveAndReturnIds`` call (the ids of the roots, in order: the shapes' bytes
+are not sent back as ``saveAndReturnArray`` would); with ``check`` (every retry) it
+first asks which of the batch's keys the image holds now (the image's ROIs with the
+batch's names) and sends only the others. So a batch retried after its reply was
+lost, a rerun, or another worker saving the same objects finds the ROIs already made.
 
 Model classes and fields are OMERO's (ome/omero-model ``Roi``, ``Mask``, ``Polygon``,
 ``Rectangle``, ``Ellipse``, ``Point``): a Mask's ``bytes`` are the bit-packed box,
-coordinates are doubles, ``theZ``/``theT``/``theC`` ints, colours signed RGBA ints.
+coordinates are doubles, ``theZ``/``theT``/``theC`` ints, colours signed RGBA ints. A
+ROI needs the ANNOTATE right on its image (omero-server ``OmeroInterceptor``), which
+``target`` checks first (``canAnnotate``) so nothing is sent to an image that would
+refuse it.
 """
 
 from __future__ import annotations
@@ -164,23 +168,39 @@ class IceRoiSink(AsyncClosing):
                            "saved on it.")
         size_x, size_y, size_z, size_t, group_id = (int(unwrap(v)) for v in rows[0])
         _GROUPS.setdefault(self.conn, {})[image_id] = group_id
-        return RoiTarget(image_id, size_x, size_y, size_z, size_t, group_id)
+        # Every ROI of the image (not a LIKE on the marker: the image's ROIs are found by
+        # their image, and reading the descriptions is cheaper than matching them).
+        found: dict[str, int] = {}
+        for row in query.projection("select r.id, r.description from Roi r "
+                                    "where r.image.id = :id order by r.id",
+                                    params(id=image_id), ALL_GROUPS):
+            for key in _MARKER.findall(unwrap(row[1]) or ""):
+                found.setdefault(key, int(unwrap(row[0])))  # the first made, if two exist
+        return RoiTarget(image_id, size_x, size_y, size_z, size_t, group_id, found)
 
     def _group(self, image_id: int) -> int:
         known = _GROUPS.get(self.conn, {}).get(image_id)
         if known is not None:
             return known
-        return self._target(image_id).group_id
+        rows = self.conn.sf.getQueryService().projection(
+            "select i.details.group.id from Image i where i.id = :id", params(id=image_id),
+            ALL_GROUPS)
+        if not rows:
+            raise NotFound(f"Image {image_id} does not exist on {self.conn.info.server.host}"
+                           f", or {self.conn.info.user} may not read it.")
+        group_id = int(unwrap(rows[0][0]))
+        _GROUPS.setdefault(self.conn, {})[image_id] = group_id
+        return group_id
 
     # -- saving ---------------------------------------------------------------------------------
 
-    async def save(self, rois: Sequence[NewRoi]) -> list[SavedRoi]:
+    async def save(self, rois: Sequence[NewRoi], *, check: bool = True) -> list[SavedRoi]:
         if not rois:
             return []
         image_id = rois[0].image_id
         if any(roi.image_id != image_id for roi in rois):
             raise ValueError("A batch of ROIs lies on one image; split it by image first.")
-        return await self.conn.call(self._save, list(rois), image_id,
+        return await self.conn.call(self._save, list(rois), image_id, check,
                                     what=f"saving {len(rois)} ROIs on image {image_id}")
 
     def _existing(self, rois: list[NewRoi], image_id: int) -> dict[str, int]:
@@ -203,9 +223,9 @@ class IceRoiSink(AsyncClosing):
                     found.setdefault(key, roi_id)  # the first made, should two exist
         return found
 
-    def _save(self, rois: list[NewRoi], image_id: int) -> list[SavedRoi]:
+    def _save(self, rois: list[NewRoi], image_id: int, check: bool) -> list[SavedRoi]:
         ctx = {"omero.group": str(self._group(image_id))}
-        existing = self._existing(rois, image_id)
+        existing = self._existing(rois, image_id) if check else {}
         # One ROI per key, also within the batch.
         send: list[NewRoi] = []
         queued: set[str] = set()
