@@ -2,7 +2,8 @@
 
 Both make a new image from the same uint16 array in every pass (a pass is one whole
 upload, from array in memory to image complete on the server), for a 2D multichannel
-image and a Z-stack.
+image and a Z-stack. The two are timed round-robin (``measure_interleaved``), so both
+share whatever else the machine does, and each pass's round trips are recorded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from cellprofiler_omero.benchmarks.report import ratio
 from cellprofiler_omero.benchmarks.target import Target
-from cellprofiler_omero.benchmarks.timing import Pass, measure
+from cellprofiler_omero.benchmarks.timing import Pass, measure_interleaved
 from cellprofiler_omero.core import runtime
 from cellprofiler_omero.core.uploading import upload
 
@@ -83,10 +84,11 @@ def run(target: Target, workload: UploadWorkload) -> dict[str, Any]:
     cases: dict[str, Any] = {}
     for case in workload.cases:
         pixels = rng.integers(0, 2**16, case.shape, dtype=np.uint16)
-        blitz = measure(functools.partial(blitz_path, target, pixels),
-                        repetitions=workload.repetitions, warmup=workload.warmup)
-        ours = measure(functools.partial(ours_path, target, pixels),
-                       repetitions=workload.repetitions, warmup=workload.warmup)
+        timed = measure_interleaved(
+            {"blitz": functools.partial(blitz_path, target, pixels),
+             "ours": functools.partial(ours_path, target, pixels)},
+            repetitions=workload.repetitions, warmup=workload.warmup)
+        blitz, ours = timed["blitz"], timed["ours"]
         cases[f"z{case.z}_c{case.c}_{case.size}"] = {
             "label": case.label, "shape_zcyx": list(case.shape), "bytes": pixels.nbytes,
             "blitz": blitz, "ours": ours,
