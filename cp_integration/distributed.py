@@ -347,6 +347,11 @@ def _run_batch(plugin: CellProfilerOmeroRun, image_numbers: list[int], grouped: 
                 done.append(n)
         if grouped and last_workspace is not None:
             pipeline.post_group(last_workspace, m.get_grouping_keys())
+        # Images saved behind the pipeline are complete before the batch counts as done
+        # (a failed one fails the batch, which Dask runs again: uploads are keyed).
+        from cellprofiler_omero.cp_integration.save_images import finish_uploads
+
+        finish_uploads()
         contents = m.file_contents()
     finally:
         pipeline.remove_listener(on_event)
