@@ -232,17 +232,18 @@ def servant(skeleton: type) -> Callable[[type], type]:
     return decorate
 
 
-@functools.cache
-def _interface_of(cls: type) -> str:
-    static_id = getattr(cls, "ice_staticId", None)
-    if static_id is None:
-        return cls.__name__
-    return str(static_id()).rsplit("::", 1)[-1]
+_interfaces: dict[type, str] = {}
 
 
 def interface_name(servant_obj: Any) -> str:
     """The Slice interface a servant implements, unqualified (``"RawPixelsStore"``)."""
-    return _interface_of(type(servant_obj))
+    cls = type(servant_obj)
+    name = _interfaces.get(cls)
+    if name is None:
+        static_id = getattr(cls, "ice_staticId", None)
+        name = cls.__name__ if static_id is None else str(static_id()).rsplit("::", 1)[-1]
+        _interfaces[cls] = name
+    return name
 
 
 def arrive(ctx: Context, interface: str, op: str, session: str | None) -> None:

@@ -299,6 +299,13 @@ def test_quick_run_measures_every_path(tmp_path: Path,
     read = sections["read"]
     for path in ("common", "bare", "ice", "pixelbuffer"):
         assert _numbers(read["paths"][path]), path
+        # Each timed pass counted its round trips (the emulator's counter), shown in the table.
+        assert read["paths"][path]["round_trips_per_pass"] > 0, path
+    assert "RawPixelsStore.getPlane" in read["paths"]["common"]["round_trips"]
+    assert "HTTP GET /tile" in read["paths"]["pixelbuffer"]["round_trips"]
+    assert "round trips of one common pass: " in out and " calls" in out
+    assert results["meta"]["networks"] == [{"name": "loopback", "latency_ms": 0.0,
+                                            "bandwidth_mbit": 0.0}]
     assert read["transports_used"] == {"ice": ["ice"], "pixelbuffer": ["pixelbuffer"]}
     for key in ("ice_vs_common", "pixelbuffer_vs_common", "pixelbuffer_vs_ice",
                 "ice_overhead_vs_bare_pct"):
