@@ -13,7 +13,7 @@
   ``:root:`` the way CellProfiler's own file-list calls already are.
 
 * NamesAndTypes tells the OMERO reader about image sets (``reader.prefetch_file_list``
-  after ``prepare_run``, ``reader.announce_image_set`` after ``run``), so the reader
+  after ``prepare_run``, ``reader.announce_image_set`` before ``run``), so the reader
   fetches metadata in batches and reads the next image set ahead. Only OMERO images
   are affected; these calls never raise.
 
@@ -46,9 +46,6 @@ def install() -> None:
     _patch_is_image()
     _patch_add_urls()
     _patch_stemless_metadata()
-    from cellprofiler_omero.cp_integration import metadata
-
-    metadata.install()  # OMERO annotations as a Metadata module extraction method
     _patch_names_and_types()
     from cellprofiler_omero.cp_integration import metadata
 
@@ -100,9 +97,9 @@ def _patch_names_and_types() -> None:
 
     @functools.wraps(run_original)
     def run(self: Any, workspace: Any) -> Any:
-        result = run_original(self, workspace)
+        # First: NamesAndTypes' own run may already read the image set's planes.
         reader.announce_image_set(self, workspace)
-        return result
+        return run_original(self, workspace)
 
     run._cellprofiler_omero = True  # type: ignore[attr-defined]
     NamesAndTypes.run = run

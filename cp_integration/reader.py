@@ -123,8 +123,15 @@ class _Shared:
     def acquire(self, ref: ObjectRef) -> ImageReader:
         with self.lock:
             reader, count = self.images.get(ref, (None, 0))
+            manager = session.manager()
+            if reader is not None and reader.manager is not manager:
+                # Still open under a manager that was replaced (a reader CellProfiler
+                # has not released yet): its planes and session are stale.
+                for key in [k for k in self.planes if k[0] == ref]:
+                    self._drop(key)
+                reader = None
             if reader is None:
-                reader = ImageReader(session.manager(), ref, self.metas.get(ref))
+                reader = ImageReader(manager, ref, self.metas.get(ref))
             self.images[ref] = (reader, count + 1)
             return reader
 
@@ -223,10 +230,10 @@ class _Shared:
                ) -> None:
         wait_all(futures)
         try:
-            metas = {p.ref: self.metas.get(p.ref) for p in upcoming}
-            if any(m is None for m in metas.values()):
+            metas = [self.metas.get(p.ref) for p in upcoming]
+            if any(m is None for m in metas):
                 return  # not prefetched (an error was logged): read when asked
-            size = sum(_plane_bytes(m, p) for p, m in zip(upcoming, metas.values(), strict=True)
+            size = sum(_plane_bytes(m, p) for p, m in zip(upcoming, metas, strict=True)
                        if m is not None)
             with self.lock:
                 if self.upcoming is not upcoming:
@@ -256,8 +263,11 @@ class _Shared:
             return []
         key: PlaneKey = (plane.ref, z, t, None)
         with self.lock:
-            if key in self.planes:
-                return list(self.planes[key].values())
+            existing = self.planes.get(key)
+            if existing is not None:
+                if all(c in existing for c in channels):
+                    return [existing[c] for c in channels]
+                speculative = key in self.speculative
             # An image no OMEROReader has opened yet is read on speculation: its
             # reader is held until CellProfiler asks for the plane or it is dropped.
             reader = self.images.get(plane.ref, (None, 0))[0]
@@ -265,13 +275,16 @@ class _Shared:
             if speculative:
                 reader = self.acquire(plane.ref)
             assert reader is not None
-            futures = start_reads(reader, meta, z, t, None, channels, {})
+            futures = dict(existing or {})
+            start_reads(reader, meta, z, t, None, channels, futures)
             if speculative:
+                if key in self.speculative:
+                    self.release(plane.ref, wait=False)  # one hold per plane key
                 self.speculative[key] = plane.ref
-                self.stats.started += len(futures)
+                self.stats.started += len(futures) - len(existing or ())
             self.remember(key, futures, len(futures) * meta.size_x * meta.size_y
                           * meta.pixel_type.bytes_per_pixel)
-            return list(futures.values())
+            return [futures[c] for c in channels]
 
 
 def prefetch(wanted: Sequence[ObjectRef]) -> None:
@@ -430,6 +443,7 @@ class OMEROReader(Reader):
                 self._meta = runtime.run(self._reader().metadata)
             if not was_connected:
                 session.after_connect(mgr)
+            _shared.metas.put(self.ref, self._meta)
         return self._meta
 
     def _plane_futures(self, z: int, t: int, region: Region | None, first: int
