@@ -81,7 +81,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                       help="write a LoadData CSV (see above) instead of a list")
     urls.add_argument("--kv-namespace", action="append", metavar="NS", dest="kv_namespaces",
                       help="with --loaddata: take key-value pairs only from map annotations "
-                           "in namespace NS (repeat for several; default: every namespace)")
+                           "in namespace NS (repeat for several; default: every namespace "
+                           "but this package's own, openmicroscopy.org/cellprofiler-omero/…)")
     urls.add_argument("--no-tags", action="store_false", dest="tags",
                       help="with --loaddata: leave the images' tags out (no Metadata_Tags)")
     urls.add_argument("-o", "--output", metavar="FILE", type=Path,
@@ -112,8 +113,10 @@ def cmd_urls(args: argparse.Namespace) -> int:
         if args.loaddata:
             metas = _metadata(manager, images)
             annotations = _annotations(manager, images, args.kv_namespaces, args.tags)
+            # Named namespaces are taken as asked, this package's own ones included.
             text, collisions = loaddata_csv_with_annotations(
-                images, metas, url, annotations, tags=args.tags)
+                images, metas, url, annotations, tags=args.tags,
+                own=bool(args.kv_namespaces))
             for collision in collisions:
                 common.note(f"note: {collision}")
         else:
@@ -229,21 +232,23 @@ def loaddata_csv(images: Sequence[ObjectRef], metas: Sequence[ImageMeta],
 
 
 def annotation_columns(annotations: Mapping[int, ImageAnnotations], reserved: Sequence[str],
-                       *, tags: bool) -> tuple[dict[str, str], list[Collision]]:
+                       *, tags: bool, own: bool = False
+                       ) -> tuple[dict[str, str], list[Collision]]:
     """OMERO key → column name (without ``Metadata_``) for every key on the images, and
     the collisions resolved (see ``core.annotations.metadata_names``)."""
     from cellprofiler_omero.core.annotations import TAGS_KEY, metadata_names
 
-    keys = {pair.key for found in annotations.values() for pair in found.pairs}
+    keys = {key for found in annotations.values() for key in found.values(own=own)}
     return metadata_names(keys, [*reserved, *((TAGS_KEY,) if tags else ())])
 
 
 def loaddata_csv_with_annotations(
         images: Sequence[ObjectRef], metas: Sequence[ImageMeta],
         url: Callable[[ObjectRef], str], annotations: Mapping[int, ImageAnnotations], *,
-        tags: bool) -> tuple[str, list[Collision]]:
+        tags: bool, own: bool = False) -> tuple[str, list[Collision]]:
     """The LoadData CSV text with a ``Metadata_<key>`` column per key-value pair key (and
-    ``Metadata_Tags`` when ``tags``), and the name collisions resolved on the way."""
+    ``Metadata_Tags`` when ``tags``), and the name collisions resolved on the way.
+    ``own``: keep pairs in this package's own namespaces (see ``ImageAnnotations.values``)."""
     from cellprofiler_omero.core.annotations import TAGS_KEY
 
     _check_channels(images, metas)
@@ -254,7 +259,7 @@ def loaddata_csv_with_annotations(
     header += list(PLATE_COLUMNS if in_plates else ()) + list(PLANE_COLUMNS if stacks else ())
     header += list(IMAGE_COLUMNS)
     builtin = [name.removeprefix("Metadata_") for name in header if name.startswith("Metadata_")]
-    names, collisions = annotation_columns(annotations, builtin, tags=tags)
+    names, collisions = annotation_columns(annotations, builtin, tags=tags, own=own)
     keys = sorted(names, key=lambda k: names[k].lower())
     header += [f"Metadata_{names[k]}" for k in keys]
     if tags:
@@ -275,7 +280,7 @@ def loaddata_csv_with_annotations(
                     row += [z, t]
                 row += [meta.id, meta.name]
                 found = annotations.get(meta.id)
-                values = found.values() if found is not None else {}
+                values = found.values(own=own) if found is not None else {}
                 row += [values.get(k, "") for k in keys]
                 if tags:
                     row.append(found.tag_value() if found is not None else "")

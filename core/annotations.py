@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from cellprofiler_omero.core.model import PlatePosition
 
+#: Namespaces of this package's own annotations (upload provenance, measurements).
+OWN_NS_PREFIX = "openmicroscopy.org/cellprofiler-omero/"
 #: Namespace of the per-image measurement annotations ExportToOMEROKeyValues writes.
-MEASUREMENTS_NS = "openmicroscopy.org/cellprofiler-omero/measurements"
+MEASUREMENTS_NS = OWN_NS_PREFIX + "measurements"
 #: The metadata name (without ``Metadata_``) of an image's tags, joined by ``VALUE_JOIN``.
 TAGS_KEY = "Tags"
 #: Several values of one key on one image (two pairs or two annotations) are joined by it.
@@ -42,10 +44,17 @@ class ImageAnnotations:
     tags: tuple[str, ...] = ()
     plate: PlatePosition | None = None
 
-    def values(self) -> dict[str, str]:
-        """Each key once, its values (distinct, in order) joined by ``VALUE_JOIN``."""
+    def values(self, *, own: bool = False) -> dict[str, str]:
+        """Each key once, its values (distinct, in order) joined by ``VALUE_JOIN``.
+
+        Pairs in this package's own namespaces (``OWN_NS_PREFIX``: the measurements a run
+        wrote back, upload provenance) are left out unless ``own``: a rerun must not read
+        its own results as input metadata (which would also change its run key).
+        """
         found: dict[str, list[str]] = {}
         for pair in self.pairs:
+            if not own and (pair.namespace or "").startswith(OWN_NS_PREFIX):
+                continue
             values = found.setdefault(pair.key, [])
             if pair.value not in values:
                 values.append(pair.value)

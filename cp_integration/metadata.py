@@ -14,8 +14,12 @@ Groups can group by them, exactly like metadata from file names.
 The method is applied after CellProfiler's own methods (whose values it overrides for
 the same key). The keys it offers are those the last extraction found (as
 CellProfiler 4 did for header metadata): press "Update" in the Metadata module after
-changing the file list. Keys that had to be renamed (two OMERO keys with one safe
-name, or a key equal to a reserved name) are logged, one line per collision.
+changing the file list. They are recorded in the group's "Metadata file name"
+setting, which this method does not otherwise use (``omero-keys:A,B``), because
+CellProfiler's analysis workers and a reloaded pipeline know only the settings: the
+measurement columns a worker declares (and ExportToOMEROTable's tables) must be the
+ones the main process declared. Keys that had to be renamed (two OMERO keys with one
+safe name, or a key equal to a reserved name) are logged, one line per collision.
 """
 
 from __future__ import annotations
@@ -28,7 +32,16 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 X_OMERO = "Extract from OMERO (key-value pairs, tags, plate)"
-_KEYS_ATTR = "_cellprofiler_omero_keys"
+#: How the keys found are recorded in the group's (otherwise unused) file-name setting.
+KEYS_MARK = "omero-keys:"
+
+
+def recorded_keys(group: Any) -> list[str]:
+    """The keys the last extraction of ``group`` found (``[]`` before any)."""
+    text = str(group.csv_filename.value)
+    if not text.startswith(KEYS_MARK):
+        return []
+    return [key for key in text[len(KEYS_MARK):].split(",") if key]
 
 
 def _ours(module: Any) -> list[Any]:
@@ -80,8 +93,8 @@ def _run_extraction(original: Callable[..., Any]) -> Callable[..., Any]:
         found, collisions = omero_file_metadata([f.url for f in files])
         for collision in collisions:
             log.warning("Metadata: %s", collision)
-        keys: set[str] = set()
         for group in ours:
+            keys: set[str] = set()
             for file_object in files:
                 if group.filter_choice == F_FILTERED_IMAGES and not group.filter.evaluate(
                         (FileCollectionDisplay.NODE_FILE, file_object.modpath, None)):
@@ -90,7 +103,7 @@ def _run_extraction(original: Callable[..., Any]) -> Callable[..., Any]:
                 if values:
                     file_object.add_metadata(self.apply_data_types(values))
                     keys.update(values)
-        setattr(self, _KEYS_ATTR, keys)
+            group.csv_filename.value = KEYS_MARK + ",".join(sorted(keys))
         return result
 
     return _mark(run_extraction)
@@ -100,8 +113,9 @@ def _get_metadata_keys(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def get_metadata_keys(self: Any) -> Any:
         keys = original(self)
-        if self.wants_metadata.value and _ours(self):
-            keys = set(keys) | set(getattr(self, _KEYS_ATTR, ()))
+        if self.wants_metadata.value:
+            for group in _ours(self):
+                keys = set(keys) | set(recorded_keys(group))
         return keys
 
     return get_metadata_keys

@@ -576,7 +576,8 @@ PLATE_KEYS = ("Plate", "Well", "Row", "Column", "Field")
 def omero_file_metadata(urls: Sequence[str], namespaces: Sequence[str] | None = None, *,
                         tags: bool = True) -> tuple[dict[str, dict[str, str]], list[Any]]:
     """OMERO's metadata of every OMERO image URL of a file list, by URL, and the key
-    name collisions met: key-value pairs as ``<key>`` (made safe, see
+    name collisions met: key-value pairs (but this package's own, e.g. measurements a
+    run wrote back, unless ``namespaces`` names them) as ``<key>`` (made safe, see
     ``core.annotations.metadata_names``), tags as ``Tags``, plate position as Plate,
     Well, Row, Column, Field. One batched request for the whole list (the connection
     pages it); URLs that are not OMERO images are left out.
@@ -598,7 +599,8 @@ def omero_file_metadata(urls: Sequence[str], namespaces: Sequence[str] | None = 
 
     found = runtime.run(fetch)
     session.after_connect(mgr)
-    keys = {pair.key for ann in found.values() for pair in ann.pairs}
+    own = bool(namespaces)  # named namespaces are taken as asked, this package's included
+    keys = {key for ann in found.values() for key in ann.values(own=own)}
     names, collisions = metadata_names(keys, [*RESERVED_METADATA_KEYS, *PLATE_KEYS, TAGS_KEY])
     out: dict[str, dict[str, str]] = {}
     for url, ref in by_url.items():
@@ -606,7 +608,7 @@ def omero_file_metadata(urls: Sequence[str], namespaces: Sequence[str] | None = 
         if ann is None:
             continue
         values = plate_values(ann.plate)
-        values.update({names[key]: value for key, value in ann.values().items()})
+        values.update({names[key]: value for key, value in ann.values(own=own).items()})
         if ann.tags:
             values[TAGS_KEY] = ann.tag_value()
         out[url] = values

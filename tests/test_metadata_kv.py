@@ -195,7 +195,8 @@ def test_metadata_module_extracts_omero_pairs_that_groups_group_by(
     compat.install()
     f0, f1, f2 = annotated["fields"]
     urls = [f"omero:iid={i}" for i in (f0, f1, f2)]
-    m = metadata_pipeline(urls, export=False).run()
+    pipeline = metadata_pipeline(urls, export=False)
+    m = pipeline.run()
     numbers = list(m.get_image_numbers())
     by_url = {m["Image", "URL_DNA", n]: n for n in numbers}
     treatment = {url: m["Image", "Metadata_Treatment", n] for url, n in by_url.items()}
@@ -204,6 +205,17 @@ def test_metadata_module_extracts_omero_pairs_that_groups_group_by(
     group = {url: m["Image", "Group_Number", n] for url, n in by_url.items()}
     assert group[urls[0]] == group[urls[2]] != group[urls[1]]
     assert sorted(m["Image", "Group_Index", by_url[u]] for u in (urls[0], urls[2])) == [1, 2]
+
+    # The keys travel with the pipeline (analysis workers and a reloaded pipeline declare
+    # the same measurement columns as the process that extracted).
+    from cellprofiler_core.pipeline import Pipeline
+
+    text = io.StringIO()
+    pipeline.dump(text)
+    reloaded = Pipeline()
+    reloaded.loadtxt(io.StringIO(text.getvalue()), raise_on_error=True)
+    columns = {c[1] for c in reloaded.get_measurement_columns() if c[0] == "Image"}
+    assert {"Metadata_Treatment", "Metadata_Tags"} <= columns
 
     # A plate image: its position comes with its pairs (one batched fetch for the list).
     plate_url = f"omero:iid={annotated['wells'][0]}"
@@ -249,6 +261,13 @@ def test_measurements_go_back_once_per_image_and_run(
     metadata_pipeline(urls, export=True).run()  # the same run again: nothing new
     assert {i: len(v) for i, v in measurement_annotations(emu, ids).items()} == \
         dict.fromkeys(ids, 1)
+    # The measurements written back are not read as input metadata (a rerun's run key
+    # would change with them), unless their namespace is asked for by name.
+    from cellprofiler_omero.cp_integration.reader import omero_file_metadata
+
+    assert "Intensity_TotalIntensity_DNA" not in omero_file_metadata(urls)[0][urls[0]]
+    assert "Intensity_TotalIntensity_DNA" in \
+        omero_file_metadata(urls, [MEASUREMENTS_NS])[0][urls[0]]
 
 
 def test_an_image_the_user_cannot_annotate_gets_nothing_and_a_clear_error(
