@@ -239,6 +239,41 @@ def test_the_ice_reader_returns_every_roi_decoded_and_filtered(manager: Any,
     assert run(lambda: read_rois(manager, drawn["bare"])) == []
 
 
+def test_many_rois_are_read_in_pages_with_a_bounded_number_of_calls(
+        manager: Any, blitz: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellprofiler_omero.core.errors import NotFound
+    from cellprofiler_omero.transports.ice import roi_reader
+
+    conn = blitz()
+    image = _image(conn, "many rois")
+    rois = []
+    for index in range(250):  # one single-pixel Mask each, saved in one call
+        mask = omero.model.MaskI()
+        for name, value in (("X", index % W), ("Y", index // W), ("Width", 1),
+                            ("Height", 1)):
+            getattr(mask, f"set{name}")(rdouble(value))
+        mask.setBytes(bytes([0b10000000]))
+        roi = omero.model.RoiI()
+        roi.setImage(omero.model.ImageI(image, False))
+        roi.addShape(mask)
+        rois.append(roi)
+    saved = sorted(conn.getUpdateService().saveAndReturnIds(rois, conn.SERVICE_OPTS))
+    # Small pages, so that 250 ROIs take several of each (thousands would, by default).
+    monkeypatch.setattr(roi_reader, "ROI_IDS_PAGE", 100)
+    monkeypatch.setattr(roi_reader, "FETCH_PAGE", 100)
+    emulator.reset_call_counts()
+    found = run(lambda: read_rois(manager, image))
+    calls = emulator.call_counts()
+    assert [r.id for r in found] == saved
+    objects = rasterise.rois_to_objects(found, H, W)
+    assert objects.count == 250 and set(objects.areas().tolist()) == {1}
+    # One existence check, three pages of ids, three fetches of at most 100 ROIs.
+    assert calls.get("IQuery.projection") == 1 + 3
+    assert calls.get("IQuery.findAllByQuery") == 3
+    with pytest.raises(NotFound):
+        run(lambda: read_rois(manager, 987_654_321))
+
+
 def _pipeline(image_name: str = "DNA") -> Any:
     """Images → NamesAndTypes (every image as DNA) → LoadObjectsFromOMERO ×5 (all
     shapes; rectangles only; names matching 'cell rect*'; all but rectangles; those
