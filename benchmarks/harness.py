@@ -274,11 +274,11 @@ def run(plan: Plan, sections: Sequence[str], args: argparse.Namespace,
             out = _run_sections(networked, steps, dict(skipped), target)
             if index == 0:
                 results["sections"].update(out)
-                results["goals"] = report.evaluate_goals(results)
+                results["goals"] = report.evaluate_goals(results, profile.name)
             else:
                 results.setdefault("profiles", {})[profile.name] = {
                     "network": profile.describe(), "sections": out,
-                    "goals": report.evaluate_goals({"sections": out})}
+                    "goals": report.evaluate_goals({"sections": out}, profile.name)}
     finally:
         timing.round_trip_counter = None
         target.close()

@@ -109,6 +109,13 @@ class Goal:
     op: str
     threshold: float
     unit: str  # "×" for ratios, "%" for percentages
+    #: Network profiles the goal is judged at (empty: every one). Elsewhere the figure is
+    #: shown in parentheses for comparison, and its verdict does not count.
+    profiles: tuple[str, ...] = ()
+
+    def judged_at(self, profile: str | None) -> bool:
+        """Whether a verdict under ``profile`` counts (``None``: a run without profiles)."""
+        return not self.profiles or profile is None or profile in self.profiles
 
     def verdict(self, value: float | None) -> str:
         """``PASS``, ``MISS``, or ``n/a`` when the figure was not measured."""
@@ -137,14 +144,17 @@ GOALS: dict[str, Goal] = {goal.id: goal for goal in (
 )}
 
 
-def evaluate_goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every goal with the figure it is judged on, where it came from, and its verdict."""
+def evaluate_goals(results: Mapping[str, Any], profile: str | None = None
+                   ) -> list[dict[str, Any]]:
+    """Every goal with the figure it is judged on, where it came from, and its verdict
+    (``judged``: whether the goal applies under the network ``profile``)."""
     out = []
     for goal_id, (value, where) in _goal_values(results).items():
         goal = GOALS[goal_id]
         out.append({"id": goal_id, "label": goal.label, "op": goal.op,
                     "threshold": goal.threshold, "unit": goal.unit, "value": value,
-                    "where": where, "verdict": goal.verdict(value)})
+                    "where": where, "verdict": goal.verdict(value),
+                    "judged": goal.judged_at(profile)})
     return out
 
 
@@ -534,7 +544,9 @@ def summary(results: Mapping[str, Any]) -> str:
     for goal in goals:
         g = GOALS[goal["id"]]
         value = (fmt_percent(goal["value"]) if g.unit == "%" else fmt_ratio(goal["value"]))
-        lines.append(f"  {goal['verdict']:<4}  {g.label:<52} {value:>9}  goal {g.describe()}"
+        # A goal judged at other networks only: its figure here is for comparison.
+        verdict = goal["verdict"] if goal.get("judged", True) else "info"
+        lines.append(f"  {verdict:<4}  {g.label:<52} {value:>9}  goal {g.describe()}"
                      f"  ({goal['where']})")
     return text + "\n" + "\n".join(lines)
 
@@ -546,7 +558,7 @@ def _goals_by_profile(results: Mapping[str, Any],
     for index, (network, sections) in enumerate(runs):
         stored = (results.get("goals") if index == 0
                   else results.get("profiles", {}).get(network.get("name"), {}).get("goals"))
-        goals = stored or evaluate_goals({"sections": sections})
+        goals = stored or evaluate_goals({"sections": sections}, network.get("name"))
         columns.append((network.get("name", "?"), {g["id"]: g for g in goals}))
     label_w = max(len(f"{g.label} {g.describe()}") for g in GOALS.values())
     width = 14
@@ -560,9 +572,18 @@ def _goals_by_profile(results: Mapping[str, Any],
                 row += f"  {NOT_MEASURED:>{width}}"
                 continue
             value = (fmt_percent(goal["value"]) if g.unit == "%" else fmt_ratio(goal["value"]))
-            cell = value if goal["verdict"] == NOT_MEASURED else f"{goal['verdict']} {value}"
+            if goal["verdict"] == NOT_MEASURED:
+                cell = value
+            elif not goal.get("judged", True):
+                cell = f"({value})"
+            else:
+                cell = f"{goal['verdict']} {value}"
             row += f"  {cell:>{width}}"
         lines.append(row)
+    judged = [f"{g.label}: {', '.join(g.profiles)}" for g in GOALS.values() if g.profiles]
+    if judged:
+        lines.append("  judged only at: " + "; ".join(judged)
+                     + " (figures in parentheses are for comparison)")
     return lines
 
 

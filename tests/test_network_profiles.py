@@ -10,6 +10,7 @@ tests here share one emulator of their own, so its counts hold only their calls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -264,7 +265,8 @@ def _timed(seconds: float, calls: dict[str, int]) -> dict[str, Any]:
     return timed.to_json()
 
 
-def test_the_report_shows_round_trips_beside_times_and_goals_per_profile() -> None:
+def test_the_report_shows_round_trips_beside_times_and_goals_per_profile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     def read(ice_s: float) -> dict[str, Any]:
         return {"status": "ok", "workload": {"images": 1, "repetitions": 1,
                                              "bytes_per_pass": 1e6},
@@ -290,6 +292,14 @@ def test_the_report_shows_round_trips_beside_times_and_goals_per_profile() -> No
     goal_row = next(line for line in text.splitlines()
                     if line.strip().startswith("read via Ice vs the common"))
     assert "PASS 20.0×" in goal_row and "MISS 5.00×" in goal_row
+    # A goal judged at some profiles only shows its other figures for comparison.
+    goal = report.GOALS["read_ice_vs_common"]
+    monkeypatch.setitem(report.GOALS, goal.id, dataclasses.replace(goal, profiles=("wan",)))
+    text = report.summary(results)
+    goal_row = next(line for line in text.splitlines()
+                    if line.strip().startswith("read via Ice vs the common"))
+    assert "(20.0×)" in goal_row and "MISS 5.00×" in goal_row
+    assert "judged only at: read via Ice vs the common omero-py way: wan" in text
     # A failure is named with its profile when a run has several.
     results["profiles"]["wan"]["sections"]["read"]["paths"]["bare"] = {"error": "Boom"}
     assert harness.failures(results) == ["[wan] read.paths.bare: Boom"]
