@@ -50,7 +50,7 @@ from cellprofiler_core.utilities.core.module.identify import (
 )
 
 from cellprofiler_omero.core import refs, runtime
-from cellprofiler_omero.core.errors import InvalidReference
+from cellprofiler_omero.core.errors import InvalidReference, UnsupportedData
 from cellprofiler_omero.core.rasterise import RoiObjects, rois_to_objects
 from cellprofiler_omero.core.roi_reading import RoiFilter, read_rois
 from cellprofiler_omero.core.shapes import ShapeKind
@@ -166,6 +166,12 @@ class LoadObjectsFromOMERO(Module):
         """The ROIs as objects, and the image they lie on."""
         ref, z, t = self.source_image(workspace.measurements)
         image = workspace.image_set.get_image(self.image_name.value)
+        if image.volumetric:
+            raise UnsupportedData(
+                f"LoadObjectsFromOMERO makes 2-D objects, but image "
+                f"'{self.image_name.value}' is a 3-D volume.",
+                hint="Load the image plane by plane (NamesAndTypes: not 'Process as 3D'); "
+                     "each plane's ROIs become that plane's objects.")
         height, width = image.pixel_data.shape[:2]
         mgr = session.manager()
         rois = runtime.run(lambda: read_rois(mgr, ref.id, self.selection(), host=ref.host))

@@ -403,6 +403,23 @@ def _one_image_set(url: str) -> tuple[Any, Any, Any]:
     return m, image_set, ObjectSet()
 
 
+def test_the_image_sets_z_and_t_choose_the_plane_whose_rois_are_loaded(
+        cellprofiler_plugins: None) -> None:
+    from cellprofiler_core.measurement import Measurements
+
+    from cellprofiler_omero.cp_integration.load_objects import LoadObjectsFromOMERO
+
+    module = LoadObjectsFromOMERO()
+    module.image_name.value = "DNA"
+    m = Measurements()
+    m.add_image_measurement("URL_DNA", "https://omero.example.org/webclient/?show=image-42")
+    assert module.source_image(m)[1:] == (0, 0)  # a whole 2-D image: plane 0, 0
+    m.add_image_measurement("Z_DNA", 3)
+    m.add_image_measurement("T_DNA", 2)
+    ref, z, t = module.source_image(m)
+    assert (ref.id, ref.host, z, t) == (42, "omero.example.org", 3, 2)
+
+
 def test_an_image_set_image_not_from_omero_is_one_clear_error(cp_session: Any,
                                                              tmp_path: Any) -> None:
     from cellprofiler_core.image import ImageSetList
