@@ -3,11 +3,16 @@ OMERO's own clients read them."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from cellprofiler_omero.core.config import Settings
+from cellprofiler_omero.core.errors import NotFound, PermissionDenied
 from cellprofiler_omero.core.roi_encoding import (
     LabelsLargerThanImage,
     check_fits,
@@ -18,8 +23,11 @@ from cellprofiler_omero.core.roi_encoding import (
     rgba_to_int,
     unpack_mask,
 )
-from cellprofiler_omero.core.roi_writing import estimated_bytes, plan_batches
+from cellprofiler_omero.core.roi_writing import estimated_bytes, plan_batches, save_rois
+from cellprofiler_omero.core.session import SessionManager
 from cellprofiler_omero.core.shapes import MaskShape, Plane, PolygonShape, ShapeKind
+from cellprofiler_omero.emulator import Emulator, SeedOptions
+from tests.conftest import run
 
 
 def grid_labels(rows: int, columns: int, cell: int = 12, seed: int = 0) -> np.ndarray:
@@ -155,3 +163,300 @@ def test_colours_are_omeros_signed_rgba() -> None:
     assert parse_color("#00FF00") == 0x00FF00FF
     with pytest.raises(ValueError):
         parse_color("green")
+
+
+# -- against a server ------------------------------------------------------------------------
+#
+# One emulator for this module: its ``shared`` group is made read-only (a real OMERO group
+# setting, "rwr---"), so ``other`` sees demo's shared image but may not annotate it.
+
+SMALL_SEED = dict(seed=5, fields=1, field_size=64, large_size=128, plate_rows=1,
+                  plate_columns=1, plate_fields=1, plate_field_size=32)
+
+
+@pytest.fixture(scope="module")
+def roi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    import sqlite3
+
+    emu = Emulator(tmp_path_factory.mktemp("roi-server"), seed_options=SeedOptions(**SMALL_SEED))
+    with emu:
+        # What `omero group perms --perms rwr---` does on a real server; the emulator
+        # reads its groups from its database on every permission check.
+        db = sqlite3.connect(str(emu.data_dir / "omero.sqlite"), timeout=30)
+        with db:
+            db.execute("UPDATE groups SET perms = 'rwr---' WHERE name = 'shared'")
+        db.close()
+        yield emu
+
+
+def _manager(server: Emulator, tmp: Path, user: str = "demo") -> SessionManager:
+    settings = Settings().replace({
+        "server.host": server.host, "server.port": server.port, "auth.use_token": False,
+        "auth.token_dir": str(tmp / "tokens"), "auth.keepalive_seconds": 3600,
+        "retry.initial_delay_seconds": 0.05})
+    mgr = SessionManager(settings)
+    run(lambda: mgr.connect(user=user, password=user))
+    return mgr
+
+
+@pytest.fixture(scope="module")
+def demo_manager(roi_server: Emulator, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[SessionManager]:
+    mgr = _manager(roi_server, tmp_path_factory.mktemp("demo"))
+    yield mgr
+    run(mgr.close)
+
+
+def _image(mgr: SessionManager, size: int, name: str = "rois") -> int:
+    from cellprofiler_omero.core.uploading import upload
+
+    return int(run(lambda: upload(mgr, np.zeros((size, size), np.uint8), name=name)).id)
+
+
+def _server_rois(server: Emulator, image_id: int) -> list[Any]:
+    from omero.gateway import BlitzGateway
+
+    conn = BlitzGateway("demo", "demo", host=server.host, port=server.port)
+    assert conn.connect()
+    try:
+        return list(conn.getRoiService().findByImage(image_id, None).rois)
+    finally:
+        conn.close()
+
+
+def _calls(server: Emulator, mgr: SessionManager, operation: str) -> int:
+    key = run(mgr.connection).session_key
+    return int(server.call_counts(key).get(operation, 0))
+
+
+def _run_cellprofiler(mgr: SessionManager, pipeline: str, urls: list[str]) -> Any:
+    """Run ``pipeline`` headless in this process (CellProfiler's own ``Pipeline.run``),
+    without the demo's measurement modules (slow, and not what is tested here)."""
+    from cellprofiler_core.pipeline import Pipeline
+
+    from cellprofiler_omero.core import session as core_session
+    from cellprofiler_omero.cp_integration import compat
+
+    compat.install()
+    core_session.set_manager(mgr)
+    try:
+        cp = Pipeline()
+        cp.loadtxt(io.StringIO(pipeline), raise_on_error=True)
+        for module in list(cp.modules()):
+            if module.module_name.startswith("MeasureObject"):
+                cp.remove_module(module.module_num)
+        cp.add_urls(urls)
+        return cp.run()
+    finally:
+        core_session.set_manager(None)
+
+
+@pytest.fixture(scope="module")
+def cp_run(roi_server: Emulator, demo_manager: SessionManager, cellprofiler_plugins: None
+           ) -> dict[str, Any]:
+    """The demo pipeline, saving the nuclei as ROIs (and as label images, CellProfiler's
+    labels to compare with), over two OMERO images, run twice."""
+    import omero.model
+    from omero.gateway import BlitzGateway
+    from omero.rtypes import rstring
+
+    from cellprofiler_omero.core.uploading import upload
+    from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
+    from cellprofiler_omero.emulator import synthetic
+
+    conn = BlitzGateway("demo", "demo", host=roi_server.host, port=roi_server.port)
+    assert conn.connect()
+    ds = omero.model.DatasetI()
+    ds.setName(rstring("rois out"))
+    dataset = int(conn.getUpdateService().saveAndReturnObject(ds).getId().getValue())
+    conn.close()
+    sources = []
+    for index in range(2):
+        pixels, _ = synthetic.nuclei_and_cells(2000 + index, 256)
+        sources.append(run(lambda p=pixels, i=index: upload(
+            demo_manager, p, name=f"rois field {i}", axes="CYX", dataset_id=dataset,
+            channel_names=["DAPI", "Cytoplasm"])).id)
+    pipeline = nuclei_pipeline(dataset, save_rois=True, table_prefix="RoisOut")
+    urls = [f"omero:iid={i}" for i in sources]
+    first = _run_cellprofiler(demo_manager, pipeline, urls)
+    rois_before = {i: len(_server_rois(roi_server, i)) for i in sources}
+    roi_calls = _calls(roi_server, demo_manager, "IUpdate.saveAndReturnIds")
+    second = _run_cellprofiler(demo_manager, pipeline, urls)
+    return {"sources": sources, "first": first, "second": second, "dataset": dataset,
+            "rois_before": rois_before, "roi_calls": roi_calls,
+            "roi_calls_after": _calls(roi_server, demo_manager, "IUpdate.saveAndReturnIds")}
+
+
+def _labels_of(server: Emulator, image_id: int) -> np.ndarray:
+    from omero.gateway import BlitzGateway
+
+    conn = BlitzGateway("demo", "demo", host=server.host, port=server.port)
+    assert conn.connect()
+    try:
+        return np.asarray(conn.getObject("Image", image_id).getPrimaryPixels().getPlane(0, 0, 0))
+    finally:
+        conn.close()
+
+
+@pytest.mark.cellprofiler
+def test_each_object_is_one_roi_on_its_source_image_equal_to_cellprofilers_labels(
+        roi_server: Emulator, cp_run: dict[str, Any]) -> None:
+    from omero_rois import masks_to_labels
+
+    m = cp_run["first"]
+    for image_number, source in enumerate(cp_run["sources"], start=1):
+        roi_ids = np.asarray(m.get_measurement("Nuclei", "OMERO_RoiId", image_number))
+        count = int(m.get_measurement("Image", "Count_Nuclei", image_number))
+        assert count > 0 and len(roi_ids) == count and np.all(roi_ids > 0)
+        rois = _server_rois(roi_server, source)
+        assert sorted(int(r.getId().getValue()) for r in rois) == sorted(roi_ids.tolist())
+        assert {r.getName().getValue() for r in rois} == {
+            f"Nuclei {n}" for n in range(1, count + 1)}
+        # CellProfiler's labels, as SaveImagesToOMERO saved them beside the ROIs.
+        labels = _labels_of(roi_server, int(m.get_measurement(
+            "Image", "OMERO_ImageID_Nuclei", image_number)))
+        shapes = [s for r in rois for s in r.copyShapes()]
+        read, _, props = masks_to_labels(shapes, (1, 1, 1, *labels.shape))
+        by_roi = {p["omero:roiId"]: value for value, p in props.items()}
+        expected = np.zeros_like(read[0, 0, 0])
+        for number, roi_id in enumerate(roi_ids.tolist(), start=1):
+            expected[labels == number] = by_roi[roi_id]
+        assert np.array_equal(read[0, 0, 0], expected)
+
+
+@pytest.mark.cellprofiler
+def test_the_object_table_has_a_roi_column_pointing_at_the_rois(
+        roi_server: Emulator, cp_run: dict[str, Any]) -> None:
+    import omero.grid
+    import omero.model
+    from omero.gateway import BlitzGateway
+    from omero.rtypes import rlong
+
+    m = cp_run["first"]
+    file_id = int(m.get_experiment_measurement("OMERO_TableFile_Nuclei"))
+    conn = BlitzGateway("demo", "demo", host=roi_server.host, port=roi_server.port)
+    assert conn.connect()
+    try:
+        table = conn.c.sf.sharedResources().openTable(omero.model.OriginalFileI(rlong(file_id),
+                                                                               False))
+        try:
+            headers = table.getHeaders()
+            names = [h.name for h in headers]
+            assert names[:4] == ["ImageNumber", "ObjectNumber", "Image", "Roi"]
+            assert isinstance(headers[3], omero.grid.RoiColumn)
+            data = table.readCoordinates(list(range(table.getNumberOfRows())))
+            rows = list(zip(*(c.values for c in data.columns[:4]), strict=True))
+        finally:
+            table.close()
+    finally:
+        conn.close()
+    expected = []
+    for image_number, source in enumerate(cp_run["sources"], start=1):
+        ids = m.get_measurement("Nuclei", "OMERO_RoiId", image_number)
+        expected += [(image_number, n, source, int(i)) for n, i in enumerate(ids, start=1)]
+    assert sorted(rows) == expected
+
+
+@pytest.mark.cellprofiler
+def test_a_rerun_finds_every_roi_and_makes_none(roi_server: Emulator,
+                                                cp_run: dict[str, Any]) -> None:
+    first, second = cp_run["first"], cp_run["second"]
+    for image_number, source in enumerate(cp_run["sources"], start=1):
+        assert np.array_equal(first.get_measurement("Nuclei", "OMERO_RoiId", image_number),
+                              second.get_measurement("Nuclei", "OMERO_RoiId", image_number))
+        assert len(_server_rois(roi_server, source)) == cp_run["rois_before"][source]
+    assert cp_run["roi_calls"] >= 2  # one batch per image the first time
+    assert cp_run["roi_calls_after"] == cp_run["roi_calls"]  # nothing sent the second
+
+
+def test_a_batch_whose_reply_was_lost_is_retried_without_duplicates(
+        roi_server: Emulator, demo_manager: SessionManager) -> None:
+    image = _image(demo_manager, 64)
+    rois = label_rois(grid_labels(5, 5), image, "Nuclei")
+    saves = _calls(roi_server, demo_manager, "IUpdate.saveAndReturnIds")
+    roi_server.set_faults(drop_after=1, drop_after_reply=True, ops=["saveAndReturnIds"])
+    try:
+        result = run(lambda: save_rois(demo_manager, list(rois.values())))
+    finally:
+        roi_server.clear_faults()
+    # The fault fired: the one batch was sent once, its reply lost, and retried.
+    assert result.attempts == 3 and result.batches == 1
+    assert _calls(roi_server, demo_manager, "IUpdate.saveAndReturnIds") == saves + 1
+    on_server = _server_rois(roi_server, image)
+    assert len(on_server) == len(rois) == 25
+    assert sorted(result.ids) == sorted(r.getId().getValue() for r in on_server)
+    assert all(r.reused for r in result.rois)  # found by key after the lost reply
+
+
+def test_ten_thousand_objects_save_in_a_bounded_number_of_calls(
+        roi_server: Emulator, demo_manager: SessionManager) -> None:
+    labels = np.zeros((400, 1000), np.int32)  # 10,000 small objects, 4 pixels apart
+    labels[1::4, 1::4] = np.arange(1, 100 * 250 + 1).reshape(100, 250)
+    labels[labels > 10_000] = 0
+    image = _image(demo_manager, 1000)
+    rois = list(label_rois(labels, image, "Nuclei").values())
+    assert len(rois) == 10_000
+    key = run(demo_manager.connection).session_key
+    roi_server.reset_call_counts()
+    result = run(lambda: save_rois(demo_manager, rois))
+    calls = roi_server.call_counts(key)
+    assert len(set(result.ids)) == 10_000 and result.added == 10_000
+    # One look-up of the image and its ROIs, then 1,000 ROIs per call.
+    assert calls.get("IUpdate.saveAndReturnIds") == 10
+    assert sum(calls.values()) <= 16, calls
+
+
+def test_an_image_the_user_may_not_annotate_is_refused_naming_it(
+        roi_server: Emulator, tmp_path: Path) -> None:
+    shared = int(roi_server.seeded["shared_image"])
+    other = _manager(roi_server, tmp_path, "other")
+    try:
+        rois = list(label_rois(grid_labels(2, 2), shared, "Nuclei").values())
+        with pytest.raises(PermissionDenied) as caught:
+            run(lambda: save_rois(other, rois))
+        assert f"image {shared}" in caught.value.message
+        assert _calls(roi_server, other, "IUpdate.saveAndReturnIds") == 0
+        with pytest.raises(NotFound, match="Image 987654"):
+            run(lambda: save_rois(other, list(label_rois(grid_labels(1, 1), 987654,
+                                                         "Nuclei").values())))
+    finally:
+        run(other.close)
+    assert _server_rois(roi_server, shared) == []
+
+
+def test_objects_larger_than_the_image_are_refused_before_anything_is_saved(
+        roi_server: Emulator, demo_manager: SessionManager) -> None:
+    image = _image(demo_manager, 32)
+    labels = grid_labels(3, 3)  # 36 × 36: the last objects reach beyond 32 × 32
+    rois = list(label_rois(labels, image, "Nuclei").values())
+    with pytest.raises(LabelsLargerThanImage) as caught:
+        run(lambda: save_rois(demo_manager, rois))
+    assert caught.value.image_id == image and caught.value.image_size[:2] == (32, 32)
+    assert _server_rois(roi_server, image) == []
+
+
+def test_objects_from_an_image_that_is_not_from_omero_are_refused_before_the_run(
+        cellprofiler_plugins: None) -> None:
+    from cellprofiler_core.measurement import Measurements
+    from cellprofiler_core.object import ObjectSet
+    from cellprofiler_core.pipeline import Pipeline
+    from cellprofiler_core.workspace import Workspace
+
+    from cellprofiler_omero.cp_integration.save_objects import (
+        NotAnOmeroImage,
+        SaveObjectsToOMERO,
+    )
+
+    module = SaveObjectsToOMERO()
+    module.objects_name.value = "Nuclei"
+    module.image_name.value = "DNA"
+    m = Measurements()
+    m.add_image_measurement("URL_DNA", "omero:iid=5")
+    m.next_image_set(2)
+    m.add_image_measurement("URL_DNA", "file:///data/plate1/A01.tif")
+    workspace = Workspace(Pipeline(), module, m, ObjectSet(), m, None)
+    with pytest.raises(NotAnOmeroImage) as caught:
+        module.prepare_run(workspace)
+    assert caught.value.image_number == 2
+    assert caught.value.url == "file:///data/plate1/A01.tif"
+    assert caught.value.image_name == "DNA"
