@@ -124,13 +124,13 @@ def test_pyramid_upload_killed_mid_tiles_is_retried_into_a_new_pyramid(
 
 def test_parallel_plane_writes_go_through_stores_all_bound_before_the_first_write(
         settings_for: Any) -> None:
-    # Four stores for eight planes: a store bound after the first write could not write.
+    # Four stores for 32 planes: a store bound after the first write could not write.
     mgr = SessionManager(settings_for(ice__stores_per_image=4))
     run(lambda: mgr.connect(user="demo", password="demo"))
     try:
-        array = np.random.default_rng(7).integers(0, 2**16, (8, 64, 48)).astype(np.uint16)
+        array = np.random.default_rng(7).integers(0, 2**16, (32, 64, 48)).astype(np.uint16)
         result = run(lambda: upload(mgr, array, name="parallel", axes="ZYX"))
-        np.testing.assert_array_equal(read(mgr, result.id, z=list(range(8)))[:, 0], array)
+        np.testing.assert_array_equal(read(mgr, result.id, z=list(range(32)))[:, 0], array)
     finally:
         run(mgr.close)
 
