@@ -4,6 +4,10 @@ Shapes are normalised to ``(T, Z, C, Y, X)``; dtypes to an OMERO pixel type
 (``bool`` → uint8 0/1; int64/uint64 labels → the smallest integer type that holds
 their range, checked; float16 → float). A client-generated key travels with the
 upload so that a retry finds the image an earlier attempt made.
+
+``upload`` does it all in one retried operation; ``begin_upload`` finds or creates the
+image (its id is final) and returns a ``PendingUpload`` whose ``finish()`` writes the
+pixels later, e.g. on a background thread while the pipeline goes on.
 """
 
 from __future__ import annotations
