@@ -44,15 +44,15 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     """An emulator of this module's own: ``other``'s group read-only, ``demo`` a member."""
     data = tmp_path_factory.mktemp("kv-emulator")
     with Emulator(data, seed_options=SMALL, pyramid_threshold=2048) as emulator:
-        emulator.stop()
-        db = sqlite3.connect(str(data / "omero.sqlite"))
+        # As an administrator would, before anyone logs in (the emulator reads groups and
+        # memberships from its database on every call).
+        db = sqlite3.connect(str(data / "omero.sqlite"), timeout=30)
         with db:
             gid = db.execute("SELECT id FROM groups WHERE name='other'").fetchone()[0]
             uid = db.execute("SELECT id FROM experimenters WHERE omename='demo'").fetchone()[0]
             db.execute("UPDATE groups SET perms=? WHERE id=?", (READ_ONLY, gid))
             db.execute("INSERT INTO members VALUES (?, ?, 0)", (gid, uid))
         db.close()
-        emulator.restart()
         yield emulator
 
 
@@ -268,6 +268,42 @@ def test_measurements_go_back_once_per_image_and_run(
     assert "Intensity_TotalIntensity_DNA" not in omero_file_metadata(urls)[0][urls[0]]
     assert "Intensity_TotalIntensity_DNA" in \
         omero_file_metadata(urls, [MEASUREMENTS_NS])[0][urls[0]]
+
+
+def test_the_modules_settings_survive_a_saved_pipeline(cellprofiler_plugins: None) -> None:
+    from cellprofiler_core.pipeline import Pipeline
+
+    from cellprofiler_omero.cp_integration import compat
+
+    compat.install()
+    text = io.StringIO()
+    metadata_pipeline(["omero:iid=1"], export=True).dump(text)
+    reloaded = Pipeline()
+    reloaded.loadtxt(io.StringIO(text.getvalue()), raise_on_error=True)
+    kv = reloaded.modules()[-1]
+    assert kv.module_name == "ExportToOMEROKeyValues"
+    assert kv.features() == ["Intensity_TotalIntensity_DNA", "Metadata_Treatment"]
+    assert kv.namespace.value == MEASUREMENTS_NS
+    from cellprofiler_omero.cp_integration.metadata import X_OMERO
+
+    assert reloaded.modules()[1].extraction_methods[0].extraction_method.value == X_OMERO
+
+
+def test_an_image_set_not_from_omero_is_refused_clearly(cellprofiler_plugins: None) -> None:
+    from cellprofiler_core.measurement import Measurements
+
+    from cellprofiler_omero.core.errors import UnsupportedData
+    from cellprofiler_omero.cp_integration.export_kv import ExportToOMEROKeyValues
+
+    m = Measurements()
+    m.add_image_measurement("URL_DNA", "file:///data/local.tif")
+    m.add_experiment_measurement("OMERO_KeyValues_RunKey", "k")
+
+    class Workspace:
+        measurements = m
+
+    with pytest.raises(UnsupportedData, match="has no OMERO image to annotate"):
+        ExportToOMEROKeyValues().request(Workspace())
 
 
 def test_an_image_the_user_cannot_annotate_gets_nothing_and_a_clear_error(
