@@ -7,12 +7,13 @@ row ``j``) is the unit square ``[i, i+1) × [j, j+1)`` and its centre is
 ``(i + 0.5, j + 0.5)``. That is how a Mask is placed (a ``w``-wide mask at ``x``
 covers columns ``x … x+w-1``), how OMERO.iviewer draws shapes over the image, and how
 QuPath and ImageJ number pixels. A shape covers a pixel when the pixel's **centre**
-lies inside the shape (Java2D's fill rule, which QuPath's OMERO extension and
-OMERO.insight rasterise with). A centre exactly on an outline counts when the shape
-lies to its right (x increasing) or, on a horizontal edge, below it — the "top-left"
-rule — so shapes that share an edge never both claim the pixels on it, and a
-rectangle or a polygon with whole-pixel corners covers exactly its area in pixels
-(a ``w × h`` Rectangle at whole coordinates is ``w·h`` pixels).
+lies inside the shape — the rule of Java2D's ``fill``, with which Java tools such as
+QuPath draw their masks. A centre exactly on an outline counts when the shape lies to
+its right (x increasing) or, on a horizontal edge, below it (Java2D's "insideness"
+rule, the "top-left" rule of rasterisers), so shapes that share an edge never both
+claim the pixels on it, and a rectangle or a polygon with whole-pixel corners covers
+exactly its area in pixels (a ``w × h`` Rectangle at whole coordinates is ``w·h``
+pixels).
 
 * **Polygon** (and Rectangle, as its four corners): scanline through the centres of
   each row; inside is the *non-zero* winding rule (OMERO.iviewer fills on a canvas,
