@@ -209,7 +209,9 @@ def ice_size(value: Any) -> int:
                 continue
             seen.add(id(item))
             total += 4 if isinstance(item, Ice.Object) else 0
-            stack.extend(vars(item).values())
+            # Name-mangled attributes (``_DetailsI__client``) are Python-side state of
+            # omero-py's classes, never Slice data members: they are not sent.
+            stack.extend(v for k, v in vars(item).items() if "__" not in k)
         else:
             total += 8
     return total
