@@ -38,11 +38,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                "  cellprofiler-omero run nuclei.cppipe Dataset:51 --workers 4\n"
                "  cellprofiler-omero run nuclei.cppipe Plate:7 --scheduler tcp://head:8786 "
                "--output results/\n"
-               "  cellprofiler-omero run nuclei.cppipe files.txt --max-failures 0 --json")
+               "  cellprofiler-omero run nuclei.cppipe files.txt --max-failures 0 --json\n"
+               "  cellprofiler-omero urls Plate:7 --loaddata -o plate.csv\n"
+               "  cellprofiler-omero run loaddata.cppipe plate.csv --workers 4")
     run.add_argument("pipeline", type=Path, metavar="PIPELINE", help="the .cppipe file")
     run.add_argument("targets", nargs="+", metavar="TARGET",
-                     help="OMERO links or Project:1, Dataset:2, Plate:3, Image:4 …, or a "
-                          "file list (one URL a line)")
+                     help="OMERO links or Project:1, Dataset:2, Plate:3, Image:4 …, a "
+                          "file list (one URL a line), or a LoadData CSV (`urls --loaddata`; "
+                          "alone, for a pipeline with LoadData)")
     run.add_argument("--workers", type=common.positive_int, metavar="N",
                      help="worker processes of the local cluster (default: this machine's "
                           "cores); not with --scheduler")
@@ -85,14 +88,39 @@ def cmd_run(args: argparse.Namespace) -> int:
             first = refs.parse(refs_text[0])[0]
             host = first.host
         common.connect(manager, args, host=host)
-        urls = image_urls(manager, args.targets)
-        report = run_pipeline(args.pipeline, urls, manager, workers=args.workers,
-                              scheduler=args.scheduler, batch_size=args.batch_size,
-                              output=args.output, max_failures=args.max_failures,
-                              say=lambda line: print(line, file=out, flush=True))
+        loaddata = loaddata_target(args.targets)
+        urls = [] if loaddata is not None else image_urls(manager, args.targets)
+        try:
+            report = run_pipeline(args.pipeline, urls, manager, workers=args.workers,
+                                  scheduler=args.scheduler, batch_size=args.batch_size,
+                                  output=args.output, max_failures=args.max_failures,
+                                  loaddata=loaddata,
+                                  say=lambda line: print(line, file=out, flush=True))
+        except KeyboardInterrupt:
+            # One message (the cluster, the hand-off and the session are already cleaned
+            # up on the way out; ``common.session`` detaches or closes the session).
+            print("interrupted: the run was stopped (workers stopped, session detached); "
+                  "run the same command again to finish it — what was written is not "
+                  "written twice.", file=sys.stderr)
+            return 130
     if args.json:
         print(report.as_json())
     return 0 if not report.failures else 3
+
+
+def loaddata_target(targets: Sequence[str]) -> Path | None:
+    """The LoadData CSV among the targets, if any (it must be the only target: it is the
+    whole list of image sets)."""
+    csvs = [Path(t) for t in targets if Path(t).is_file() and Path(t).suffix.lower() == ".csv"]
+    if not csvs:
+        return None
+    if len(targets) > 1:
+        raise common.UsageError(
+            f"{csvs[0]} is a LoadData CSV, which lists every image set of the run; it "
+            "cannot be combined with other targets.",
+            hint="Give the CSV alone (make one for all the images with `cellprofiler-omero "
+                 "urls … --loaddata -o images.csv`).")
+    return csvs[0]
 
 
 def image_urls(manager: SessionManager, targets: Sequence[str]) -> list[str]:
@@ -105,11 +133,6 @@ def image_urls(manager: SessionManager, targets: Sequence[str]) -> list[str]:
     urls: list[str] = []
     for target in targets:
         path = Path(target)
-        if path.is_file() and path.suffix.lower() == ".csv":
-            raise common.UsageError(
-                f"{target} looks like a LoadData CSV, which `run` does not take yet.",
-                hint="Give the images as OMERO references (Dataset:51, Plate:7 …) or a "
-                     "file list (`cellprofiler-omero urls … -o files.txt`).")
         if path.is_file():
             urls += [line.strip() for line in path.read_text().splitlines()
                      if line.strip() and not line.lstrip().startswith("#")]

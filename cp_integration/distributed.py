@@ -26,10 +26,12 @@ because every write looks for itself first: table rows by their key columns
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -44,6 +46,7 @@ from typing import Any
 from distributed import WorkerPlugin
 
 from cellprofiler_omero.core.errors import OmeroError
+from cellprofiler_omero.core.hookspecs import hookimpl
 from cellprofiler_omero.core.session import HANDOFF_ENV, SessionManager
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,11 @@ PLUGIN_PREFIX = "cellprofiler-omero-run-"
 MEASUREMENTS_FILE = "measurements.h5"
 #: How long ``--scheduler`` waits for a cluster's first worker (batch jobs may queue).
 WAIT_FOR_WORKERS_SECONDS = 600
+#: How long a worker leaving a run waits for its running image set to finish.
+TEARDOWN_WAIT_SECONDS = 60.0
+#: How often the driver checks its session while a run lasts (a renewed session is
+#: handed to the workers at once, so they wait for it only that long).
+SESSION_CHECK_SECONDS = 15.0
 
 
 class TooManyFailures(OmeroError):
@@ -176,8 +184,6 @@ def setup_cellprofiler(output_dir: str | None = None) -> None:
 
 def load_pipeline(text: str) -> Any:
     """A CellProfiler ``Pipeline`` from ``.cppipe`` text (errors raised, not skipped)."""
-    import io
-
     from cellprofiler_core.pipeline import Pipeline
 
     pipeline = Pipeline()
@@ -215,7 +221,8 @@ class CellProfilerOmeroRun(WorkerPlugin):
     """The run's Dask ``WorkerPlugin``: prepares each worker process once for one run."""
 
     def __init__(self, run_id: str, pipeline_text: str, measurements: bytes,
-                 handoff_file: str, environment: dict[str, str]) -> None:
+                 handoff_file: str, environment: dict[str, str], *,
+                 ignore_interrupts: bool = False) -> None:
         self.name = PLUGIN_PREFIX + run_id
         self.run_id = run_id
         self.pipeline_text = pipeline_text
@@ -224,16 +231,20 @@ class CellProfilerOmeroRun(WorkerPlugin):
         # plugin travels through the scheduler, which logs its messages at DEBUG.
         self.handoff_file = handoff_file
         self.environment = environment
+        #: Workers of the run's own LocalCluster ignore Ctrl-C (the terminal sends it to
+        #: the whole process group): the driver stops them itself, without tracebacks.
+        self.ignore_interrupts = ignore_interrupts
         self.pipeline: Any = None
         self.initial: Any = None
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
 
     def __repr__(self) -> str:  # never the session key (dashboards and logs show reprs)
         return f"<cellprofiler-omero run {self.run_id}>"
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for key in ("pipeline", "initial", "lock"):
+        for key in ("pipeline", "initial", "lock", "stopping"):
             state.pop(key, None)
         return state
 
@@ -242,6 +253,7 @@ class CellProfilerOmeroRun(WorkerPlugin):
         self.pipeline = None
         self.initial = None
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
 
     def setup(self, worker: Any = None) -> None:
         """Join the session (private file in this process), prepare CellProfiler."""
@@ -253,6 +265,8 @@ class CellProfilerOmeroRun(WorkerPlugin):
                 hint="Give --output a folder on a file system the workers share (the "
                      "hand-off is a private file there while the run lasts), and run the "
                      "workers as the same user.")
+        if self.ignore_interrupts and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # also on a restarted worker
         os.environ.update(self.environment)
         os.environ[HANDOFF_ENV] = self.handoff_file
         setup_cellprofiler(tempfile.gettempdir())
@@ -268,24 +282,34 @@ class CellProfilerOmeroRun(WorkerPlugin):
         self.initial = load_measurements_from_buffer(self.measurements)
         log.info("worker prepared for run %s (pid %d)", self.run_id, os.getpid())
 
-    def teardown(self, worker: Any = None) -> None:
-        """Detach from the session (the driver removes the hand-off file)."""
+    async def teardown(self, worker: Any = None) -> None:
+        """Let a running batch finish its image set (a stopped run's batch goes no further),
+        then detach from the session (the driver removes the hand-off file)."""
+        import asyncio
+
         from cellprofiler_omero.core import runtime
         from cellprofiler_omero.core import session as core_session
 
-        manager = core_session._manager
-        if manager is not None:
-            with contextlib.suppress(Exception):
-                runtime.run(manager.close)
-        if os.environ.get(HANDOFF_ENV) == self.handoff_file:
-            del os.environ[HANDOFF_ENV]
+        self.stopping.set()
+        idle = await asyncio.to_thread(self.lock.acquire, True, TEARDOWN_WAIT_SECONDS)
+        try:
+            manager = core_session._manager
+            if manager is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(runtime.run, manager.close)
+            if os.environ.get(HANDOFF_ENV) == self.handoff_file:
+                del os.environ[HANDOFF_ENV]
+        finally:
+            if idle:
+                self.lock.release()
 
 
 def worker_plugin(run_id: str, pipeline_text: str, measurements: bytes, handoff_file: str,
-                  environment: dict[str, str]) -> CellProfilerOmeroRun:
+                  environment: dict[str, str], *, ignore_interrupts: bool = False
+                  ) -> CellProfilerOmeroRun:
     """The ``distributed.WorkerPlugin`` that prepares each worker for run ``run_id``."""
     return CellProfilerOmeroRun(run_id, pipeline_text, measurements, handoff_file,
-                                environment)
+                                environment, ignore_interrupts=ignore_interrupts)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -328,6 +352,8 @@ def _run_batch(plugin: CellProfilerOmeroRun, image_numbers: list[int], grouped: 
     try:
         last_workspace = None
         for n in image_numbers:
+            if plugin.stopping.is_set():
+                break  # the run was stopped: its result is not wanted, the rest not run
             if m["Image", "Group_Index", n] == 1:
                 # The first image set of a group (always, ungrouped pipelines: their one
                 # group's modules keep per-run state in the measurements).
@@ -417,25 +443,83 @@ def _phase(report: RunReport, name: str, say: Callable[[str], None]) -> Iterator
         report.phases.append((name, time.monotonic() - started))
 
 
-@contextlib.contextmanager
-def _handoff(manager: SessionManager, folder: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """A private copy (0600) of the session hand-off in ``folder`` (the run's output, which
-    cluster workers share), removed after the run; and the workers' environment."""
-    env = manager.export_for_workers()
-    if not env:
-        raise RunFailed("Not connected to OMERO; cannot hand the session to workers.",
-                        hint="Log in first (`cellprofiler-omero login`).")
-    payload = Path(env[HANDOFF_ENV]).read_text()
-    data = json.loads(payload)
-    path = folder / f".cellprofiler-omero-{uuid.uuid4().hex}.session"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-    try:
+class _RunHandoff:
+    """The run's private copy (0600) of the session hand-off, kept current: when the
+    driver's session is renewed (the server ended it), the copy is rewritten with the new
+    key, and workers whose session ended rejoin from it (``core.session`` re-reads a
+    hand-off on renewal)."""
+
+    def __init__(self, manager: SessionManager, path: Path) -> None:
+        self.manager = manager
+        self.path = path
+        self.renewals = 0
+
+    def write(self) -> dict[str, str]:
+        env = self.manager.export_for_workers()  # rewrites the manager's own hand-off
+        if not env:
+            raise RunFailed("Not connected to OMERO; cannot hand the session to workers.",
+                            hint="Log in first (`cellprofiler-omero login`).")
+        payload = Path(env[HANDOFF_ENV]).read_text()
+        # Written aside and renamed over the copy: a worker never reads half a file.
+        part = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex[:8]}")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
         with os.fdopen(fd, "w") as handle:
             handle.write(payload)
-        yield str(path), {"CELLPROFILER_OMERO_SERVER_HOST": str(data["host"]),
-                          "CELLPROFILER_OMERO_SERVER_PORT": str(data["port"])}
+        os.replace(part, self.path)
+        data = json.loads(payload)
+        return {"CELLPROFILER_OMERO_SERVER_HOST": str(data["host"]),
+                "CELLPROFILER_OMERO_SERVER_PORT": str(data["port"])}
+
+    @hookimpl
+    def omero_session_changed(self, old: Any, new: Any, reason: str) -> None:
+        """A renewed driver session goes to the workers (runs on the loop thread)."""
+        if new is not None and reason == "renew":
+            self.renewals += 1
+            try:
+                self.write()
+            except (OSError, OmeroError) as exc:
+                log.warning("could not hand the renewed session to the workers: %s", exc)
+            else:
+                log.info("renewed session handed to the workers (%s)", self.path)
+
+
+@contextlib.contextmanager
+def _handoff(manager: SessionManager, folder: Path, check_seconds: float
+             ) -> Iterator[tuple[str, dict[str, str]]]:
+    """A private copy (0600) of the session hand-off in ``folder`` (the run's output, which
+    cluster workers share), kept current and removed after the run; and the workers'
+    environment. While it lasts, the driver checks its session every ``check_seconds``
+    (a ping through ``SessionManager.call``, which renews an ended session)."""
+    from cellprofiler_omero.core import runtime
+
+    handoff = _RunHandoff(manager, folder / f".cellprofiler-omero-{uuid.uuid4().hex}.session")
+    name = f"cellprofiler-omero-run-handoff-{uuid.uuid4().hex[:8]}"
+    stop = threading.Event()
+
+    def check() -> None:
+        while not stop.wait(check_seconds):
+            try:
+                runtime.run(manager.call, _ping, None)
+            except Exception as exc:  # the run's own calls report it; keep checking
+                log.info("session check failed: %s", _first_line(exc))
+
+    checker = threading.Thread(target=check, name=name, daemon=True)
+    try:
+        environment = handoff.write()
+        manager.registry.register(handoff, name)
+        checker.start()
+        yield str(handoff.path), environment
     finally:
-        path.unlink(missing_ok=True)
+        stop.set()
+        if checker.is_alive():
+            checker.join(timeout=5)
+        with contextlib.suppress(ValueError):
+            manager.registry.pm.unregister(name=name)
+        handoff.path.unlink(missing_ok=True)
+
+
+async def _ping(conn: Any) -> None:
+    await conn.ping()
 
 
 def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionManager, *,
@@ -444,7 +528,8 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
                  max_failures: int | None = None, progress: bool | None = None,
                  say: Callable[[str], None] = log.info,
                  on_batch: Callable[[dict[str, Any]], None] | None = None,
-                 client: Any = None) -> RunReport:
+                 client: Any = None, loaddata: str | Path | None = None,
+                 session_check_seconds: float = SESSION_CHECK_SECONDS) -> RunReport:
     """Run ``pipeline`` over the image ``urls`` on a Dask cluster and return the report.
 
     ``manager`` must be connected (the workers join its session). Without ``scheduler``
@@ -454,6 +539,12 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
     written to ``output``/measurements.h5. Usable from a notebook, where ``client`` (a
     ``distributed.Client``) reuses a cluster already running; ``on_batch`` sees each
     batch's result as it arrives.
+
+    ``loaddata``: a LoadData CSV (``cellprofiler-omero urls --loaddata``) that lists the
+    image sets instead of ``urls`` (then empty); the pipeline's LoadData module reads a
+    copy of it in ``output``, which the workers share. ``session_check_seconds``: how
+    often the driver checks its session during the run, renewing it (and the workers'
+    hand-off) when the server ended it.
     """
     from cellprofiler_omero.core import session as core_session
 
@@ -465,19 +556,23 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
     core_session.set_manager(manager)  # the modules' prepare_run uses this session
     with _phase(report, "prepare the image sets and tables", say):
         setup_cellprofiler(str(out_dir))
+        if loaddata is not None:
+            pipeline_text = _use_loaddata(pipeline_text, Path(loaddata), out_dir)
         measurements, workspace, cp_pipeline, batches = _prepare(
             pipeline_text, urls, out_dir, batch_size, workers)
     report.image_sets = len(measurements.get_image_numbers())
     report.batches = len(batches)
     report.output = str(out_dir / MEASUREMENTS_FILE)
+    own_cluster = client is None and scheduler is None  # a LocalCluster started here
     try:
-        with _handoff(manager, out_dir) as (handoff_file, environment), \
+        with _handoff(manager, out_dir, session_check_seconds) as (handoff_file, environment), \
                 _cluster(scheduler, workers, client) as client:
             report.dashboard = _dashboard(client)
             if report.dashboard:
                 say(f"[run] Dask dashboard: {report.dashboard}")
             plugin = worker_plugin(report.run_id, pipeline_text,
-                                   measurements.file_contents(), handoff_file, environment)
+                                   measurements.file_contents(), handoff_file, environment,
+                                   ignore_interrupts=own_cluster)
             with _phase(report, "start the workers", say):
                 client.register_plugin(plugin, name=plugin.name)
                 report.workers = len(client.scheduler_info(n_workers=-1)["workers"])
@@ -506,6 +601,36 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
     return report
 
 
+def _use_loaddata(pipeline_text: str, csv_file: Path, out_dir: Path) -> str:
+    """The pipeline with its LoadData module reading a copy of ``csv_file`` in the run's
+    output folder (the workers share it; LoadData reads its CSV on the workers too)."""
+    import shutil
+
+    from cellprofiler_core.modules.loaddata import LoadData
+    from cellprofiler_core.preferences import ABSOLUTE_FOLDER_NAME
+
+    cp_pipeline = load_pipeline(pipeline_text)
+    loaders = [m for m in cp_pipeline.modules() if isinstance(m, LoadData) and m.enabled]
+    if not loaders:
+        raise RunFailed(
+            f"{csv_file} is a LoadData CSV, but the pipeline has no LoadData module: it "
+            "takes its images from NamesAndTypes.",
+            hint="Give the images as OMERO references or a file list instead "
+                 "(`cellprofiler-omero urls Plate:7 -o files.txt`), or use a pipeline "
+                 "whose first module is LoadData.")
+    if len(loaders) > 1:
+        raise RunFailed(f"The pipeline has {len(loaders)} LoadData modules; a CSV target "
+                        "feeds one.", hint="Keep one LoadData module in the pipeline.")
+    copy = out_dir / f"loaddata-{csv_file.name}"
+    if csv_file.resolve() != copy.resolve():
+        shutil.copyfile(csv_file, copy)
+    loaders[0].csv_directory.value = f"{ABSOLUTE_FOLDER_NAME}|{out_dir.resolve()}"
+    loaders[0].csv_file_name.value = copy.name
+    out = io.StringIO()
+    cp_pipeline.dump(out)
+    return out.getvalue()
+
+
 def _prepare(pipeline_text: str, urls: Sequence[str], out_dir: Path, batch_size: int | None,
              workers: int | None) -> tuple[Any, Any, Any, list[Batch]]:
     from cellprofiler_core.image import ImageSetList
@@ -513,12 +638,13 @@ def _prepare(pipeline_text: str, urls: Sequence[str], out_dir: Path, batch_size:
     from cellprofiler_core.workspace import Workspace
 
     cp_pipeline = load_pipeline(pipeline_text)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
-        handle.write("\n".join(urls) + "\n")
-    try:
-        cp_pipeline.read_file_list(handle.name)
-    finally:
-        Path(handle.name).unlink(missing_ok=True)
+    if urls:  # none with a LoadData CSV: the module reads it in prepare_run
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
+            handle.write("\n".join(urls) + "\n")
+        try:
+            cp_pipeline.read_file_list(handle.name)
+        finally:
+            Path(handle.name).unlink(missing_ok=True)
     target = out_dir / MEASUREMENTS_FILE
     target.unlink(missing_ok=True)
     measurements = Measurements(filename=str(target), mode="w")
@@ -561,10 +687,27 @@ def _cluster(scheduler: str | None, workers: int | None, client: Any = None
         return
     n = workers or os.cpu_count() or 1
     # One thread per worker process: CellProfiler runs one image set at a time per process.
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    # The worker processes start with Ctrl-C ignored (a disposition they inherit): the
+    # terminal sends it to the whole process group, and the driver stops them itself.
+    with _interrupts_ignored():
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=":0")
+    with cluster, Client(cluster) as client:
         client.wait_for_workers(n)
         yield client
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored while this lasts (only the main thread may change it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _dashboard(client: Any) -> str | None:

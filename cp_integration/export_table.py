@@ -123,7 +123,9 @@ class TablePlan:
 
 def _string_size(coltype: str, default: int) -> int:
     match = re.match(r"varchar\((\d+)\)", coltype)
-    return int(match.group(1)) if match else default
+    # LoadData declares a CSV column whose values are all empty as varchar(0); a string
+    # column of OMERO.tables needs at least one byte.
+    return max(1, int(match.group(1))) if match else default
 
 
 def _split(prefix: str, label: str, keys: list[ColumnSpec], columns: list[ColumnSpec],

@@ -474,3 +474,169 @@ def test_the_session_key_is_in_no_task_log_line_or_process_argument(
     for process in psutil.process_iter(["cmdline"]):
         arguments += process.info["cmdline"] or []
     assert arguments and not [a for a in arguments if key in a]
+
+
+def _loaddata_pipeline(rig: Rig, dataset_id: int) -> Path:
+    """The demo pipeline with LoadData (a CSV's ``URL_DAPI``/``URL_Cytoplasm`` columns) in
+    place of the input modules."""
+    from cellprofiler_core.modules.loaddata import LoadData
+    from cellprofiler_core.pipeline import Pipeline
+
+    from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
+
+    pipeline = Pipeline()
+    pipeline.loadtxt(io.StringIO(nuclei_pipeline(dataset_id, table_prefix="Dask")),
+                     raise_on_error=True)
+    for module in list(pipeline.modules())[:4]:  # Images, Metadata, NamesAndTypes, Groups
+        pipeline.remove_module(module.module_num)
+    load = LoadData()
+    load.set_module_num(1)
+    load.csv_directory.value = f"Elsewhere...|{rig.tmp}"
+    load.csv_file_name.value = "not-this-one.csv"  # the run points it at its target
+    pipeline.add_module(load)
+    modules = {m.module_name: m for m in pipeline.modules()}
+    modules["IdentifyPrimaryObjects"].x_name.value = "DAPI"
+    modules["MeasureObjectIntensity"].images_list.value = "DAPI, Cytoplasm"
+    modules["SaveImagesToOMERO"].file_image_name.value = "DAPI"
+    modules["ExportToOMEROTable"].wants_relationships.value = False
+    out = io.StringIO()
+    pipeline.dump(out)
+    path = rig.tmp / f"loaddata-{dataset_id}.cppipe"
+    path.write_text(out.getvalue())
+    return path
+
+
+def test_a_loaddata_csv_target_feeds_the_pipelines_loaddata_module(
+        rig: Rig, cluster: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from cellprofiler_omero.cli import main
+
+    server = ["--server", rig.emulator.host, "--port", str(rig.emulator.port)]
+    rig.manager.export_for_workers()  # the commands join this session
+    csv_file = rig.tmp / "two-images.csv"
+    ids = [url.split("=")[1] for url in rig.urls[:2]]
+    assert main(["urls", *[f"Image:{i}" for i in ids], "--loaddata", "-o", str(csv_file),
+                 *server]) == 0
+    assert csv_file.read_text().startswith("URL_DAPI,Frame_DAPI,URL_Cytoplasm")
+    dataset_id = rig.dataset("dask loaddata")
+    capsys.readouterr()
+    code = main(["run", str(_loaddata_pipeline(rig, dataset_id)), str(csv_file),
+                 "--scheduler", cluster.scheduler.address, "--batch-size", "1",
+                 "--output", str(rig.tmp / "loaddata-out"), "--json", *server])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    report = json.loads(out.out)
+    assert (report["image_sets"], report["done"], report["failures"]) == (2, 2, [])
+    assert len({report["ran_on"]["1"], report["ran_on"]["2"]}) == 2  # a worker each
+    names, images = rig.tables(dataset_id)["Dask_Image"]
+    assert sorted(row[0] for row in images) == [1, 2]
+    assert all(row[names.index("Count_Nuclei")] > 0 for row in images)
+    assert len(rig.labels(dataset_id)) == 2
+    # A pipeline that takes its images from NamesAndTypes says what to do instead.
+    rig.manager.export_for_workers()  # (the command's own hand-off replaced it, and ended)
+    code = main(["run", str(rig.pipeline(dataset_id)), str(csv_file), "--scheduler",
+                 cluster.scheduler.address, "--output", str(rig.tmp / "nt-out"), *server])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "has no LoadData module" in err and "-o files.txt" in err, err
+
+
+def test_a_renewed_driver_session_reaches_the_workers_mid_run(rig: Rig, cluster: Any) -> None:
+    import json
+    import threading
+    import time
+
+    from cellprofiler_omero.core.session import HANDOFF_ENV
+
+    def key() -> str:
+        return str(json.loads(Path(rig.manager.export_for_workers()[HANDOFF_ENV])
+                              .read_text())["key"])
+
+    dataset_id = rig.dataset("dask session renewed")
+    ended: list[str] = []
+
+    def end_the_session() -> None:  # once the first label image is on the server
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not rig.labels(dataset_id):
+            time.sleep(0.05)
+        ended.append(key())
+        assert rig.emulator.expire_sessions(keys=ended) == 1
+
+    killer = threading.Thread(target=end_the_session)
+
+    def start_killer(line: str) -> None:
+        if line.startswith("[run] run the image sets"):
+            killer.start()
+
+    report = _run(rig, dataset_id, client=cluster, say=start_killer,
+                  session_check_seconds=0.2)
+    killer.join()
+    assert ended and key() != ended[0]  # the driver's session ended and was renewed
+    assert (report.done, report.failures) == (N_SETS, [])
+    _check_exactly_once(rig, dataset_id)
+
+
+def test_ctrl_c_stops_the_run_cleanly_and_a_rerun_completes_it(
+        rig: Rig, cluster: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import signal
+    import time
+
+    import psutil
+
+    from cellprofiler_omero.cli import main
+
+    dataset_id = rig.dataset("dask interrupted")
+    pipeline = rig.pipeline(dataset_id, flush_every=1)
+    out_dir = rig.tmp / "interrupted-out"
+    server = ["--server", rig.emulator.host, "--port", str(rig.emulator.port)]
+    command = ["run", str(pipeline), f"Dataset:{rig.sources}", "--batch-size", "1",
+               "--output", str(out_dir), *server]
+    env = {**os.environ, **rig.manager.export_for_workers()}  # it joins this session
+    err_file = rig.tmp / "interrupted.err"
+    with err_file.open("w") as err_out:  # a file: Dask's log lines would fill a pipe
+        process = subprocess.Popen([sys.executable, "-m", "cellprofiler_omero", *command,
+                                    "--workers", "2"], env=env, stdout=subprocess.PIPE,
+                                   stderr=err_out, text=True, start_new_session=True)
+    children: list[psutil.Process] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # the workers are running once this is printed
+            if line.startswith("[run] run the image sets"):
+                break
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not rig.labels(dataset_id):
+            time.sleep(0.02)
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert len(children) >= 2  # the local cluster's worker processes (and nannies)
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's process group
+        process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    err = err_file.read_text()
+    assert process.returncode == 130, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("interrupted: the run was stopped"), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    psutil.wait_procs(children, timeout=30)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not list(out_dir.glob(".cellprofiler-omero-*"))  # the hand-off file is gone
+    run(lambda: rig.manager.call(_alive))  # the lent session was detached, not ended
+    done_before = len(rig.labels(dataset_id))
+    assert 1 <= done_before < N_SETS  # the interrupt came mid-run
+    # The same command again (on the shared cluster) finishes the run: nothing twice.
+    rig.manager.export_for_workers()
+    capsys.readouterr()
+    code = main([*command, "--scheduler", cluster.scheduler.address, "--json"])
+    result = capsys.readouterr()
+    assert code == 0, result.err[-3000:]
+    report = json.loads(result.out)
+    assert (report["image_sets"], report["done"], report["failures"]) == (N_SETS, N_SETS, [])
+    _check_exactly_once(rig, dataset_id)
+
+
+async def _alive(conn: Any) -> None:
+    await conn.ping()
