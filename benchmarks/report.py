@@ -305,18 +305,27 @@ def build_sections(results: Mapping[str, Any]) -> list[Section]:
         section = builder(data)
         if data.get("warnings"):
             section.notes.extend(f"warning: {w}" for w in data["warnings"])
-        section.notes.extend(_round_trip_notes(data))
+        latency = (results.get("network") or {}).get("latency_ms") or 0.0
+        section.notes.extend(_round_trip_notes(data, latency))
         out.append(section)
     return out
 
 
-def _round_trip_notes(data: Mapping[str, Any]) -> list[str]:
-    """What each timed pass asked the server for, and the section's total."""
+def _round_trip_notes(data: Mapping[str, Any], latency_ms: float = 0.0) -> list[str]:
+    """What each timed pass asked the server for (and, under a latency, the time those
+    round trips cost at least), and the section's total."""
     notes = []
     for where, timing in _timings_with_calls(data, ""):
         if not timing["round_trips"]:
             continue  # a pass that never talks to the server (the ceilings)
-        notes.append(f"round trips of one {where} pass: {fmt_operations(timing['round_trips'])}")
+        floor = ""
+        if latency_ms:
+            calls = sum(timing["round_trips"].values())
+            floor = (f" ({calls:,} × {latency_ms:g} ms = "
+                     f"{fmt_seconds(calls * latency_ms / 1000)} of its "
+                     f"{fmt_seconds(timing.get('median_s'))} if made one after another)")
+        notes.append(f"round trips of one {where} pass{floor}: "
+                     f"{fmt_operations(timing['round_trips'])}")
     total = data.get("round_trips")
     if total:
         notes.append(f"round trips in the whole section (set-up and warm-up included): "
@@ -536,7 +545,7 @@ def summary(results: Mapping[str, Any]) -> str:
         if len(runs) > 1:
             banner = f"Network: {network_label(network)}"
             text += f"\n\n{'=' * len(banner)}\n{banner}\n{'=' * len(banner)}"
-        text += "\n" + render(build_sections({"sections": sections}))
+        text += "\n" + render(build_sections({"sections": sections, "network": network}))
     if len(runs) > 1:
         return text + "\n" + "\n".join(_goals_by_profile(results, runs))
     goals = results.get("goals") or evaluate_goals(results)

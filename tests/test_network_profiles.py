@@ -289,6 +289,8 @@ def test_the_report_shows_round_trips_beside_times_and_goals_per_profile(
     assert "round trips of one common pass: RawPixelsStore.getPlane 9, IQuery.findByQuery 3" \
         in text
     assert "round trips in the whole section (set-up and warm-up included): 40" in text
+    # Under a latency, what the round trips cost at least when made one after another.
+    assert "round trips of one common pass (12 × 20 ms = 0.240 s of its 1.0 s" in text
     goal_row = next(line for line in text.splitlines()
                     if line.strip().startswith("read via Ice vs the common"))
     assert "PASS 20.0×" in goal_row and "MISS 5.00×" in goal_row
