@@ -107,52 +107,50 @@ def _row_range(low: float, high: float, height: int) -> tuple[np.ndarray, bool]:
 
 def polygon(points: Sequence[tuple[float, float]], height: int, width: int) -> Raster:
     """Pixels whose centres lie inside the closed outline ``points`` ((x, y) pairs),
-    by the non-zero winding rule and the top-left rule on the outline."""
+    by the non-zero winding rule and the top-left rule on the outline.
+
+    Scanline without a loop over rows: every edge gives its crossings with the rows of
+    pixel centres it spans (half-open in y, so a vertex on a row is counted once and
+    horizontal edges never), the crossings are sorted by row and x, and the winding
+    number between two neighbours is a running sum — a closed outline crosses every row
+    as often upwards as downwards, so the sum is back at zero at each row's end. The
+    cost grows with the crossings (about the outline's height times its width in
+    crossings per row), not with rows × edges.
+    """
     if len(points) < 3:
         return Raster(_EMPTY, _EMPTY, False)
     xy = np.asarray(points, dtype=np.float64)
     x0, y0 = xy[:, 0], xy[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    # Horizontal edges never cross a row of centres: leave them out.
     slanted = y0 != y1
     x0, y0, x1, y1 = x0[slanted], y0[slanted], x1[slanted], y1[slanted]
     if x0.size == 0:
         return Raster(_EMPTY, _EMPTY, False)
-    rows, cut = _row_range(float(xy[:, 1].min()), float(xy[:, 1].max()), height)
-    direction = np.where(y1 > y0, 1, -1)
-    out_rows: list[np.ndarray] = []
-    out_starts: list[np.ndarray] = []
-    out_stops: list[np.ndarray] = []
-    slope = (x1 - x0) / (y1 - y0)
-    for start in range(0, rows.size, 256):  # bounded memory for very tall polygons
-        block = rows[start:start + 256]
-        yc = block[:, None] + 0.5
-        # Half-open in y: an edge counts for the centres with y0 <= yc < y1 (either
-        # direction), so a vertex on a row of centres is counted once.
-        crosses = ((y0 <= yc) & (yc < y1)) | ((y1 <= yc) & (yc < y0))
-        xs = np.where(crosses, x0 + (yc - y0) * slope, np.inf)
-        order = np.argsort(xs, axis=1, kind="stable")
-        xs = np.take_along_axis(xs, order, axis=1)
-        winding = np.cumsum(np.take_along_axis(np.where(crosses, direction, 0), order, axis=1),
-                            axis=1)
-        # Between crossing k and k+1 the winding number is winding[:, k].
-        inside = (winding[:, :-1] != 0) & np.isfinite(xs[:, 1:])
-        r_idx, k_idx = np.nonzero(inside)
-        lo = xs[r_idx, k_idx]
-        hi = xs[r_idx, k_idx + 1]
-        # Columns whose centre c + 0.5 lies in [lo, hi).
-        out_rows.append(block[r_idx])
-        out_starts.append(np.ceil(lo - 0.5).astype(np.int64))
-        out_stops.append(np.ceil(hi - 0.5).astype(np.int64))
-    if not out_rows:
+    low, high = np.minimum(y0, y1), np.maximum(y0, y1)
+    # Rows r whose centre r + 0.5 lies in [low, high), within the image's rows.
+    first = np.ceil(low - 0.5).astype(np.int64)
+    stop = np.ceil(high - 0.5).astype(np.int64)
+    cut = bool(np.any(first < 0) or np.any(stop > height))
+    first, stop = np.clip(first, 0, height), np.clip(stop, 0, height)
+    counts = np.maximum(stop - first, 0)
+    total = int(counts.sum())
+    if total == 0:
         return Raster(_EMPTY, _EMPTY, cut)
-    raster = _spans(np.concatenate(out_rows), np.concatenate(out_starts),
-                    np.concatenate(out_stops), height, width, cut)
-    if raster.area == 0:
-        return raster
-    # Adjacent spans of one row (a winding of 2 next to 1) may touch: merge repeats.
-    flat = np.unique(raster.rows * width + raster.cols)
-    return Raster(flat // width, flat % width, raster.beyond)
+    edge = np.repeat(np.arange(x0.size), counts)
+    rows = np.repeat(first, counts) + (
+        np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
+    yc = rows + 0.5
+    xs = x0[edge] + (yc - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+    direction = np.where(y1[edge] > y0[edge], 1, -1)
+    order = np.lexsort((xs, rows))
+    rows, xs, direction = rows[order], xs[order], direction[order]
+    winding = np.cumsum(direction)
+    # Between crossings k and k+1 of one row the winding number is winding[k].
+    inside = (winding[:-1] != 0) & (rows[:-1] == rows[1:])
+    k = np.flatnonzero(inside)
+    # Columns whose centre c + 0.5 lies in [x_k, x_k+1); neighbouring spans only touch.
+    return _spans(rows[k], np.ceil(xs[k] - 0.5).astype(np.int64),
+                  np.ceil(xs[k + 1] - 0.5).astype(np.int64), height, width, cut)
 
 
 def rectangle(x: float, y: float, w: float, h: float, height: int, width: int) -> Raster:
