@@ -403,6 +403,10 @@ class Graph:
         self._members: dict[int, View] = {}
         self._people: dict[tuple[str, int], View] = {}
         self._readable: dict[tuple[int, int], bool] = {}
+        #: Shapes by ROI id, loaded for many ROIs at once (see ``_roi_shapes``).
+        self._shapes: dict[int, list[Obj]] = {}
+        self._pending_rois: list[int] = []
+        self._details: Any = None
 
     # -- visibility ----------------------------------------------------------------------
 
@@ -464,6 +468,8 @@ class Graph:
             objs = [o for o in self.store.get_many(ids) if o.kind in kinds]
         else:
             objs = [o for k in kinds for o in self.store.all(k)]
+        if kinds == ("Roi",):
+            self._pending_rois = [o.id for o in objs]
         for obj in objs:
             if self.visible(obj):
                 yield self.view(obj)
@@ -579,8 +585,8 @@ class Graph:
         elif obj.kind == "Roi":
             f.update(source=None)
             lazy["image"] = lambda: self._one(obj.parent_id)
-            lazy["shapes"] = lambda: [self.view(o) for o in store.by_parents(
-                SHAPE_KINDS, [obj.id]) if self.visible(o)]
+            lazy["shapes"] = lambda: [self.view(o) for o in self._roi_shapes(obj.id)
+                                      if self.visible(o)]
             lazy["annotationLinks"] = lambda: []
             lazy["folderLinks"] = lambda: []
         elif obj.kind in SHAPE_KINDS:
@@ -599,13 +605,42 @@ class Graph:
             lazy["file"] = lambda: self._one(d.get("file"))
             lazy["mapValue"] = lambda: [View("NamedValue", {"id": None, "name": k, "value": v})
                                         for k, v in d.get("map", [])]
-        view = View(obj.kind, f, lazy, obj, model=lambda: self.to_model(obj))
+        model: Callable[[], Any] = lambda: self.to_model(obj)  # noqa: E731
+        if obj.kind == "Roi":
+            model = lambda: _modelmap().roi_model(obj, self.details())  # noqa: E731
+        elif obj.kind in SHAPE_KINDS:
+            model = lambda: _modelmap().shape_model(obj, self.details())  # noqa: E731
+        view = View(obj.kind, f, lazy, obj, model=model)
         self._cache[obj.id] = view
         return view
+
+    def details(self) -> Any:
+        """One ``modelmap.DetailsCache`` per query (thousands of ROIs and shapes share
+        a few owners and groups)."""
+        if self._details is None:
+            self._details = _modelmap().DetailsCache(self.store, self.user)
+        return self._details
+
+    def _roi_shapes(self, roi_id: int) -> list[Obj]:
+        """A ROI's shapes; the first ROI asked loads those of every ROI the query's root
+        found, in one look-up instead of one per ROI."""
+        if roi_id not in self._shapes:
+            batch = [i for i in self._pending_rois if i not in self._shapes]
+            if roi_id not in batch:
+                batch = [roi_id]
+            for i in batch:
+                self._shapes[i] = []
+            for shape in self.store.by_parents(SHAPE_KINDS, batch):
+                assert shape.parent_id is not None
+                self._shapes[shape.parent_id].append(shape)
+        return self._shapes[roi_id]
 
     def _one(self, object_id: int | None) -> View | None:
         if object_id is None:
             return None
+        cached = self._cache.get(object_id)
+        if cached is not None:
+            return cached  # views are made only of objects this viewer may see
         obj = self.store.get(object_id)
         if obj is None or not self.visible(obj):
             return None

@@ -217,79 +217,127 @@ def shape_fields(kind: str) -> dict[str, str]:
     return {**SHAPE_COMMON, **SHAPE_FIELDS[kind]}
 
 
+def _rtype(cls: type, value: Any) -> Any:
+    """An rtype without its generated ``__init__`` (a ROI answer holds hundreds of
+    thousands of them; the constructors cost more than the rest of the answer)."""
+    r = cls.__new__(cls)
+    r._val = value
+    return r
+
+
 def _wrap(kind: str, value: Any) -> Any:
     if value is None:
         return None
     if kind == "int":
-        return rint(int(value))
+        return _rtype(omero.rtypes.RIntI, int(value))
     if kind == "double":
-        return rdouble(float(value))
+        return _rtype(omero.rtypes.RDoubleI, float(value))
     if kind == "bool":
-        return rbool(bool(value))
+        return _rtype(omero.rtypes.RBoolI, bool(value))
     if kind == "length":
         number, unit = value
         return omero.model.LengthI(float(number), getattr(UnitsLength, unit))
-    return rstring(value)
+    return _rtype(omero.rtypes.RStringI, str(value))
+
+
+_PROTOTYPES: dict[tuple[type, bool], tuple[dict[str, Any], tuple[str, ...]]] = {}
+
+
+def _blank(cls: type, object_id: int, loaded: bool = True) -> Any:
+    """An instance of a model class with every field unset and every collection
+    unloaded (or an unloaded reference), copied from a prototype: the generated
+    ``__init__``, ``unload`` and ``__setattr__`` would cost seconds over the ten
+    thousand ROIs of one answer."""
+    proto = _PROTOTYPES.get((cls, loaded))
+    if proto is None:
+        model = cls(None, True)
+        unload_collections(model)
+        if not loaded:
+            model.unload()
+        fields = dict(vars(model))
+        proto = (fields, tuple(k for k, v in fields.items() if isinstance(v, list)))
+        _PROTOTYPES[(cls, loaded)] = proto
+    m = cls.__new__(cls)
+    fields = m.__dict__
+    fields.update(proto[0])
+    for key in proto[1]:
+        fields[key] = []  # never shared between objects
+    fields["_id"] = _rtype(omero.rtypes.RLongI, int(object_id))
+    return m
 
 
 class DetailsCache:
     """``details`` for many objects of few owners and groups (thousands of ROIs and
-    shapes in one answer): the owner, group and permissions are looked up once each."""
+    shapes in one answer): owner, group and permissions are built once per (owner,
+    group), and one ``Details`` is shared by every object of the same owner, group and
+    creation time (Ice marshals a shared class instance once, by reference)."""
 
     def __init__(self, store: Store, viewer: User | None) -> None:
         self.store = store
         self.viewer = viewer
         self._parts: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+        self._made: dict[tuple[int, int, int], Any] = {}
 
     def __call__(self, owner_id: int, group_id: int, created: float) -> omero.model.DetailsI:
+        millis = int(created * 1000)
+        made = self._made.get((owner_id, group_id, millis))
+        if made is not None:
+            return made
         parts = self._parts.get((owner_id, group_id))
         if parts is None:
             full = details(self.store, self.viewer, owner_id, group_id, created)
             parts = (full.owner, full.group, full.permissions)
             self._parts[(owner_id, group_id)] = parts
-        d = omero.model.DetailsI()
-        d.owner, d.group, d.permissions = parts
+        made = omero.model.DetailsI()
+        made.owner, made.group, made.permissions = parts
         event = omero.model.EventI(rlong(1), True)
-        event.time = rtime(int(created * 1000))
-        d.creationEvent = event
-        d.updateEvent = event
-        return d
+        event.time = rtime(millis)
+        made.creationEvent = event
+        made.updateEvent = event
+        self._made[(owner_id, group_id, millis)] = made
+        return made
 
 
 def shape_model(obj: Obj, make_details: Any, roi: Any = None) -> Any:
     """A stored shape as its ``omero.model`` class: every field as it was saved."""
-    m = _CLASSES[obj.kind](rlong(obj.id), True)
-    unload_collections(m)
+    m = _blank(_CLASSES[obj.kind], obj.id)
     d = obj.data
+    fields = m.__dict__
     for name, kind in shape_fields(obj.kind).items():
-        setattr(m, f"_{name}", _wrap(kind, d.get(name)))
+        value = d.get(name)
+        if value is not None:
+            fields[f"_{name}"] = _wrap(kind, value)
     if obj.kind == "Mask" and d.get("bytes") is not None:
         import base64
 
-        m._bytes = base64.b64decode(d["bytes"])
+        fields["_bytes"] = base64.b64decode(d["bytes"])
     if d.get("transform") is not None:
         transform = omero.model.AffineTransformI(rlong(obj.id), True)
         for name, value in zip(TRANSFORM, d["transform"], strict=True):
             setattr(transform, f"_{name}", rdouble(value))
-        m._transform = transform
-    m._roi = roi if roi is not None else omero.model.RoiI(rlong(obj.parent_id), False)
-    m._details = make_details(obj.owner_id, obj.group_id, obj.created)
+        fields["_transform"] = transform
+    fields["_roi"] = roi if roi is not None else _unloaded_roi(obj.parent_id)
+    fields["_details"] = make_details(obj.owner_id, obj.group_id, obj.created)
     return m
+
+
+def _unloaded_roi(roi_id: int | None) -> Any:
+    return _blank(omero.model.RoiI, roi_id or 0, loaded=False)
 
 
 def roi_model(obj: Obj, make_details: Any, shapes: list[Obj] | None = None) -> Any:
     """A stored ROI; with ``shapes`` given, its shapes collection loaded with them
     (each shape's ``roi`` is this ROI, as Hibernate returns the graph)."""
-    m = omero.model.RoiI(rlong(obj.id), True)
-    unload_collections(m)
-    m.name = rstring(obj.name) if obj.name else None
-    m.description = rstring(obj.description) if obj.description else None
-    image_id = obj.parent_id
-    m.image = omero.model.ImageI(rlong(image_id), False) if image_id is not None else None
-    m._details = make_details(obj.owner_id, obj.group_id, obj.created)
+    m = _blank(omero.model.RoiI, obj.id)
+    fields = m.__dict__
+    fields["_name"] = _wrap("str", obj.name) if obj.name else None
+    fields["_description"] = _wrap("str", obj.description) if obj.description else None
+    if obj.parent_id is not None:
+        fields["_image"] = _blank(omero.model.ImageI, obj.parent_id, loaded=False)
+    fields["_details"] = make_details(obj.owner_id, obj.group_id, obj.created)
     if shapes is not None:
-        m._shapesSeq = [shape_model(s, make_details, m) for s in shapes]
-        m._shapesLoaded = True
+        fields["_shapesSeq"] = [shape_model(s, make_details, m) for s in shapes]
+        fields["_shapesLoaded"] = True
     return m
 
 

@@ -350,13 +350,15 @@ class Store:
         return obj
 
     def insert_many(self, kind_rows: Sequence[tuple[str, str, str, int, int, int | None,
-                                                    dict[str, Any]]]) -> list[int]:
+                                                    dict[str, Any]]],
+                    now: float | None = None) -> list[int]:
         """Insert many objects at once (kind, name, description, owner, group, parent,
         data) in one transaction, without reading them back: the ids, in order.
 
         Thousands of ROIs and shapes arrive in one ``saveAndReturnArray``; one
-        transaction keeps that to seconds instead of one commit per object."""
-        now = time.time()
+        transaction keeps that to seconds instead of one commit per object. ``now`` is
+        the creation time (one call's objects share one, as they share a server event)."""
+        now = time.time() if now is None else now
         ids: list[int] = []
         with self.transaction() as db:
             for kind, name, description, owner_id, group_id, parent_id, data in kind_rows:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -64,12 +65,20 @@ def batch(store: Store) -> Iterator[None]:
     outer = getattr(_local, "images", None)
     if outer is None:
         _local.images = {}
+        # One call's objects share one creation event, as on a real server.
+        _local.now = time.time()
     try:
         with store.transaction():
             yield
     finally:
         if outer is None:
             _local.images = None
+            _local.now = None
+
+
+def _now() -> float:
+    now: float | None = getattr(_local, "now", None)
+    return time.time() if now is None else now
 
 
 def _data(kind: str, shape: Any) -> dict[str, Any]:
@@ -152,7 +161,7 @@ class RoiWriter:
         user_id = caller.user.id
         roi_id = self.store.insert_many([("Roi", unwrap(obj._name) or "",
                                           unwrap(obj._description) or "", user_id, group_id,
-                                          image_id, {})])[0]
+                                          image_id, {})], _now())[0]
         shapes = (obj._shapesSeq or []) if obj.isShapesLoaded() else []
         rows = []
         for shape in shapes:
@@ -164,7 +173,7 @@ class RoiWriter:
             if kind not in SHAPE_KINDS:
                 raise api_usage(f"{kind} is not a Shape.")
             rows.append((kind, "", "", user_id, group_id, roi_id, _data(kind, shape)))
-        self.store.insert_many(rows)
+        self.store.insert_many(rows, _now())
         return roi_id
 
     def _new_shape(self, caller: Caller, kind: str, obj: Any) -> int:
@@ -187,7 +196,7 @@ class RoiWriter:
         if not self.store.can_link(caller.user, roi.owner_id, roi.group_id):
             raise _not_granted(self.store, roi.group_id, "Roi", roi_id)
         return self.store.insert_many([(kind, "", "", caller.user.id, roi.group_id, roi_id,
-                                        _data(kind, obj))])[0]
+                                        _data(kind, obj))], _now())[0]
 
     # -- existing ------------------------------------------------------------------------
 
@@ -222,7 +231,7 @@ class RoiWriter:
                              _data(kind, shape)))
             elif shape.isLoaded():
                 self._existing_shape(caller, kind, shape, unwrap(shape.id))
-        self.store.insert_many(rows)
+        self.store.insert_many(rows, _now())
         return oid
 
     def _existing_shape(self, caller: Caller, kind: str, obj: Any, oid: int) -> int:
