@@ -172,6 +172,29 @@ def test_points_strings_and_transforms_decode_into_image_coordinates() -> None:
     assert _pixels(rasterise.rasterise(turned, H, W)) == {
         (r, c) for r in range(5, 9) for c in range(8, 10)}
 
+    ellipse = omero.model.EllipseI()
+    for name, value in (("X", 0), ("Y", 0), ("RadiusX", 6), ("RadiusY", 3)):
+        getattr(ellipse, f"set{name}")(rdouble(value))
+    ellipse.setTransform(rotate)
+    upright = decode_shape(ellipse, roi_id=1)
+    assert isinstance(upright, PolygonShape)  # a turned ellipse: its outline, finely
+    exact = rasterise.rasterise(EllipseShape(10, 5, 3, 6), H, W)
+    assert len(_pixels(rasterise.rasterise(upright, H, W)) ^ _pixels(exact)) <= 2
+
+    mask = omero.model.MaskI()
+    for name, value in (("X", 1), ("Y", 1), ("Width", 1), ("Height", 1)):
+        getattr(mask, f"set{name}")(rdouble(value))
+    mask.setBytes(bytes([0b10000000]))
+    mask.setTransform(rotate)
+    assert decode_shape(mask, roi_id=1) is None  # no exact pixels: left out, logged
+    shift = omero.model.AffineTransformI()
+    for name, value in (("A00", 1), ("A10", 0), ("A01", 0), ("A11", 1), ("A02", 4),
+                        ("A12", 2)):
+        getattr(shift, f"set{name}")(rdouble(value))
+    mask.setTransform(shift)
+    moved = decode_shape(mask, roi_id=1)
+    assert moved is not None and _pixels(rasterise.rasterise(moved, H, W)) == {(3, 5)}
+
 
 # -- through the emulator and CellProfiler -------------------------------------------------
 
