@@ -5,6 +5,7 @@ image, kept across a restart."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import ezomero
@@ -15,8 +16,11 @@ import omero_rois
 import pytest
 from omero.gateway import BlitzGateway
 from omero.model import ImageI, MaskI, RectangleI, RoiI
-from omero.rtypes import rdouble, rint, rstring
+from omero.rtypes import rdouble, rint, rlong, rstring
 from omero.sys import ParametersI
+
+from cellprofiler_omero.emulator import Emulator, SeedOptions
+from cellprofiler_omero.emulator.store import READ_ONLY, Store
 
 
 def _image(conn: BlitzGateway, name: str, plane: np.ndarray, sizes: tuple[int, int] = (1, 1)
@@ -153,3 +157,135 @@ def test_a_roi_on_an_image_the_user_cannot_see_is_refused(blitz: Any, seeded: An
     roi.addShape(RectangleI())
     with pytest.raises(omero.ApiUsageException):
         conn.getUpdateService().saveAndReturnObject(roi, conn.SERVICE_OPTS)
+
+
+# -- permissions and persistence: an emulator of this module's own ------------------------
+
+_SMALL = SeedOptions(seed=1, fields=1, field_size=64, large_size=256, plate_rows=1,
+                     plate_columns=1, plate_fields=1, plate_field_size=32)
+
+
+@pytest.fixture(scope="module")
+def own_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """An emulator with a read-only group ``readonly`` of demo and other (the seed has
+    none); the last test restarts it."""
+    data = tmp_path_factory.mktemp("rois")
+    emu = Emulator(data, seed_options=_SMALL)
+    emu.start()
+    emu.stop()
+    store = Store(data / "omero.sqlite")
+    group = store.add_group("readonly", READ_ONLY)
+    for name in ("demo", "other"):
+        user = store.user_by_name(name)
+        assert user is not None
+        store.add_member(group.id, user.id)
+    store.close()
+    emu.restart()
+    try:
+        yield emu
+    finally:
+        emu.close()
+
+
+def _connect(emu: Emulator, user: str) -> BlitzGateway:
+    conn = BlitzGateway(user, user, host=emu.host, port=emu.port)
+    assert conn.connect(), conn.getLastError()
+    conn.SERVICE_OPTS.setOmeroGroup(-1)
+    return conn
+
+
+def _mask_roi(image_id: int, name: str) -> RoiI:
+    roi = RoiI()
+    roi.setImage(ImageI(image_id, False))
+    roi.setName(rstring(name))
+    roi.addShape(omero_rois.mask_from_binary_image(_labels() == 1, text=name))
+    return roi
+
+
+def _roi_count(conn: BlitzGateway, image_id: int) -> int:
+    rows = conn.getQueryService().projection(
+        "select count(r) from Roi r where r.image.id = :id", ParametersI().addId(image_id),
+        conn.SERVICE_OPTS)
+    return int(rows[0][0].val)
+
+
+def test_rois_follow_the_image_groups_rules_and_a_refusal_saves_nothing(
+        own_emulator: Emulator) -> None:
+    demo, other = _connect(own_emulator, "demo"), _connect(own_emulator, "other")
+    try:
+        groups = {g.getName(): g.getId() for g in demo.getGroupsMemberOf()}
+        demo.SERVICE_OPTS.setOmeroGroup(groups["readonly"])
+        locked = _image(demo, "read-only image", np.zeros((40, 50), dtype=np.uint8))
+        demo.SERVICE_OPTS.setOmeroGroup(groups["shared"])
+        annotatable = _image(demo, "read-annotate image", np.zeros((40, 50), dtype=np.uint8))
+        demo.SERVICE_OPTS.setOmeroGroup(-1)
+
+        # Read-annotate: another member may draw on demo's image; the ROI is in its group.
+        theirs = other.getUpdateService().saveAndReturnObject(
+            _mask_roi(annotatable, "by other"), other.SERVICE_OPTS)
+        assert theirs.getDetails().getGroup().getId().getValue() == groups["shared"]
+        assert theirs.getDetails().getOwner().getId().getValue() == other.getUserId()
+
+        # Read-only: refused as OmeroInterceptor refuses the link, and the whole call
+        # (including the ROI that was allowed) leaves nothing behind.
+        with pytest.raises(omero.SecurityViolation) as refused:
+            other.getUpdateService().saveAndReturnArray(
+                [_mask_roi(annotatable, "allowed"), _mask_roi(locked, "refused")],
+                other.SERVICE_OPTS)
+        assert refused.value.message == (
+            f"Group is rwr---. Cannot link to object: ome.model.core.Image:Id_{locked}")
+        assert (_roi_count(demo, locked), _roi_count(demo, annotatable)) == (0, 1)
+
+        # The owner may; RoiOptions.userId picks one user's ROIs.
+        mine = demo.getUpdateService().saveAndReturnObject(_mask_roi(annotatable, "by demo"),
+                                                           demo.SERVICE_OPTS)
+        found = demo.getRoiService().findByImage(
+            annotatable, omero.api.RoiOptions(userId=rlong(other.getUserId())),
+            demo.SERVICE_OPTS)
+        assert [r.getName().getValue() for r in found.rois] == ["by other"]
+        # BlitzGateway's own ROI query: "join fetch obj.shapes" with an image filter.
+        rois = list(demo.getObjects("Roi", opts={"image": annotatable, "load_shapes": True}))
+        assert sorted(r.getName() for r in rois) == ["by demo", "by other"]
+        assert all(len(r._obj.copyShapes()) == 1 for r in rois)
+
+        # Another user may not delete demo's ROI; demo may, and its shapes go with it.
+        shape_id = mine.copyShapes()[0].getId().getValue()
+        handle = other.c.sf.submit(omero.cmd.Delete2(
+            targetObjects={"Roi": [mine.getId().getValue()]}), other.SERVICE_OPTS)
+        response = handle.getResponse()
+        assert isinstance(response, omero.cmd.GraphException)
+        demo.deleteObjects("Roi", [mine.getId().getValue()], wait=True)
+        assert demo.getObject("Shape", shape_id) is None
+        assert _roi_count(demo, annotatable) == 1
+    finally:
+        demo.close()
+        other.close()
+
+
+def test_rois_are_deleted_with_their_image_and_survive_a_restart(
+        own_emulator: Emulator) -> None:
+    conn = _connect(own_emulator, "demo")
+    kept = _image(conn, "kept", np.zeros((40, 50), dtype=np.uint8))
+    gone = _image(conn, "gone", np.zeros((40, 50), dtype=np.uint8))
+    saved = conn.getUpdateService().saveAndReturnArray(
+        [_mask_roi(kept, "kept"), _mask_roi(gone, "gone")], conn.SERVICE_OPTS)
+    gone_shape = saved[1].copyShapes()[0].getId().getValue()
+    handle = conn.c.sf.submit(omero.cmd.Delete2(targetObjects={"Image": [gone]}),
+                              conn.SERVICE_OPTS)
+    deleted = handle.getResponse().deletedObjects
+    assert deleted["ome.model.roi.Roi"] == [saved[1].getId().getValue()]
+    assert deleted["ome.model.roi.Mask"] == [gone_shape]
+    conn.close()
+
+    own_emulator.restart()
+    conn = _connect(own_emulator, "demo")
+    try:
+        result = conn.getRoiService().findByImage(kept, None, conn.SERVICE_OPTS)
+        assert [r.getName().getValue() for r in result.rois] == ["kept"]
+        mask = result.rois[0].copyShapes()[0]
+        assert mask.getBytes() == saved[0].copyShapes()[0].getBytes()
+        assert mask.getTextValue().getValue() == "kept"
+        assert _roi_count(conn, gone) == 0
+        assert conn.getObject("Shape", gone_shape) is None
+    finally:
+        conn.close()
