@@ -54,7 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "and\nmust be the same for every image.\n\n"
                     "Key-value pairs on the images (map annotations; --kv-namespace to "
                     "choose\nnamespaces) become Metadata_<key> columns and their tags "
-                    "Metadata_Tags\n(--no-tags to leave them out). Keys are made column "
+                    "Metadata_Tags\n(when an image has tags; --no-tags to leave them out). Keys are made column "
                     "names (letters, digits,\n_); a key whose name is taken (by a built-in "
                     "column or another key) gets\n_2, _3 ... in sorted key order, and each "
                     "such collision is reported on stderr.\nSeveral values of one key on an "
@@ -247,7 +247,8 @@ def loaddata_csv_with_annotations(
         url: Callable[[ObjectRef], str], annotations: Mapping[int, ImageAnnotations], *,
         tags: bool, own: bool = False) -> tuple[str, list[Collision]]:
     """The LoadData CSV text with a ``Metadata_<key>`` column per key-value pair key (and
-    ``Metadata_Tags`` when ``tags``), and the name collisions resolved on the way.
+    ``Metadata_Tags`` when ``tags`` and an image has tags), and the name collisions
+    resolved on the way.
     ``own``: keep pairs in this package's own namespaces (see ``ImageAnnotations.values``)."""
     from cellprofiler_omero.core.annotations import TAGS_KEY
 
@@ -259,6 +260,9 @@ def loaddata_csv_with_annotations(
     header += list(PLATE_COLUMNS if in_plates else ()) + list(PLANE_COLUMNS if stacks else ())
     header += list(IMAGE_COLUMNS)
     builtin = [name.removeprefix("Metadata_") for name in header if name.startswith("Metadata_")]
+    # Metadata_Tags only when an image has tags: images without annotations keep the CSV
+    # they always had.
+    tags = tags and any(found.tags for found in annotations.values())
     names, collisions = annotation_columns(annotations, builtin, tags=tags, own=own)
     keys = sorted(names, key=lambda k: names[k].lower())
     header += [f"Metadata_{names[k]}" for k in keys]
