@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 #: The one-call functions of ``cellprofiler_omero.api``, importable from the package root.
 #: They are loaded on first use, so ``import cellprofiler_omero`` stays cheap (no numpy,
 #: pandas, omero-py or Ice until a function is called).
-_API = ("connect", "disconnect", "list_images", "read_image", "upload_image", "write_table")
+_API = ("connect", "disconnect", "list_images", "read_image", "save_rois", "upload_image",
+        "write_table")
 
 __all__ = ["__version__", *_API]
 

@@ -37,6 +37,7 @@ from cellprofiler_omero.benchmarks import (
     machine,
     paths_e2e,
     paths_read,
+    paths_rois,
     paths_tables,
     paths_upload,
     report,
@@ -57,7 +58,7 @@ from cellprofiler_omero.emulator import EmulatorError, SeedOptions
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("read", "upload", "tables", "e2e", "ceilings", "growth")
+SECTIONS = ("read", "upload", "tables", "e2e", "ceilings", "growth", "rois")
 #: What may run against a server that is not ours: nothing that writes.
 OWN_SERVER_SECTIONS = ("read", "ceilings")
 #: Sections that never talk to the server: run once, whatever the network profiles.
@@ -79,11 +80,12 @@ class Plan:
     e2e: paths_e2e.E2EWorkload
     ceilings: ceilings.CeilingsWorkload
     growth: growth.GrowthWorkload
+    rois: paths_rois.RoisWorkload
 
 
 FULL = Plan("full", paths_read.ReadWorkload(), paths_upload.UploadWorkload(),
             paths_tables.TablesWorkload(), paths_e2e.E2EWorkload(),
-            ceilings.CeilingsWorkload(), growth.GrowthWorkload())
+            ceilings.CeilingsWorkload(), growth.GrowthWorkload(), paths_rois.RoisWorkload())
 
 #: Every path on tiny data, for CI: seconds per section, figures that mean nothing.
 QUICK = Plan(
@@ -100,6 +102,7 @@ QUICK = Plan(
                               repetitions=3, warmup=1),
     growth.GrowthWorkload(sizes=(256, 512, 1024), image_sets=(10, 30, 100),
                           table_repetitions=1),
+    paths_rois.RoisWorkload(objects=1_000, size=320, repetitions=1),
 )
 
 
@@ -263,6 +266,7 @@ def run(plan: Plan, sections: Sequence[str], args: argparse.Namespace,
             "e2e": lambda: _e2e(target, plan),
             "ceilings": lambda: ceilings.run(plan.ceilings),
             "growth": lambda: growth.run(target, parent(), plan.growth),
+            "rois": lambda: paths_rois.run(target, plan.rois),
         }
         free = [name for name in sections if name in NETWORK_FREE_SECTIONS]
         networked = [name for name in sections if name not in NETWORK_FREE_SECTIONS]

@@ -291,6 +291,7 @@ def build_sections(results: Mapping[str, Any]) -> list[Section]:
         ("e2e", "End to end (CellProfiler headless)", _e2e_section),
         ("ceilings", "Reference ceilings (this machine)", _ceilings_section),
         ("growth", "Growth", _growth_section),
+        ("rois", "ROIs (objects saved as OMERO ROIs)", _rois_section),
     ]
     out = []
     for key, title, builder in builders:
@@ -440,6 +441,30 @@ def _e2e_section(data: dict[str, Any]) -> Section:
         section.lines.append(Line(label, fmt_rate(run.get("sets_per_s"), "sets/s"), detail))
     section.lines.append(Line("OMERO / local", fmt_ratio(data.get("ratio")), "",
                               "e2e_omero_vs_local", data.get("ratio")))
+    return section
+
+
+def _rois_section(data: dict[str, Any]) -> Section:
+    objects = data.get("objects") or 0
+    section = Section(f"ROIs: {objects:,} objects on one image, one Mask ROI each "
+                      "(SaveObjectsToOMERO's save)")
+    for key, label in (("save", "save"), ("rerun", "rerun (all found)")):
+        timing = data.get(key)
+        if not timing:
+            continue
+        if "error" in timing:
+            section.lines.append(Line(label, "error", str(timing["error"])))
+            continue
+        detail = f"{fmt_seconds(timing.get('median_s'))} per save"
+        if key == "save" and data.get("batches"):
+            detail += f", {data['batches']} batches"
+        section.lines.append(Line(label, fmt_rate(timing.get("median_rate"), "ROIs/s"),
+                                  detail, calls=_calls(timing)))
+    encode = data.get("encode_rois_per_s") or {}
+    if encode:
+        section.lines.append(Line(
+            "encode (no server)", fmt_rate(encode.get("mask"), "ROIs/s"),
+            f"Polygon {fmt_rate(encode.get('polygon'), 'ROIs/s')}"))
     return section
 
 

@@ -116,26 +116,62 @@ def parse_color(text: str) -> int:
 # -- polygons ------------------------------------------------------------------------------
 
 
+def simplify(points: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas–Peucker: the fewest of ``points`` (an open or closed (N, 2) path) such that
+    none of the others lies farther than ``tolerance`` from the simplified path."""
+    count = len(points)
+    if count < 3:
+        return points
+    keep = np.zeros(count, dtype=bool)
+    keep[0] = keep[-1] = True
+    stack = [(0, count - 1)]
+    while stack:
+        first, last = stack.pop()
+        if last <= first + 1:
+            continue
+        chord = points[last] - points[first]
+        offsets = points[first + 1:last] - points[first]
+        length = float(np.hypot(chord[0], chord[1]))
+        if length == 0.0:  # a closed path's ends meet: distance to that point
+            distances = np.hypot(offsets[:, 0], offsets[:, 1])
+        else:
+            distances = np.abs(chord[0] * offsets[:, 1] - chord[1] * offsets[:, 0]) / length
+        farthest = int(np.argmax(distances))
+        if distances[farthest] > tolerance:
+            split = first + 1 + farthest
+            keep[split] = True
+            stack += [(first, split), (split, last)]
+    return points[keep]
+
+
+def _corners(contour: np.ndarray) -> np.ndarray:
+    """A closed contour without the points inside straight runs (same shape, fewer points)."""
+    steps = np.diff(contour, axis=0)
+    turning = np.ones(len(contour), dtype=bool)
+    turning[1:-1] = np.any(np.abs(steps[1:] - steps[:-1]) > 1e-9, axis=1)
+    return contour[turning]
+
+
 def outline(mask: np.ndarray, tolerance: float) -> tuple[tuple[float, float], ...]:
     """The simplified outer contour of ``mask``'s largest connected part, as (x, y)
     points relative to the mask's top-left pixel (pixel centres at integer positions)."""
-    from scipy import ndimage
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
-    parts, count = ndimage.label(mask)
-    if count > 1:
-        sizes = np.bincount(parts.ravel())
-        sizes[0] = 0
-        mask = parts == int(np.argmax(sizes))
     # One pixel of background all round, so every contour closes.
     padded = np.pad(np.asarray(mask, dtype=np.uint8), 1)
     contours = find_contours(padded, 0.5)
     if not contours:
         return ()
-    # The outer contour is the longest; holes give the shorter ones.
-    contour = max(contours, key=len)
+
+    def area(contour: np.ndarray) -> float:
+        rows, cols = contour[:, 0], contour[:, 1]
+        return abs(float(np.dot(rows[:-1], cols[1:]) - np.dot(rows[1:], cols[:-1]))) / 2
+
+    # Outer contours enclose their holes' contours: the largest area is the outer contour
+    # of the largest part (4-connected, as CellProfiler labels objects).
+    contour = _corners(max(contours, key=area))
     if tolerance > 0:
-        contour = approximate_polygon(contour, tolerance=tolerance)
+        contour = simplify(contour, tolerance)
     if len(contour) > 1 and np.array_equal(contour[0], contour[-1]):
         contour = contour[:-1]  # OMERO closes a polygon itself
     return tuple((float(c) - 1.0, float(r) - 1.0) for r, c in contour)

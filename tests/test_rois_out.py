@@ -460,3 +460,23 @@ def test_objects_from_an_image_that_is_not_from_omero_are_refused_before_the_run
     assert caught.value.image_number == 2
     assert caught.value.url == "file:///data/plate1/A01.tif"
     assert caught.value.image_name == "DNA"
+
+
+def test_a_script_saves_a_label_image_as_rois_in_one_call_once(
+        roi_server: Emulator, demo_manager: SessionManager) -> None:
+    import cellprofiler_omero as co
+    from cellprofiler_omero.core import session as core_session
+
+    image = _image(demo_manager, 64)
+    core_session.set_manager(demo_manager)  # the session a script's connect() would make
+    try:
+        made = co.save_rois(f"Image:{image}", grid_labels(3, 3), name="Cells",
+                            shape="polygon")
+        again = co.save_rois(f"omero:iid={image}", grid_labels(3, 3), name="Cells",
+                             shape="polygon")
+    finally:
+        core_session.set_manager(None)
+    assert list(made) == list(range(1, 10)) and again == made
+    rois = _server_rois(roi_server, image)
+    assert sorted(r.getId().getValue() for r in rois) == sorted(made.values())
+    assert all(type(s).__name__ == "PolygonI" for r in rois for s in r.copyShapes())
