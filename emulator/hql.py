@@ -446,7 +446,8 @@ class Graph:
                         yield from view.get("pixels")[0].get("channels")
             return
         if cls in LINKS or cls.endswith("AnnotationLink"):
-            yield from self._links(cls, ids)
+            yield from self._links(cls, ids, parents[1] if parents is not None
+                                   and parents[0] == "parent" else None)
             return
         if cls in EMPTY_CLASSES:
             return
@@ -515,7 +516,8 @@ class Graph:
 
         return View(kind, {"id": eid, "value": value, **extra}, model=model)
 
-    def _links(self, cls: str, ids: list[int] | None) -> Iterator[View]:
+    def _links(self, cls: str, ids: list[int] | None, parent_ids: list[int] | None = None
+               ) -> Iterator[View]:
         if cls in LINKS:
             kinds = [cls]
         elif cls == "AnnotationLink":
@@ -524,7 +526,10 @@ class Graph:
             kinds = [cls]
         for kind in kinds:
             parent_kind = LINKS[kind][0] if kind in LINKS else kind[: -len("AnnotationLink")]
-            for obj in self.store.all(parent_kind):
+            # ``l.parent.id in (:ids)`` names the parents (a ROI's links, not every ROI's).
+            parents = (self.store.get_many(parent_ids, parent_kind) if parent_ids is not None
+                       else self.store.all(parent_kind))
+            for obj in parents:
                 if not self.visible(obj):
                     continue
                 for link in self.store.links_from(kind, [obj.id]):
@@ -587,7 +592,6 @@ class Graph:
             lazy["image"] = lambda: self._one(obj.parent_id)
             lazy["shapes"] = lambda: [self.view(o) for o in self._roi_shapes(obj.id)
                                       if self.visible(o)]
-            lazy["annotationLinks"] = lambda: []
             lazy["folderLinks"] = lambda: []
         elif obj.kind in SHAPE_KINDS:
             from cellprofiler_omero.emulator.modelmap import shape_fields
@@ -1150,8 +1154,9 @@ def _root_ids(query: Query, params: dict[str, Any]) -> list[int] | None:
 
 
 def _root_parents(query: Query, params: dict[str, Any]) -> tuple[str, list[int]] | None:
-    """Fast path for ROIs and shapes: a top-level ``r.image.id = :id`` (``in (:ids)``),
-    ``s.roi.id = …`` or ``s.roi.image.id = …`` names the parents of the roots."""
+    """Fast path for ROIs, shapes and links: a top-level ``r.image.id = :id``
+    (``in (:ids)``), ``s.roi.id = …``, ``s.roi.image.id = …`` or ``l.parent.id = …``
+    names the parents of the roots."""
     node = query.where
     stack = [node] if node is not None else []
     while stack:
@@ -1167,7 +1172,7 @@ def _root_parents(query: Query, params: dict[str, Any]) -> tuple[str, list[int]]
             continue
         if left[0] != "path":
             continue
-        for via in ("image", "roi", "roi.image"):
+        for via in ("image", "roi", "roi.image", "parent"):
             if left[1] != f"{query.alias}.{via}.id":
                 continue
             ids: list[int] = []

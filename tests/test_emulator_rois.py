@@ -15,7 +15,7 @@ import omero.cmd
 import omero_rois
 import pytest
 from omero.gateway import BlitzGateway
-from omero.model import ImageI, MaskI, RectangleI, RoiI
+from omero.model import CommentAnnotationI, ImageI, MaskI, RectangleI, RoiI
 from omero.rtypes import rdouble, rint, rlong, rstring
 from omero.sys import ParametersI
 
@@ -93,6 +93,10 @@ def test_masks_from_a_label_image_round_trip_through_omero_rois(blitz: Any) -> N
         roi.setName(rstring(f"nuclei {number}"))
         roi.addShape(mask)
         rois.append(roi)
+    tag = CommentAnnotationI()
+    tag.setNs(rstring("example.org/segmentation"))
+    tag.setTextValue(rstring("from a label image"))
+    rois[0].linkAnnotation(tag)
     saved = conn.getUpdateService().saveAndReturnArray(rois, conn.SERVICE_OPTS)
     saved_masks = [r.copyShapes()[0] for r in saved]
     assert all(m.getId() is not None for m in saved_masks)
@@ -110,6 +114,14 @@ def test_masks_from_a_label_image_round_trip_through_omero_rois(blitz: Any) -> N
     assert colours[2] == masks[1].getFillColor().getValue()
     assert [unwrap_z for unwrap_z in result.byZ] == [0]
     assert len(result.byZ[0]) == 3
+
+    # An annotation that came inside a ROI is linked to it (namespaces of ROIs).
+    namespaces = conn.getQueryService().projection(
+        "select l.parent.id, a.ns from RoiAnnotationLink l join l.child a "
+        "where l.parent.id in (:ids)", ParametersI().addIds([r.getId() for r in saved]),
+        conn.SERVICE_OPTS)
+    assert [[v.val for v in row] for row in namespaces] == [
+        [saved[0].getId().getValue(), "example.org/segmentation"]]
 
     # Paging as RoiOptions asks (ordered by ROI id).
     opts = omero.api.RoiOptions(offset=rint(1), limit=rint(1))

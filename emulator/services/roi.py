@@ -174,7 +174,14 @@ class RoiWriter:
                 raise api_usage(f"{kind} is not a Shape.")
             rows.append((kind, "", "", user_id, group_id, roi_id, _data(kind, shape)))
         self.store.insert_many(rows, _now())
+        self._annotations(caller, roi_id, obj)
         return roi_id
+
+    def _annotations(self, caller: Caller, roi_id: int, obj: Any) -> None:
+        """Annotation links that came inside the ROI (``roi.linkAnnotation`` then save),
+        saved as IUpdate saves any object's (``UpdateI._collections``)."""
+        if obj.isAnnotationLinksLoaded() and obj._annotationLinksSeq:
+            self.servant._collections(caller, "Roi", roi_id, obj)  # type: ignore[attr-defined]
 
     def _new_shape(self, caller: Caller, kind: str, obj: Any) -> int:
         roi_ref = getattr(obj, "_roi", None)
@@ -232,6 +239,7 @@ class RoiWriter:
             elif shape.isLoaded():
                 self._existing_shape(caller, kind, shape, unwrap(shape.id))
         self.store.insert_many(rows, _now())
+        self._annotations(caller, oid, obj)
         return oid
 
     def _existing_shape(self, caller: Caller, kind: str, obj: Any, oid: int) -> int:

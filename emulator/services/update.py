@@ -232,7 +232,7 @@ class UpdateI(SessionServant):
 
     def _collections(self, caller: Caller, kind: str, oid: int, obj: Any) -> None:
         pairs = list(_COLLECTIONS.get(kind, []))
-        if kind in ("Project", "Dataset", "Image", "Screen", "Plate"):
+        if kind in ("Project", "Dataset", "Image", "Screen", "Plate", "Roi"):
             pairs.append(("_annotationLinksSeq", f"{kind}AnnotationLink"))
         for attr, _link_kind in pairs:
             links = getattr(obj, attr, None)
