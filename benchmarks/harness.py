@@ -102,7 +102,7 @@ QUICK = Plan(
                               repetitions=3, warmup=1),
     growth.GrowthWorkload(sizes=(256, 512, 1024), image_sets=(10, 30, 100),
                           table_repetitions=1),
-    paths_rois.RoisWorkload(objects=1_000, size=320, repetitions=1),
+    paths_rois.RoisWorkload(objects=400, size=200, repetitions=1),
 )
 
 
