@@ -38,6 +38,7 @@ from cellprofiler_omero.benchmarks import (
     paths_e2e,
     paths_read,
     paths_rois,
+    paths_run,
     paths_tables,
     paths_upload,
     report,
@@ -58,11 +59,12 @@ from cellprofiler_omero.emulator import EmulatorError, SeedOptions
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("read", "upload", "tables", "e2e", "ceilings", "growth", "rois")
+SECTIONS = ("read", "upload", "tables", "e2e", "ceilings", "growth", "run", "rois")
 #: What may run against a server that is not ours: nothing that writes.
 OWN_SERVER_SECTIONS = ("read", "ceilings")
-#: Sections that never talk to the server: run once, whatever the network profiles.
-NETWORK_FREE_SECTIONS = ("ceilings",)
+#: Sections run once, whatever the network profiles: those that never talk to the server,
+#: and the Dask run (its goal is about compute on this machine's cores).
+NETWORK_FREE_SECTIONS = ("ceilings", "run")
 DEFAULT_OUTPUT = Path("benchmarks") / "results"
 #: 2: ``profiles`` holds the sections of every network profile after the first (whose
 #: sections stay at the top level, as in 1) and ``meta.networks`` lists them in order.
@@ -80,12 +82,14 @@ class Plan:
     e2e: paths_e2e.E2EWorkload
     ceilings: ceilings.CeilingsWorkload
     growth: growth.GrowthWorkload
+    run: paths_run.RunWorkload
     rois: paths_rois.RoisWorkload
 
 
 FULL = Plan("full", paths_read.ReadWorkload(), paths_upload.UploadWorkload(),
             paths_tables.TablesWorkload(), paths_e2e.E2EWorkload(),
-            ceilings.CeilingsWorkload(), growth.GrowthWorkload(), paths_rois.RoisWorkload())
+            ceilings.CeilingsWorkload(), growth.GrowthWorkload(), paths_run.RunWorkload(),
+            paths_rois.RoisWorkload())
 
 #: Every path on tiny data, for CI: seconds per section, figures that mean nothing.
 QUICK = Plan(
@@ -102,6 +106,7 @@ QUICK = Plan(
                               repetitions=3, warmup=1),
     growth.GrowthWorkload(sizes=(256, 512, 1024), image_sets=(10, 30, 100),
                           table_repetitions=1),
+    paths_run.RunWorkload(fields=2, size=128, rows=None),
     paths_rois.RoisWorkload(objects=400, size=200, repetitions=1),
 )
 
@@ -266,6 +271,7 @@ def run(plan: Plan, sections: Sequence[str], args: argparse.Namespace,
             "e2e": lambda: _e2e(target, plan),
             "ceilings": lambda: ceilings.run(plan.ceilings),
             "growth": lambda: growth.run(target, parent(), plan.growth),
+            "run": lambda: paths_run.run(target, parent(), plan.run),
             "rois": lambda: paths_rois.run(target, plan.rois),
         }
         free = [name for name in sections if name in NETWORK_FREE_SECTIONS]

@@ -123,12 +123,57 @@ def measure_rows(host: str, port: int, dataset: int, workers: int, w: RowsWorklo
     return out
 
 
+@dataclass(frozen=True)
+class RunWorkload:
+    """The harness's ``run`` section: the 1-vs-2-worker run and (full runs) the rows."""
+
+    fields: int = 12
+    size: int = 1024
+    worker_counts: tuple[int, ...] = (1, 2)
+    rows: RowsWorkload | None = RowsWorkload()
+    rows_workers: tuple[int, ...] = (2, 8)
+
+
+def run(target: Any, parent: TableTarget, w: RunWorkload) -> dict[str, Any]:
+    """The harness section: image sets/s with 1 and 2 workers (ratio), the OMERO cost per
+    image set (Ice calls, bytes read and written) and, when asked, who should write rows."""
+    if target.emulator is None:
+        return {"status": "skipped", "reason": "runs only against the emulator (it writes)"}
+    emu = target.emulator
+    out: dict[str, Any] = {"status": "ok"}
+    if w.rows is not None:
+        out["rows"] = {str(n): measure_rows(emu.host, emu.port, parent.id, n, w.rows)
+                       for n in w.rows_workers}
+    out.update(measure_scale(emu, parent.id, w.fields, w.size, w.worker_counts))
+    return out
+
+
+def _session_key(mgr: Any) -> str:
+    from cellprofiler_omero.core.session import HANDOFF_ENV
+
+    return str(json.loads(Path(mgr.export_for_workers()[HANDOFF_ENV]).read_text())["key"])
+
+
+def _busy_seconds(task_stream: list[dict[str, Any]]) -> float:
+    """Seconds the workers spent computing tasks (Dask's task stream)."""
+    return sum(ss["stop"] - ss["start"] for task in task_stream
+               for ss in task.get("startstops", ()) if ss.get("action") == "compute")
+
+
 def measure_scale(emu: Any, dataset: int, fields: int, size: int,
                   worker_counts: Sequence[int]) -> dict[str, Any]:
     """Image sets per second of ``run_pipeline`` (demo pipeline) with each worker count,
     timed over the "run the image sets" phase (cluster start and worker set-up apart),
-    and the OMERO cost of one image set."""
+    and the OMERO cost of one image set: the Ice calls the run made in its session
+    (driver and workers share it; per-run calls such as table creation and worker joins
+    spread over the image sets), pixel bytes read, label bytes written, table rows.
+
+    One LocalCluster grows from the smallest worker count to the largest (fewer cluster
+    starts); ``busy`` is the share of the workers' time spent computing batches (Dask's
+    task stream): what the run loses to the driver, the scheduler and idle workers.
+    """
     import omero.model
+    from distributed import Client, LocalCluster, get_task_stream
     from omero.gateway import BlitzGateway
     from omero.rtypes import rstring
 
@@ -149,29 +194,49 @@ def measure_scale(emu: Any, dataset: int, fields: int, size: int,
     read_bytes = int(pixels.nbytes)  # both channels of one field
     conn = BlitzGateway("demo", "demo", host=emu.host, port=emu.port)
     assert conn.connect()
-    out: dict[str, Any] = {"fields": fields, "size": size, "per_image_set": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in worker_counts:
+    out: dict[str, Any] = {"fields": fields, "size": size, "per_image_set": {},
+                           "workers": {}}
+    key = _session_key(mgr)
+    counts = sorted(worker_counts)
+    with tempfile.TemporaryDirectory() as tmp, \
+            LocalCluster(n_workers=counts[0], threads_per_worker=1, processes=True,
+                         dashboard_address=":0") as cluster, Client(cluster) as client:
+        for n in counts:
+            cluster.scale(n)
+            client.wait_for_workers(n)
             ds = omero.model.DatasetI()
             ds.setName(rstring(f"scale {n}"))
             target = int(conn.getUpdateService().saveAndReturnObject(ds).getId().getValue())
             pipeline = Path(tmp) / f"scale-{n}.cppipe"
             pipeline.write_text(nuclei_pipeline(target, table_prefix=f"Scale{n}"))
-            report = run_pipeline(pipeline, urls, mgr, workers=n, batch_size=1,
-                                  output=Path(tmp) / f"out-{n}", progress=False)
+            before = emu.call_counts(session_key=key)
+            with get_task_stream(client) as stream:
+                report = run_pipeline(pipeline, urls, mgr, client=client, batch_size=1,
+                                      output=Path(tmp) / f"out-{n}", progress=False)
+            after = emu.call_counts(session_key=key)
             seconds = dict(report.phases)["run the image sets"]
+            done = max(1, report.done)
+            calls = {op: (c - before.get(op, 0)) / done for op, c in after.items()
+                     if c != before.get(op, 0)}
+            out["workers"][str(n)] = {
+                "image_sets": report.done, "seconds": seconds,
+                "sets_per_s": report.done / seconds,
+                "busy": _busy_seconds(stream.data) / (n * seconds)}
             out[f"{n} workers image sets/s"] = report.done / seconds
             rows = sum(r for _, _, r in report.tables)
-            out["per_image_set"] = {"pixel bytes read": read_bytes,
-                                    "label bytes written": size * size * 2,
-                                    "table rows written": rows / max(1, report.done),
-                                    "images uploaded": report.uploaded / max(1, report.done)}
+            out["per_image_set"] = {
+                "ice_calls": sum(calls.values()),
+                "calls_by_operation": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
+                "pixel_bytes_read": read_bytes,
+                "label_bytes_written": size * size * 2,
+                "table_rows_written": rows / done,
+                "images_uploaded": report.uploaded / done}
     conn.close()
     runtime.run(mgr.close)
-    if len(worker_counts) >= 2:
-        a, b = worker_counts[0], worker_counts[1]
-        out[f"ratio {b}/{a} workers"] = (out[f"{b} workers image sets/s"]
-                                         / out[f"{a} workers image sets/s"])
+    if len(counts) >= 2:
+        a, b = counts[0], counts[1]
+        out["ratio"] = out[f"{b} workers image sets/s"] / out[f"{a} workers image sets/s"]
+        out[f"ratio {b}/{a} workers"] = out["ratio"]
     return out
 
 

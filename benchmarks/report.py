@@ -141,6 +141,7 @@ GOALS: dict[str, Goal] = {goal.id: goal for goal in (
     Goal("e2e_omero_vs_local", "pipeline from OMERO vs from local files", ">=", 0.8, "×"),
     Goal("peak_memory_vs_plane", "peak memory reading the largest plane / its size", "<=",
          1.5, "×"),
+    Goal("run_2_vs_1_workers", "Dask run: image sets/s, 2 workers vs 1", ">=", 1.7, "×"),
 )}
 
 
@@ -184,6 +185,7 @@ def _goal_values(results: Mapping[str, Any]) -> dict[str, tuple[float | None, st
     values["peak_memory_vs_plane"] = (
         largest.get("peak_vs_plane") if largest else None,
         f"growth, {largest['size']}² {largest['transport']}" if largest else "growth")
+    values["run_2_vs_1_workers"] = (_ok(sections.get("run")).get("ratio"), "run")
     return values
 
 
@@ -291,6 +293,7 @@ def build_sections(results: Mapping[str, Any]) -> list[Section]:
         ("e2e", "End to end (CellProfiler headless)", _e2e_section),
         ("ceilings", "Reference ceilings (this machine)", _ceilings_section),
         ("growth", "Growth", _growth_section),
+        ("run", "Scale-out on Dask (cellprofiler-omero run)", _run_section),
         ("rois", "ROIs (objects saved as OMERO ROIs)", _rois_section),
     ]
     out = []
@@ -465,6 +468,32 @@ def _rois_section(data: dict[str, Any]) -> Section:
         section.lines.append(Line(
             "encode (no server)", fmt_rate(encode.get("mask"), "ROIs/s"),
             f"Polygon {fmt_rate(encode.get('polygon'), 'ROIs/s')}"))
+    return section
+
+
+def _run_section(data: dict[str, Any]) -> Section:
+    section = Section(f"Scale-out on Dask: {data.get('fields')} image set(s) of "
+                      f"{data.get('size')}², demo pipeline, LocalCluster")
+    for n, run in sorted(data.get("workers", {}).items(), key=lambda kv: int(kv[0])):
+        busy = run.get("busy")
+        section.lines.append(Line(
+            f"{n} worker(s)", fmt_rate(run.get("sets_per_s"), "sets/s"),
+            f"workers busy {busy * 100:.0f} %" if isinstance(busy, float) else ""))
+    section.lines.append(Line("2 workers / 1", fmt_ratio(data.get("ratio")), "",
+                              "run_2_vs_1_workers", data.get("ratio")))
+    cost = data.get("per_image_set", {})
+    if cost:
+        section.lines.append(Line(
+            "OMERO cost per image set", f"{cost.get('ice_calls', 0):.1f} calls",
+            f"read {fmt_bytes(cost.get('pixel_bytes_read'))}, written "
+            f"{fmt_bytes(cost.get('label_bytes_written'))} + "
+            f"{cost.get('table_rows_written', 0):.0f} table rows"))
+        ops = sorted(cost.get("calls_by_operation", {}).items(), key=lambda kv: -kv[1])
+        section.notes.append("calls per image set by operation: " + ", ".join(
+            f"{op} {n:.1f}" for op, n in ops[:6]))
+    for n, rows in sorted(data.get("rows", {}).items(), key=lambda kv: int(kv[0])):
+        section.notes.append(f"table rows, {n} workers: " + ", ".join(
+            f"{mode} {fmt_seconds(seconds)}" for mode, seconds in rows.items()))
     return section
 
 

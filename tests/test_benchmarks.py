@@ -324,6 +324,11 @@ def test_quick_run_measures_every_path(tmp_path: Path,
     assert e2e["local"]["sets_per_s"] > 0 and e2e["omero"]["sets_per_s"] > 0
     assert e2e["ratio"] > 0
 
+    run = sections["run"]  # the Dask run: 1 then 2 workers, the OMERO cost per image set
+    assert run["workers"]["1"]["image_sets"] == run["workers"]["2"]["image_sets"] == 2
+    assert run["ratio"] > 0 and run["per_image_set"]["ice_calls"] > 0
+    assert "RawPixelsStore.getTile" in run["per_image_set"]["calls_by_operation"]
+
     assert _numbers(sections["ceilings"]["socket"]) and _numbers(sections["ceilings"]["decode"])
 
     growth = sections["growth"]
