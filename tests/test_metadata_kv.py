@@ -154,6 +154,34 @@ def test_pairs_and_tags_become_metadata_columns_in_loaddata(
     assert "Metadata_Treatment" not in header and "Metadata_Tags" not in header
 
 
+def test_annotations_of_an_image_list_take_the_same_few_queries_for_one_or_many(
+        emu: Emulator, annotated: dict[str, Any], mgr: SessionManager,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellprofiler_omero.transports.ice import annotations
+
+    key = runtime.run(mgr.connection).session_key
+
+    def queries(ids: list[int]) -> tuple[dict[int, Any], int]:
+        emu.call_counts(key, reset=True)
+        found = runtime.run(mgr.call, lambda c: c.image_annotations(ids))
+        counts = emu.call_counts(key)
+        return found, sum(n for op, n in counts.items() if op.startswith("IQuery."))
+
+    _, for_one = queries([annotated["fields"][0]])
+    found, for_five = queries([*annotated["fields"], *annotated["wells"]])
+    assert for_one == for_five <= 5
+    a1 = found[annotated["wells"][0]]
+    assert a1.plate is not None and a1.plate.well_name == "A01"
+    assert a1.tags == ("reviewed",)
+    assert {(p.namespace, p.key) for p in a1.pairs} >= {(TREATMENT_NS, "Well"),
+                                                        (OTHER_NS, "Operator")}
+
+    # Paged: one row per page gives the same answer.
+    monkeypatch.setattr(annotations, "ROW_PAGE", 1)
+    paged, _ = queries([*annotated["fields"], *annotated["wells"]])
+    assert paged == found
+
+
 def metadata_pipeline(urls: list[str], *, export: bool) -> Any:
     """Images ▸ Metadata (from OMERO) ▸ NamesAndTypes ▸ Groups by Treatment ▸
     MeasureImageIntensity ▸ (ExportToOMEROKeyValues)."""
