@@ -36,11 +36,14 @@ import contextlib
 import hashlib
 import logging
 import math
+import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from cellprofiler_omero.core import runtime
 from cellprofiler_omero.core.errors import OmeroError, UnsupportedData
 from cellprofiler_omero.core.model import (
     ColumnKind,
@@ -250,6 +253,15 @@ class TableWriter:
             self._buffered -= n
         return self.rows_written
 
+    def _take_batch(self) -> tuple[dict[str, list[Any]], int]:
+        """Remove the next batch (at most ``batch_rows`` rows) from the buffer."""
+        n = min(self._buffered, self.batch_rows)
+        batch = {name: values[:n] for name, values in self._buffer.items()}
+        for values in self._buffer.values():
+            del values[:n]
+        self._buffered -= n
+        return batch, n
+
     async def _send(self, batch: dict[str, list[Any]], n: int) -> None:
         if self.key_columns:
             await self._send_keyed(batch, n)
@@ -317,3 +329,143 @@ class TableWriter:
             sink, self._sink = self._sink, None
             await sink.aclose()
         return info
+
+
+class TableAppendFailed(OmeroError):
+    """Rows appended behind the pipeline could not be written. ``table`` is the table's
+    name, ``rows`` how many rows the failed batch held, ``first_image_number`` the
+    smallest ImageNumber among them (``None`` without such a column), ``cause`` the error
+    (also ``__cause__``). The batch and every later one are kept: the next ``flush`` or
+    ``close`` sends them again, exactly once."""
+
+    def __init__(self, message: str, *, table: str, rows: int,
+                 first_image_number: int | None, cause: BaseException,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.table = table
+        self.rows = rows
+        self.first_image_number = first_image_number
+        self.cause = cause
+
+
+class BackgroundAppends:
+    """A ``TableWriter`` whose batches are sent by a thread behind the caller, in order.
+
+    ``add_rows`` buffers (no server call) and hands every full batch to the thread;
+    ``flush`` hands over the partial batch too, without waiting. At most ``depth``
+    batches wait or are being sent: handing over one more blocks until one is written,
+    so memory stays bounded (``depth + 1`` batches of ``writer.batch_rows`` rows). A
+    batch that fails stops the sending — it and the batches behind it stay queued, in
+    order — and the failure is raised by the next ``add_rows``, ``flush``, ``drain`` or
+    ``close`` (``TableAppendFailed``); after that, the next ``flush``/``drain``/``close``
+    sends them again. The writer's checks (row count, or the keys already on the
+    server) make that resend exactly once.
+
+    Only one thread may call this object (CellProfiler's pipeline thread).
+    """
+
+    def __init__(self, writer: TableWriter, depth: int = 2) -> None:
+        if depth < 1:
+            raise ValueError("Background appends hold at least one batch.")
+        self.writer = writer
+        self.depth = depth
+        self._cond = threading.Condition()
+        self._batches: deque[tuple[dict[str, list[Any]], int]] = deque()
+        self._failure: TableAppendFailed | None = None
+        self._paused = False  # after a failure, until the caller has seen it
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, daemon=True,
+                                        name=f"omero-table-{writer.schema.name}")
+        self._thread.start()
+
+    @property
+    def pending_batches(self) -> int:
+        """Batches waiting or being sent."""
+        with self._cond:
+            return len(self._batches)
+
+    def add_rows(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
+        """Buffer rows and hand full batches to the sending thread (may wait for room);
+        first raises an earlier batch's failure."""
+        self._raise_failure()
+        self.writer.add_rows(columns)
+        self._hand_over(full_batches_only=True)
+
+    def flush(self) -> None:
+        """Hand every buffered row to the sending thread (may wait for room), without
+        waiting for them to be written; first raises an earlier batch's failure."""
+        self._raise_failure()
+        self._hand_over(full_batches_only=False)
+
+    def drain(self) -> int:
+        """Hand over every buffered row and wait until all are written; the rows written
+        by this writer. Raises the first failure not raised yet."""
+        self.flush()
+        with self._cond:
+            while self._batches and not self._paused:
+                self._cond.wait()
+        self._raise_failure()
+        return self.writer.rows_written
+
+    def close(self) -> TableInfo:
+        """Write everything, stop the thread and close the table; its final state."""
+        self.drain()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        return runtime.run(self.writer.close)
+
+    def _hand_over(self, *, full_batches_only: bool) -> None:
+        writer = self.writer
+        while writer._buffered and (not full_batches_only
+                                    or writer._buffered >= writer.batch_rows):
+            batch, n = writer._take_batch()
+            with self._cond:
+                while len(self._batches) >= self.depth and not self._paused:
+                    self._cond.wait()
+                self._batches.append((batch, n))
+                self._cond.notify_all()
+
+    def _raise_failure(self) -> None:
+        """Raise a failure the caller has not seen; once seen, sending resumes."""
+        with self._cond:
+            failure, self._failure = self._failure, None
+            if failure is None:
+                self._paused = False
+                self._cond.notify_all()
+        if failure is not None:
+            raise failure from failure.cause
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (not self._batches or self._paused):
+                    self._cond.wait()
+                if self._closed and not self._batches:
+                    return
+                if self._paused:  # closed while paused: the caller gave up
+                    return
+                batch, n = self._batches[0]
+            try:
+                runtime.run(self.writer._send, batch, n)
+            except BaseException as exc:  # kept for the caller's thread to raise
+                numbers = batch.get("ImageNumber")
+                first = min((int(v) for v in numbers), default=None) if numbers else None
+                log.error("appending %d rows to table %r failed: %s", n,
+                          self.writer.schema.name, exc)
+                with self._cond:
+                    self._failure = TableAppendFailed(
+                        f"Appending {n} rows (from image set {first}) to OMERO table "
+                        f"{self.writer.schema.name!r} failed: {exc}",
+                        table=self.writer.schema.name, rows=n, first_image_number=first,
+                        cause=exc,
+                        hint="The rows are kept and sent again (exactly once) by the next "
+                             "flush or at the end of the run; if the server refuses them "
+                             "again, check the table and the connection.")
+                    self._paused = True
+                    self._cond.notify_all()
+                continue
+            with self._cond:
+                self._batches.popleft()
+                self._cond.notify_all()

@@ -19,8 +19,9 @@ the run; CellProfiler's analysis workers append after each image set. Appends
 are keyed by ImageNumber (and ObjectNumber), so retries, restarts and several
 workers never duplicate or lose a row. Test mode writes nothing.
 
-Objects saved as ROIs by SaveObjectsToOMERO (their ``OMERO_RoiId`` measurement) get
-a ``Roi`` column (``omero.grid.RoiColumn``) beside the Image column, so OMERO.web goes
+Objects saved as ROIs by SaveObjectsToOMERO, or loaded from ROIs by
+LoadObjectsFromOMERO (both record each object's ROI id as ``OMERO_RoiID``), get a
+``Roi`` column (``omero.grid.RoiColumn``) beside the Image column, so OMERO.web goes
 from a row to its outline.
 
 Columns come in a fixed order, the same on every run: the key columns
@@ -81,6 +82,7 @@ from cellprofiler_omero.core.model import (
     TableTarget,
 )
 from cellprofiler_omero.core.tables import (
+    BackgroundAppends,
     TableWriter,
     check_schema,
     run_key,
@@ -234,6 +236,10 @@ def _aggregate(kind: str, values: np.ndarray) -> float:
     if kind == "Median":
         return float(np.median(values))
     return float(values.std())
+
+
+#: Batches (``tables.batch_rows`` rows each) a table may have waiting behind the pipeline.
+BACKGROUND_BATCHES = 2
 
 
 def in_analysis_worker() -> bool:
@@ -407,7 +413,7 @@ then gets tables of its own), or delete the old tables in OMERO before rerunning
     def _state(self) -> dict[str, Any]:
         state = self._run_state
         if state is None:
-            state = {"writers": {}, "pending": 0, "plans": None}
+            state = {"writers": {}, "appenders": {}, "pending": 0, "plans": None}
             self._run_state = state
         return state
 
@@ -457,6 +463,19 @@ then gets tables of its own), or delete the old tables in OMERO before rerunning
                     mgr, target, plan.schema, file_id=int(file_id), key_columns=plan.keys)
         return writers
 
+    def _appenders(self, workspace: Any) -> dict[str, BackgroundAppends]:
+        """In one process, each table's rows are appended by a thread behind the
+        pipeline (bounded; failures raised by the next image set or at the end). An
+        analysis worker writes before it reports the image set done instead: its
+        process may be stopped as soon as the run's last image set is in."""
+        appenders: dict[str, BackgroundAppends] = self._state()["appenders"]
+        if in_analysis_worker():
+            return appenders
+        for name, writer in self._writers(workspace).items():
+            if name not in appenders:
+                appenders[name] = BackgroundAppends(writer, depth=BACKGROUND_BATCHES)
+        return appenders
+
     def run(self, workspace: Any) -> None:
         if workspace.pipeline.test_mode:
             return
@@ -465,11 +484,13 @@ then gets tables of its own), or delete the old tables in OMERO before rerunning
         sources = source_images(m)
         image_id = sources[0][0] if sources else 0
         writers = self._writers(workspace)
+        appenders = self._appenders(workspace)
         state = self._state()
         for plan in state["plans"]:
             rows = self._rows(plan, m, image_number, image_id)
             if rows and len(next(iter(rows.values()))):
-                writers[plan.schema.name].add_rows(rows)
+                sink = appenders.get(plan.schema.name) or writers[plan.schema.name]
+                sink.add_rows(rows)  # full batches go to the thread behind the pipeline
         state["pending"] += 1
         if in_analysis_worker() or state["pending"] >= int(self.flush_every.value):
             self.flush()
@@ -547,9 +568,15 @@ then gets tables of its own), or delete the old tables in OMERO before rerunning
         return out
 
     def flush(self) -> None:
+        """Send the buffered rows: handed to the background thread without waiting in
+        one process, written before returning in an analysis worker."""
         state = self._state()
-        for writer in state["writers"].values():
-            runtime.run(writer.flush)
+        for name, writer in state["writers"].items():
+            appender = state["appenders"].get(name)
+            if appender is not None:
+                appender.flush()
+            else:
+                runtime.run(writer.flush)
         state["pending"] = 0
 
     def post_group(self, workspace: Any, *args: Any) -> None:
@@ -561,8 +588,10 @@ then gets tables of its own), or delete the old tables in OMERO before rerunning
             return
         state = self._state()
         summary = []
+        appenders = state["appenders"]
         for name, writer in state["writers"].items():
-            info = runtime.run(writer.close)
+            appender = appenders.pop(name, None)
+            info = appender.close() if appender is not None else runtime.run(writer.close)
             summary.append((name, info.file_id, info.rows))
         state["writers"] = {}
         self._summary = summary

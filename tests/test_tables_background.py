@@ -1,0 +1,125 @@
+"""Table rows appended behind the pipeline (``core.tables.BackgroundAppends``), as
+ExportToOMEROTable appends them in a one-process run: in order, bounded, failures raised
+at the caller's next call, and every row written exactly once even when a batch's reply
+was lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cellprofiler_omero.core.errors import OmeroError
+from cellprofiler_omero.core.model import ColumnKind, ColumnSpec, TableSchema, TableTarget
+from cellprofiler_omero.core.session import SessionManager
+from cellprofiler_omero.core.tables import BackgroundAppends, TableAppendFailed, TableWriter
+from cellprofiler_omero.emulator import Emulator
+from tests.conftest import run
+
+SCHEMA = TableSchema("background.h5", (
+    ColumnSpec("ImageNumber", ColumnKind.LONG), ColumnSpec("ObjectNumber", ColumnKind.LONG),
+    ColumnSpec("Area", ColumnKind.DOUBLE)))
+KEYS = ("ImageNumber", "ObjectNumber")
+ROWS_PER_SET = 3
+
+
+def image_set(number: int) -> dict[str, list[Any]]:
+    """The rows of image set ``number`` (three objects)."""
+    return {"ImageNumber": [number] * ROWS_PER_SET,
+            "ObjectNumber": list(range(1, ROWS_PER_SET + 1)),
+            "Area": [number + i / 10 for i in range(ROWS_PER_SET)]}
+
+
+@pytest.fixture
+def small_batches(settings_for: Any) -> Iterator[SessionManager]:
+    """Logged in as demo; batches of 10 rows; no retries (a dropped call fails)."""
+    mgr = SessionManager(settings_for(tables__batch_rows=10, retry__budget_seconds=0))
+    run(lambda: mgr.connect(user="demo", password="demo"))
+    yield mgr
+    run(mgr.close)
+
+
+def table_rows(blitz: Any, file_id: int) -> list[tuple[int, int]]:
+    """(ImageNumber, ObjectNumber) of every row, in the table's order."""
+    import omero2pandas
+
+    frame = omero2pandas.read_table(file_id=file_id, omero_connector=blitz())
+    return list(zip(frame["ImageNumber"].tolist(), frame["ObjectNumber"].tolist(),
+                    strict=True))
+
+
+def expected(image_sets: int) -> list[tuple[int, int]]:
+    return [(n, o) for n in range(1, image_sets + 1) for o in range(1, ROWS_PER_SET + 1)]
+
+
+def test_rows_are_written_in_order_behind_the_caller_within_the_bound(
+        small_batches: SessionManager, seeded: dict[str, Any], faults: Emulator,
+        blitz: Any) -> None:
+    writer = TableWriter(small_batches, TableTarget("Dataset", seeded["dataset"]), SCHEMA,
+                         key_columns=KEYS)
+    run(writer.open)
+    appender = BackgroundAppends(writer, depth=2)
+    # A slow server: each addData takes 300 ms, so batches pile up behind the caller.
+    faults.set_faults(latency_ms=300, ops=["addData"])
+    most_waiting = 0
+    for number in range(1, 26):  # 75 rows: 7 full batches and a partial one
+        appender.add_rows(image_set(number))
+        most_waiting = max(most_waiting, appender.pending_batches)
+    appender.flush()
+    # The caller is free before the rows are on the server (the last batch is on its way).
+    assert writer.rows_written < 75
+    assert most_waiting <= 2  # never more than ``depth`` batches held behind the caller
+    info = appender.close()
+    faults.clear_faults()
+    assert info.rows == 75
+    assert table_rows(blitz, info.file_id) == expected(25)
+
+
+def test_a_failed_batch_is_raised_at_the_next_call_and_resent_exactly_once(
+        small_batches: SessionManager, seeded: dict[str, Any], faults: Emulator,
+        blitz: Any) -> None:
+    writer = TableWriter(small_batches, TableTarget("Dataset", seeded["dataset"]), SCHEMA,
+                         key_columns=KEYS)
+    run(writer.open)
+    appender = BackgroundAppends(writer, depth=2)
+    # The first addData is carried out but its reply is lost: the rows are on the server,
+    # and the writer (retries off) sees a failure.
+    faults.set_faults(drop_after=1, drop_after_reply=True, ops=["addData"])
+    for number in range(1, 5):  # 12 rows: one full batch handed over, 2 rows buffered
+        appender.add_rows(image_set(number))
+    with pytest.raises(TableAppendFailed) as raised:
+        appender.drain()
+    failure = raised.value
+    assert failure.table == SCHEMA.name
+    assert failure.rows == 10 and failure.first_image_number == 1
+    assert isinstance(failure.cause, OmeroError) and failure.__cause__ is failure.cause
+    assert writer.rows_written == 0  # the writer does not count what it did not see
+    faults.clear_faults()
+    # The failure was raised once; the kept batch goes again with the later rows.
+    for number in range(5, 8):
+        appender.add_rows(image_set(number))
+    info = appender.close()
+    assert info.rows == 21
+    assert table_rows(blitz, info.file_id) == expected(7)  # batch 1 not written twice
+
+
+def test_a_failure_in_the_background_stops_the_next_image_set(
+        small_batches: SessionManager, seeded: dict[str, Any], faults: Emulator,
+        blitz: Any) -> None:
+    writer = TableWriter(small_batches, TableTarget("Dataset", seeded["dataset"]), SCHEMA)
+    run(writer.open)
+    appender = BackgroundAppends(writer, depth=1)
+    faults.set_faults(drop_after=1, ops=["addData"])  # dropped before the server acts
+    for number in range(1, 5):  # the full batch goes behind the caller and fails
+        appender.add_rows(image_set(number))
+    # depth 1: handing over the next full batch waits for the failed one, then the
+    # image set after that is refused with the failure.
+    with pytest.raises(TableAppendFailed):
+        for number in range(5, 12):
+            appender.add_rows(image_set(number))
+    refused_at = number
+    faults.clear_faults()
+    info = appender.close()
+    # Every image set before the refused one is in the table once, in order.
+    assert table_rows(blitz, info.file_id) == expected(refused_at - 1)
