@@ -16,6 +16,15 @@ the channels of one image set, to show the cost of moving bytes alone.
     dtype; planes over the tile limit in row strips.
 (c) **ice** and (d) **pixelbuffer**: ``core.reading.ImageReader`` with
     ``transports.read`` set to that transport alone.
+(e) **cpreader**: CellProfiler's own reader API as a pipeline drives it — per image
+    set, the file list's metadata fetched once per pass (as NamesAndTypes'
+    ``prepare_run`` does), the image set announced with the next one (as NamesAndTypes'
+    ``run`` does), one ``OMEROReader`` per channel plane (CellProfiler makes one per
+    ``FileImage``), ``read(c=…, wants_metadata_rescale=True)``, readers closed at the
+    end of the image set. Measured only where CellProfiler is installed.
+
+"Cold" means new readers and fresh metadata look-ups every pass; the Ice transport's
+stores belong to the connection, as they do through a whole pipeline run.
 """
 
 from __future__ import annotations
@@ -229,6 +238,60 @@ def framework_path(target: Target, refs: Sequence[ObjectRef], transport: str, *,
                 runtime.run(reader.aclose)
 
 
+# -- (e) CellProfiler's reader API --------------------------------------------------------------
+
+
+def cellprofiler_available() -> bool:
+    """Whether CellProfiler's core (its ``Reader`` API) can be imported here."""
+    import importlib.util
+
+    return importlib.util.find_spec("cellprofiler_core") is not None
+
+
+@contextlib.contextmanager
+def cp_reader_path(target: Target, refs: Sequence[ObjectRef], channels: int,
+                   *, used: set[str] | None = None) -> Iterator[Pass]:
+    """``OMEROReader`` as CellProfiler drives it, one image set per image."""
+    import cellprofiler_core.preferences as preferences
+
+    preferences.set_headless()  # as CellProfiler's command line runs a pipeline
+    from cellprofiler_core.pipeline import ImageFile
+
+    from cellprofiler_omero.core import session as core_session
+    from cellprofiler_omero.cp_integration import reader as cp_reader
+
+    with target.session("ice") as manager:
+        previous = core_session._manager  # restored afterwards, never created here
+        core_session.set_manager(manager)
+        urls = [f"omero:iid={ref.id}" for ref in refs]
+        plans = [[cp_reader.PlannedPlane(ref, c=c, z=0, t=0) for c in range(channels)]
+                 for ref in refs]
+
+        def one_pass() -> float:
+            cp_reader._shared.metas.clear()  # cold: metadata fetched again each pass
+            cp_reader.prefetch(list(refs))
+            total = 0
+            for index, url in enumerate(urls):
+                upcoming = plans[index + 1] if index + 1 < len(plans) else []
+                cp_reader.image_set_starting(plans[index], upcoming)
+                readers = [cp_reader.OMEROReader(ImageFile(url)) for _ in range(channels)]
+                try:
+                    for c, rdr in enumerate(readers):
+                        data, _ = rdr.read(wants_metadata_rescale=True, c=c)
+                        total += data.nbytes
+                        if used is not None:
+                            used.add(rdr._reader().transport)
+                finally:
+                    for rdr in readers:
+                        rdr.close()
+            return float(total)
+
+        try:
+            yield one_pass
+        finally:
+            core_session.set_manager(previous)
+
+
 # -- the section ------------------------------------------------------------------------------
 
 
@@ -253,6 +316,12 @@ def run(target: Target, refs: Sequence[ObjectRef], workload: ReadWorkload) -> di
         "bare": lambda: bare_path(target, refs, keep_open=True),
         "ice": lambda: framework_path(target, refs, "ice", keep_open=True),
     }
+    if cellprofiler_available():
+        transports_used["cpreader"] = set()
+        cold["cpreader"] = lambda: cp_reader_path(target, refs, workload.channels,
+                                                  used=transports_used["cpreader"])
+    else:
+        warnings.append("CellProfiler is not installed: path (e) not measured")
     if target.pixelbuffer_url:
         cold["pixelbuffer"] = lambda: framework_path(
             target, refs, "pixelbuffer", used=transports_used["pixelbuffer"])
@@ -265,7 +334,8 @@ def run(target: Target, refs: Sequence[ObjectRef], workload: ReadWorkload) -> di
     paths.update(measure_interleaved(cold, repetitions=reps, warmup=warm))
     warm_paths.update(measure_interleaved(kept, repetitions=reps, warmup=warm))
     for name, used in transports_used.items():
-        if name in paths and "error" not in paths[name] and used != {name}:
+        expected = {"ice"} if name == "cpreader" else {name}
+        if name in paths and "error" not in paths[name] and used != expected:
             warnings.append(f"path {name} was served by {sorted(used)}")
     amounts = {float(t["amount"]) for t in paths.values() if "error" not in t}
     if len(amounts) > 1:
@@ -296,6 +366,9 @@ def ratios(paths: dict[str, dict[str, Any]], warm: dict[str, dict[str, Any]]
     return {
         "bare_vs_common": ratio(common, median(paths, "bare")),
         "ice_vs_common": ratio(common, median(paths, "ice")),
+        "cpreader_vs_common": ratio(common, median(paths, "cpreader")),
+        "cpreader_overhead_vs_bare_pct": overhead_percent(median(paths, "cpreader"),
+                                                          median(paths, "bare")),
         "pixelbuffer_vs_common": ratio(common, median(paths, "pixelbuffer")),
         "pixelbuffer_vs_ice": ratio(median(paths, "ice"), median(paths, "pixelbuffer")),
         "ice_overhead_vs_bare_pct": overhead_percent(median(paths, "ice"),

@@ -234,6 +234,39 @@ class DeclaredSection:
 _declared_cache: tuple[tuple[tuple[str, str], ...], dict[str, DeclaredSection]] | None = None
 
 
+_entry_points_cache: tuple[tuple[Any, ...], tuple[tuple[str, str], ...]] | None = None
+
+
+def _path_stamp() -> tuple[Any, ...]:
+    """``sys.path`` with each folder's modification time: installing or removing a
+    distribution (its ``.dist-info``) changes the time of the folder it lands in."""
+    import sys
+
+    stamp: list[Any] = []
+    for entry in sys.path:
+        try:
+            stamp.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            stamp.append((entry, None))
+    return tuple(stamp)
+
+
+def _plugin_entry_points() -> tuple[tuple[str, str], ...]:
+    """``(name, value)`` of the group's entry points, read again only when ``sys.path``
+    or one of its folders changed: reading them scans every installed distribution
+    (tens of milliseconds), and plugin sections are read on every image a reader opens.
+    """
+    global _entry_points_cache
+    from importlib.metadata import entry_points
+
+    stamp = _path_stamp()
+    if _entry_points_cache is not None and _entry_points_cache[0] == stamp:
+        return _entry_points_cache[1]
+    key = tuple(sorted((ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP)))
+    _entry_points_cache = (stamp, key)
+    return key
+
+
 def plugin_sections() -> dict[str, DeclaredSection]:
     """The settings sections of the installed plugins (``omero_settings_sections``).
 
@@ -241,9 +274,7 @@ def plugin_sections() -> dict[str, DeclaredSection]:
     until that set of entry points changes.
     """
     global _declared_cache
-    from importlib.metadata import entry_points
-
-    key = tuple(sorted((ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP)))
+    key = _plugin_entry_points()
     if _declared_cache is not None and _declared_cache[0] == key:
         return _declared_cache[1]
     import pluggy

@@ -79,7 +79,11 @@ def _patch_stemless_metadata() -> None:
     cls.get_metadata = get_metadata
 
 def _patch_names_and_types() -> None:
-    from cellprofiler_core.modules.namesandtypes import NamesAndTypes
+    try:
+        from cellprofiler_core.modules.namesandtypes import NamesAndTypes
+    except ImportError as exc:  # its GUI parts need wx unless CellProfiler is headless
+        log.debug("NamesAndTypes not importable (%s): no image-set read-ahead", exc)
+        return
 
     from cellprofiler_omero.cp_integration import reader
 

@@ -381,6 +381,14 @@ def prefetch_file_list(workspace: Any) -> None:
         log.debug("file list metadata not prefetched: %s", exc)
 
 
+def image_set_starting(current: Sequence[PlannedPlane], upcoming: Sequence[PlannedPlane]
+                       ) -> None:
+    """Announce an image set and the one expected next without NamesAndTypes (what
+    ``announce_image_set`` does for a pipeline): for LoadData-like callers and the
+    benchmark."""
+    _shared.announce(current, upcoming, lambda: ())
+
+
 def read_ahead_stats() -> ReadAheadStats:
     """What reading ahead has done in this process."""
     return _shared.stats
