@@ -7,10 +7,14 @@ run does. A pass creates a new table, writes every image set's rows, and closes 
 * **per image set**: what CellProfiler modules usually do (and this package's
   predecessor did) — omero.grid directly, a new set of columns and one ``addData``
   call for each image set's rows.
+* **one addData of all rows** (the ceiling): omero.grid directly, every row in one
+  ``addData`` — as fast as the server takes a table, and what no per-image-set writer
+  can beat.
 * **TableWriter**: ``core.tables.TableWriter`` fed the same rows image set by image
   set from synchronous code, as ``ExportToOMEROTable`` feeds it in a single-process
-  run (``add_rows`` per image set, a blocking ``flush`` per full batch of
-  ``tables.batch_rows`` rows).
+  run: through ``BackgroundAppends`` (``add_rows`` per image set; full batches of
+  ``tables.batch_rows`` rows are appended by a thread behind the caller), then
+  ``close``, which waits for the last batch.
 
 The rows are generated before timing: both paths start from the same numpy arrays.
 """
@@ -28,11 +32,12 @@ import numpy as np
 from cellprofiler_omero.benchmarks.report import ratio
 from cellprofiler_omero.benchmarks.target import Target
 from cellprofiler_omero.benchmarks.timing import Pass, measure
-from cellprofiler_omero.core import runtime
 from cellprofiler_omero.core.model import ColumnKind, ColumnSpec, TableSchema, TableTarget
-from cellprofiler_omero.core.tables import TableWriter
+from cellprofiler_omero.core.tables import BackgroundAppends, TableWriter
 
 _names = itertools.count()
+#: The largest table (doubles only) written in one addData for the ceiling.
+SINGLE_ADD_MAX_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,16 @@ class Rows:
     def rows(self) -> int:
         return self.image_sets * self.per_set
 
+    def all_rows(self) -> dict[str, np.ndarray]:
+        """Every image set's rows as one block of columns."""
+        out = {"ImageNumber": np.repeat(np.arange(1, self.image_sets + 1, dtype=np.int64),
+                                        self.per_set),
+               "ObjectNumber": np.tile(np.arange(1, self.per_set + 1, dtype=np.int64),
+                                       self.image_sets)}
+        for column in range(self.doubles.shape[1]):
+            out[f"Measurement_{column:03d}"] = self.doubles[:, column]
+        return out
+
     def image_set(self, index: int) -> dict[str, np.ndarray]:
         """Columns of image set ``index`` (0-based), as numpy arrays."""
         block = slice(index * self.per_set, (index + 1) * self.per_set)
@@ -88,8 +103,10 @@ def schema(columns: int, name: str) -> TableSchema:
 
 
 @contextlib.contextmanager
-def per_image_set_path(target: Target, rows: Rows) -> Iterator[Pass]:
-    """omero.grid directly: ``newTable``, ``initialize``, one ``addData`` per image set."""
+def per_image_set_path(target: Target, rows: Rows, single: bool = False
+                       ) -> Iterator[Pass]:
+    """omero.grid directly: ``newTable``, ``initialize``, one ``addData`` per image set
+    (``single``: one ``addData`` of every row, the ceiling)."""
     import omero.grid
 
     names = schema(rows.doubles.shape[1] + 2, "x").names
@@ -110,8 +127,11 @@ def per_image_set_path(target: Target, rows: Rows) -> Iterator[Pass]:
             table = resources.newTable(repo, f"bench_per_set_{next(_names)}.h5")
             try:
                 table.initialize(columns(None))
-                for index in range(rows.image_sets):
-                    table.addData(columns(rows.image_set(index)))
+                if single:
+                    table.addData(columns(rows.all_rows()))
+                else:
+                    for index in range(rows.image_sets):
+                        table.addData(columns(rows.image_set(index)))
                 written = int(table.getNumberOfRows())
             finally:
                 table.close()
@@ -125,18 +145,16 @@ def per_image_set_path(target: Target, rows: Rows) -> Iterator[Pass]:
 def table_writer_pass(manager: Any, parent: TableTarget, rows: Rows) -> float:
     """One TableWriter pass (also the growth curve's unit of work); rows written.
 
-    Fed as a synchronous CellProfiler module feeds it: ``add_rows`` per image set (no
-    server call), a blocking ``flush`` of the full batches once a batch's worth of
-    image sets is buffered, ``close`` at the end.
+    Fed as ExportToOMEROTable feeds it in one process: ``add_rows`` per image set (no
+    server call; each full batch goes to the thread behind the caller), ``close`` at
+    the end (waits for the last batch).
     """
     writer = TableWriter(manager, parent,
                          schema(rows.doubles.shape[1] + 2, f"bench_writer_{next(_names)}"))
-    sets_per_batch = max(1, writer.batch_rows // rows.per_set)
+    appender = BackgroundAppends(writer)
     for index in range(rows.image_sets):
-        writer.add_rows(rows.image_set(index))
-        if (index + 1) % sets_per_batch == 0:
-            runtime.run(lambda: writer.flush(full_batches_only=True))
-    info = runtime.run(writer.close)
+        appender.add_rows(rows.image_set(index))
+    info = appender.close()
     if info.rows != rows.rows:
         raise RuntimeError(f"the table holds {info.rows} rows, not {rows.rows}")
     return float(rows.rows)
@@ -161,13 +179,20 @@ def run(target: Target, parent: TableTarget, workload: TablesWorkload) -> dict[s
                               workload.rows_per_image_set)
         base = _measure_with_small_warmup(
             lambda r: per_image_set_path(target, r), rows, warm_rows, reps, workload.warmup)
+        # One message of every row must stay under the Ice message limit (omero-py's
+        # client allows 64 MiB): the ceiling is measured up to SINGLE_ADD_MAX_BYTES.
+        single = _measure_with_small_warmup(
+            lambda r: per_image_set_path(target, r, single=True), rows, warm_rows, reps,
+            workload.warmup) if rows.doubles.nbytes <= SINGLE_ADD_MAX_BYTES else {
+                "skipped": f"{rows.rows:,} rows exceed one Ice message"}
         ours = _measure_with_small_warmup(
             lambda r: table_writer_path(target, parent, r), rows, warm_rows, reps,
             workload.warmup)
         cases[str(rows.rows)] = {
             "rows": rows.rows, "image_sets": rows.image_sets, "repetitions": reps,
-            "per_image_set": base, "table_writer": ours,
+            "per_image_set": base, "single_add": single, "table_writer": ours,
             "ratio": ratio(base.get("median_s"), ours.get("median_s")),
+            "ratio_vs_single_add": ratio(single.get("median_s"), ours.get("median_s")),
         }
     return {"status": "ok", "columns": workload.columns,
             "rows_per_image_set": workload.rows_per_image_set,
