@@ -68,11 +68,14 @@ from cellprofiler_omero.core.roles import (
     Credentials,
     ImageSink,
     PixelSource,
+    RoiSink,
     RoiSource,
+    RoiTarget,
     ServerAddress,
     SessionInfo,
     TableSink,
 )
+from cellprofiler_omero.core.shapes import NewRoi, SavedRoi
 
 #: The entry-point group plugins are installed under.
 ENTRY_POINT_GROUP = PROJECT_NAME
@@ -98,6 +101,7 @@ __all__ = [
     "Kind",
     "NewImage",
     "NewKeyValues",
+    "NewRoi",
     "Node",
     "NotFound",
     "ObjectRef",
@@ -110,7 +114,10 @@ __all__ = [
     "PixelType",
     "Region",
     "RoiFilter",
+    "RoiSink",
     "RoiSource",
+    "RoiTarget",
+    "SavedRoi",
     "ServerAddress",
     "ServerError",
     "SessionInfo",

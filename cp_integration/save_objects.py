@@ -6,7 +6,7 @@ time point. Each ROI is named ``"<objects> <number>"`` (its shapes' text too) an
 a Mask (OMERO's bit mask of the object's bounding box: exact) or a Polygon (the
 object's outline, simplified within a tolerance: lighter, for big objects), with an
 optional stroke colour. Each object's ROI id is recorded as the object measurement
-``OMERO_RoiId``; ExportToOMEROTable turns it into an ``omero.grid.RoiColumn`` beside the
+``OMERO_RoiID``; ExportToOMEROTable turns it into an ``omero.grid.RoiColumn`` beside the
 Image column, so a table row leads to its outline in OMERO.web.
 
 Why a module of its own and not a part of ExportToOMEROTable: ROIs belong to the image
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 SHAPE_MASK = "Mask"
 SHAPE_POLYGON = "Polygon"
 CATEGORY = "OMERO"
-ROI_ID = "RoiId"
+ROI_ID = "RoiID"
 #: The object measurement holding each object's ROI id (ExportToOMEROTable's Roi column).
 ROI_ID_FEATURE = f"{CATEGORY}_{ROI_ID}"
 
@@ -107,7 +107,7 @@ Each object becomes one ROI named "<objects> <number>" on the OMERO image that t
 chosen input image came from, on its Z plane and time point: a **Mask** (exact: OMERO's
 bit mask of the object) or a **Polygon** (the outline, simplified so that no point
 moves more than the tolerance; lighter for big objects). The ROI ids are recorded as
-the objects' measurement OMERO_RoiId, which ExportToOMEROTable writes as a Roi column
+the objects' measurement OMERO_RoiID, which ExportToOMEROTable writes as a Roi column
 beside the Image column.
 
 Reruns are safe: a ROI already saved for the same object (same image, objects, number,

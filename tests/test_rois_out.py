@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cellprofiler_omero.core.config import Settings
-from cellprofiler_omero.core.errors import NotFound, PermissionDenied
+from cellprofiler_omero.core.errors import CannotAnnotate, NotFound, PermissionDenied
 from cellprofiler_omero.core.roi_encoding import (
     LabelsLargerThanImage,
     check_fits,
@@ -305,7 +305,7 @@ def test_each_object_is_one_roi_on_its_source_image_equal_to_cellprofilers_label
 
     m = cp_run["first"]
     for image_number, source in enumerate(cp_run["sources"], start=1):
-        roi_ids = np.asarray(m.get_measurement("Nuclei", "OMERO_RoiId", image_number))
+        roi_ids = np.asarray(m.get_measurement("Nuclei", "OMERO_RoiID", image_number))
         count = int(m.get_measurement("Image", "Count_Nuclei", image_number))
         assert count > 0 and len(roi_ids) == count and np.all(roi_ids > 0)
         rois = _server_rois(roi_server, source)
@@ -352,7 +352,7 @@ def test_the_object_table_has_a_roi_column_pointing_at_the_rois(
         conn.close()
     expected = []
     for image_number, source in enumerate(cp_run["sources"], start=1):
-        ids = m.get_measurement("Nuclei", "OMERO_RoiId", image_number)
+        ids = m.get_measurement("Nuclei", "OMERO_RoiID", image_number)
         expected += [(image_number, n, source, int(i)) for n, i in enumerate(ids, start=1)]
     assert sorted(rows) == expected
 
@@ -362,8 +362,8 @@ def test_a_rerun_finds_every_roi_and_makes_none(roi_server: Emulator,
                                                 cp_run: dict[str, Any]) -> None:
     first, second = cp_run["first"], cp_run["second"]
     for image_number, source in enumerate(cp_run["sources"], start=1):
-        assert np.array_equal(first.get_measurement("Nuclei", "OMERO_RoiId", image_number),
-                              second.get_measurement("Nuclei", "OMERO_RoiId", image_number))
+        assert np.array_equal(first.get_measurement("Nuclei", "OMERO_RoiID", image_number),
+                              second.get_measurement("Nuclei", "OMERO_RoiID", image_number))
         assert len(_server_rois(roi_server, source)) == cp_run["rois_before"][source]
     assert cp_run["roi_calls"] >= 2  # one batch per image the first time
     assert cp_run["roi_calls_after"] == cp_run["roi_calls"]  # nothing sent the second
@@ -415,6 +415,9 @@ def test_an_image_the_user_may_not_annotate_is_refused_naming_it(
         with pytest.raises(PermissionDenied) as caught:
             run(lambda: save_rois(other, rois))
         assert f"image {shared}" in caught.value.message
+        assert isinstance(caught.value, CannotAnnotate)
+        assert (caught.value.kind, caught.value.object_id, caught.value.user) == (
+            "Image", shared, "other")
         assert _calls(roi_server, other, "IUpdate.saveAndReturnIds") == 0
         with pytest.raises(NotFound, match="Image 987654"):
             run(lambda: save_rois(other, list(label_rois(grid_labels(1, 1), 987654,

@@ -31,7 +31,7 @@ import omero.sys
 from omero.rtypes import rdouble, rint, rlist, rlong, rstring, unwrap
 
 from cellprofiler_omero.core.config import Settings
-from cellprofiler_omero.core.errors import NotFound, PermissionDenied, UnsupportedData
+from cellprofiler_omero.core.errors import CannotAnnotate, NotFound, UnsupportedData
 from cellprofiler_omero.core.roi_encoding import pack_mask
 from cellprofiler_omero.core.roles import AsyncClosing, RoiTarget
 from cellprofiler_omero.core.shapes import (
@@ -155,9 +155,10 @@ class IceRoiSink(AsyncClosing):
                 f"{user} may not read it: no ROIs can be saved on it.",
                 hint="Check that the objects come from an OMERO image you can see.")
         if not image.details.permissions.canAnnotate():
-            raise PermissionDenied(
+            raise CannotAnnotate(
                 f"{user} may not add ROIs to image {image_id} (its group or owner does not "
-                "allow others to annotate it).",
+                "allow others to annotate it); nothing was saved.",
+                kind="Image", object_id=image_id, user=user,
                 hint="Save ROIs on images you own or in a read-annotate or read-write "
                      "group, or ask the image's owner to run the pipeline.")
         rows = query.projection(
