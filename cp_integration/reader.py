@@ -605,7 +605,13 @@ def omero_file_metadata(urls: Sequence[str], namespaces: Sequence[str] | None = 
                               next(iter(by_url.values())),
                               what=f"reading OMERO metadata of {len(ids)} image(s)")
 
-    found = runtime.run(fetch)
+    try:
+        found = runtime.run(fetch)
+    except AuthError as exc:
+        # As a read does: the GUI may ask the user to log in, then it is tried once more.
+        if not session.login_needed(next(iter(by_url.values())), exc):
+            raise
+        found = runtime.run(fetch)
     session.after_connect(mgr)
     own = bool(namespaces)  # named namespaces are taken as asked, this package's included
     keys = {key for ann in found.values() for key in ann.values(own=own)}
