@@ -217,7 +217,7 @@ def shape_fields(kind: str) -> dict[str, str]:
     return {**SHAPE_COMMON, **SHAPE_FIELDS[kind]}
 
 
-def _rtype(cls: type, value: Any) -> Any:
+def _rtype(cls: Any, value: Any) -> Any:
     """An rtype without its generated ``__init__`` (a ROI answer holds hundreds of
     thousands of them; the constructors cost more than the rest of the answer)."""
     r = cls.__new__(cls)
@@ -240,10 +240,10 @@ def _wrap(kind: str, value: Any) -> Any:
     return _rtype(omero.rtypes.RStringI, str(value))
 
 
-_PROTOTYPES: dict[tuple[type, bool], tuple[dict[str, Any], tuple[str, ...]]] = {}
+_PROTOTYPES: dict[tuple[Any, bool], tuple[dict[str, Any], tuple[str, ...]]] = {}
 
 
-def _blank(cls: type, object_id: int, loaded: bool = True) -> Any:
+def _blank(cls: Any, object_id: int, loaded: bool = True) -> Any:
     """An instance of a model class with every field unset and every collection
     unloaded (or an unloaded reference), copied from a prototype: the generated
     ``__init__``, ``unload`` and ``__setattr__`` would cost seconds over the ten

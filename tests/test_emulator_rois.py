@@ -128,10 +128,20 @@ def test_masks_from_a_label_image_round_trip_through_omero_rois(blitz: Any) -> N
     page = conn.getRoiService().findByImage(image_id, opts, conn.SERVICE_OPTS)
     assert [r.getId().getValue() for r in page.rois] == [saved[1].getId().getValue()]
 
+    # HQL over the ROI's owner.
+    owned = conn.getQueryService().projection(
+        "select count(r) from Roi r where r.image.id = :id and r.details.owner.id = :uid",
+        ParametersI().addId(image_id).addLong("uid", conn.getUserId()), conn.SERVICE_OPTS)
+    assert owned[0][0].val == 3
+
     # Statistics over the image's plane: the mask covers exactly the label's pixels.
     stats = conn.getRoiService().getShapeStatsRestricted(
         [saved_masks[1].getId().getValue()], 0, 0, [0], conn.SERVICE_OPTS)
     assert stats[0].pointsCount == [int((labels == 2).sum())]
+    roi_stats = conn.getRoiService().getRoiStats(saved[2].getId().getValue(),
+                                                 conn.SERVICE_OPTS)
+    assert (roi_stats.imageId, roi_stats.combined.pointsCount) == (
+        image_id, [int((labels == 3).sum())])
 
 
 def test_ten_thousand_single_mask_rois_save_in_one_call(blitz: Any) -> None:
@@ -247,6 +257,13 @@ def test_rois_follow_the_image_groups_rules_and_a_refusal_saves_nothing(
         assert refused.value.message == (
             f"Group is rwr---. Cannot link to object: ome.model.core.Image:Id_{locked}")
         assert (_roi_count(demo, locked), _roi_count(demo, annotatable)) == (0, 1)
+
+        # A ROI is made in the call's group: an image of another group cannot take it.
+        in_own_group = {"omero.group": str(other.getEventContext().groupId)}
+        with pytest.raises(omero.GroupSecurityViolation, match="MIXED GROUP"):
+            other.getUpdateService().saveObject(_mask_roi(annotatable, "mixed"),
+                                                in_own_group)
+        assert _roi_count(demo, annotatable) == 1
 
         # The owner may; RoiOptions.userId picks one user's ROIs.
         mine = demo.getUpdateService().saveAndReturnObject(_mask_roi(annotatable, "by demo"),

@@ -115,6 +115,19 @@ def _not_granted(store: Store, group_id: int, kind: str, oid: int) -> omero.Secu
     return security_violation(f"Group is {perms}. Cannot link to object: {_java(kind, oid)}")
 
 
+def _mixed_group(group_id: int, image: Obj) -> Any:
+    """``OmeroInterceptor.throwIfGroupsDontMatch``'s refusal of a new ROI on an image of
+    another group than the call's (``omero.group``)."""
+    import omero.clients  # defines omero.GroupSecurityViolation
+
+    group = "ome.model.meta.ExperimenterGroup:Id_"
+    return omero.GroupSecurityViolation(
+        serverStackTrace="", serverExceptionClass="GroupSecurityViolation",
+        message=(f"MIXED GROUP: {JAVA_PACKAGE}.Roi:Id_null(group={group}{group_id}) and "
+                 f"{_java('Image', image.id)}(group={group}{image.group_id}) cannot be "
+                 "linked."))
+
+
 class RoiWriter:
     """Saves ROIs and shapes for one IUpdate servant (``UpdateI``)."""
 
@@ -139,6 +152,11 @@ class RoiWriter:
         if cache is not None and image_id in cache:
             return cache[image_id]
         image = self.store.get(image_id, "Image")
+        if (image is not None and caller.group_id != -1 and image.group_id != caller.group_id
+                and self.store.can_read(caller.user, image.owner_id, image.group_id)):
+            # OmeroInterceptor.throwIfGroupsDontMatch: the new ROI would be in the
+            # call's group, its image is in another.
+            raise _mixed_group(caller.group_id, image)
         if image is None or not self.servant.visible(caller, image):
             raise api_usage(f"Image:{image_id} does not exist.")
         # OmeroInterceptor.neededRight: a Roi needs ANNOTATE on its image.
