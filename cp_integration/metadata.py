@@ -51,8 +51,13 @@ def _ours(module: Any) -> list[Any]:
 
 def install() -> None:
     """Add ``X_OMERO`` to the Metadata module (idempotent)."""
-    from cellprofiler_core.constants.modules import metadata as constants
-    from cellprofiler_core.modules import metadata as module
+    try:
+        from cellprofiler_core.constants.modules import metadata as constants
+        from cellprofiler_core.modules import metadata as module
+    except ImportError as exc:  # a CellProfiler without this module layout: reads still work
+        log.warning("OMERO metadata extraction is not available in this CellProfiler (%s)",
+                    exc)
+        return
 
     if X_OMERO not in constants.X_ALL_EXTRACTION_METHODS:
         # The module's Choice settings hold this very list, so the new method is offered
