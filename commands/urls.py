@@ -53,12 +53,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "Metadata_ImageID and Metadata_ImageName. Channel names come from OMERO "
                     "and\nmust be the same for every image.\n\n"
                     "Key-value pairs on the images (map annotations; --kv-namespace to "
-                    "choose\nnamespaces) become Metadata_<key> columns and their tags "
-                    "Metadata_Tags\n(when an image has tags; --no-tags to leave them out). Keys are made column "
-                    "names (letters, digits,\n_); a key whose name is taken (by a built-in "
-                    "column or another key) gets\n_2, _3 ... in sorted key order, and each "
-                    "such collision is reported on stderr.\nSeveral values of one key on an "
-                    "image are joined by '; '.",
+                    "choose\nnamespaces) become Metadata_<key> columns, their tags "
+                    "Metadata_Tags (when an\nimage has tags; --no-tags to leave them "
+                    "out). Keys are made column names\n(letters, digits, _); a key whose "
+                    "name is taken (by a built-in column or\nanother key) gets _2, _3 ... "
+                    "in sorted key order, and each such collision is\nreported on stderr. "
+                    "Several values of one key on an image are joined by '; '.",
         epilog="examples:\n"
                "  cellprofiler-omero urls Dataset:2 -o files.txt\n"
                "  cellprofiler-omero urls Plate:21 --loaddata -o plate.csv\n"
