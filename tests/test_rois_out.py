@@ -483,3 +483,44 @@ def test_a_script_saves_a_label_image_as_rois_in_one_call_once(
     rois = _server_rois(roi_server, image)
     assert sorted(r.getId().getValue() for r in rois) == sorted(made.values())
     assert all(type(s).__name__ == "PolygonI" for r in rois for s in r.copyShapes())
+
+
+def test_the_roi_ids_become_a_roi_column_beside_the_image_column_without_aggregates(
+        ) -> None:
+    from cellprofiler_omero.core.model import ColumnKind
+    from cellprofiler_omero.cp_integration.export_table import plan_tables
+
+    columns = [("Image", "Count_Nuclei", "integer"),
+               ("Nuclei", "Area", "float"), ("Nuclei", "OMERO_RoiID", "integer")]
+    plans = {p.label: p for p in plan_tables(columns, "T", 64, relationships=False)}
+    nuclei = plans["Nuclei"].schema.columns
+    assert [(c.name, c.kind) for c in nuclei[:4]] == [
+        ("ImageNumber", ColumnKind.LONG), ("ObjectNumber", ColumnKind.LONG),
+        ("Image", ColumnKind.IMAGE), ("Roi", ColumnKind.ROI)]
+    assert [c.name for c in nuclei[4:]] == ["Area"]
+    assert not any("RoiID" in c.name for c in plans["Image"].schema.columns)
+
+
+def test_every_save_objects_setting_round_trips_through_cppipe(
+        cellprofiler_plugins: None) -> None:
+    from cellprofiler_core.pipeline import Pipeline
+
+    from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
+    from cellprofiler_omero.cp_integration.save_objects import SHAPE_POLYGON
+
+    pipeline = Pipeline()
+    pipeline.loadtxt(io.StringIO(nuclei_pipeline(3, save_rois=True)), raise_on_error=True)
+    (module,) = [m for m in pipeline.modules() if m.module_name == "SaveObjectsToOMERO"]
+    module.shape.value = SHAPE_POLYGON
+    module.tolerance.value = 2.5
+    module.wants_color.value = True
+    module.color.value = "#FF0000"
+    out = io.StringIO()
+    pipeline.dump(out)
+    again = Pipeline()
+    again.loadtxt(io.StringIO(out.getvalue()), raise_on_error=True)
+    (loaded,) = [m for m in again.modules() if m.module_name == "SaveObjectsToOMERO"]
+    assert [s.unicode_value for s in loaded.settings()] == [
+        "Nuclei", "DNA", SHAPE_POLYGON, "2.5", "Yes", "#FF0000"]
+    assert loaded.shape_kind() is ShapeKind.POLYGON
+    assert loaded.stroke_color() == rgba_to_int(255, 0, 0)
