@@ -427,7 +427,7 @@ def unloaded(kind: str, object_id: int) -> Any:
 def to_model(store: Store, viewer: User | None, obj: Obj, *, deep: bool = True) -> Any:
     """``obj`` as its ``omero.model`` class, loaded, with details (and nested parts when deep)."""
     if obj.kind == "Roi":
-        return roi_model(obj, DetailsCache(store, viewer))  # shapes unless fetched: no
+        return roi_model(obj, DetailsCache(store, viewer))  # shapes unloaded, unfetched
     if obj.kind in SHAPE_KINDS:
         return shape_model(obj, DetailsCache(store, viewer))
     cls = _CLASSES[obj.kind]

@@ -7,8 +7,8 @@ They take the group of their image, as omero-server's ``OmeroInterceptor.evaluat
 gives a new object linked to another, and linking a Roi to an image needs the ANNOTATE
 right on it (``neededRight``: Roi → Image), like an annotation link.
 
-IRoi follows omero-blitz's ``omero.cmd``-less ``RoiI`` (ome/omero-blitz
-``src/main/java/omero/api/.../RoiI.java``): ``findByImage``/``findByRoi``/``findByPlane``
+IRoi follows omero-blitz's ``RoiI`` (``src/main/java/ome/services/blitz/impl/RoiI.java``):
+``findByImage``/``findByRoi``/``findByPlane``
 select distinct ROIs *inner*-joined to their shapes (a ROI without shapes is not found),
 ordered by id, filtered by ``RoiOptions.userId``/``groupId`` and paged by
 ``offset``/``limit``; ``RoiOptions.shapes`` is not used by the real server either.
@@ -49,11 +49,13 @@ _local = threading.local()
 
 
 def kind_of(obj: Any) -> str:
+    """The omero-model class name of a model object (``MaskI`` → ``Mask``)."""
     name = type(obj).__name__
     return name[:-1] if name.endswith("I") else name
 
 
 def is_roi_kind(kind: str) -> bool:
+    """Whether IUpdate hands objects of this class to ``RoiWriter``."""
     return kind == "Roi" or kind in SHAPE_KINDS
 
 
@@ -136,6 +138,7 @@ class RoiWriter:
         self.store = servant.ctx.store
 
     def save(self, caller: Caller, obj: Any) -> tuple[str, int]:
+        """Save a new or changed Roi or Shape (with what it holds); (class, id)."""
         kind = kind_of(obj)
         oid = unwrap(obj.id) if obj.id is not None else None
         if kind == "Roi":
