@@ -29,6 +29,7 @@ Beside it: ``core.credentials`` (which credentials a login uses, a pure rule),
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -45,6 +46,7 @@ from cellprofiler_omero.core.errors import (
     ConnectionLost,
     NoTransport,
     OmeroError,
+    SessionGone,
     WrongServer,
 )
 from cellprofiler_omero.core.handoff import HANDOFF_ENV, Handoff, HandoffFile, read_handoff
@@ -77,6 +79,9 @@ class SessionManager:
         #: The key of a session whose connection failed and is not yet renewed (a
         #: password session is rejoined by it before logging in again).
         self._lapsed_key: str | None = None
+        #: The parent's hand-off file a session came from (this process may export its
+        #: own hand-off for its children later, so renewals must not read the variable).
+        self._parent_handoff: str | None = None
 
     # -- state -------------------------------------------------------------------------
 
@@ -138,6 +143,8 @@ class SessionManager:
             reason = "switch" if self._address != address else "relogin"
             await self._close_locked(reason=reason)
         credentials = self._choose_credentials(address, user, password, session_key, use_token)
+        self._parent_handoff = (os.environ.get(HANDOFF_ENV)
+                                if credentials.source == "environment" else None)
         return await self._open(address, credentials, reason="connect")
 
     def _resolve_address(self, host: str | None, port: int | None) -> ServerAddress:
@@ -221,6 +228,8 @@ class SessionManager:
         old = self.info
         self._conn, self._address, self._credentials = conn, address, credentials
         self._lapsed_key = None
+        if self._handoff.path is not None:  # children rejoin from it: keep it current
+            self._handoff.write(Handoff(address, conn.session_key))
         info = conn.info
         log.info("connected to %s as %s (group %s) via %s", address, info.user, info.group,
                  info.source)
@@ -319,6 +328,11 @@ class SessionManager:
             old_conn, self._conn = self._conn, None
             self._lapsed_key = old_conn.session_key
             await _quietly_close(old_conn, detach=True)
+        if credentials.source == "environment" and self._parent_handoff:
+            # A parent that renewed its session rewrites the hand-off: join its new key.
+            handed = read_handoff({HANDOFF_ENV: self._parent_handoff})
+            if handed is not None and handed.address == address:
+                credentials = Credentials(session_key=handed.key, source="environment")
         attempts = [credentials]
         if credentials.source == "password" and self._lapsed_key is not None:
             # A password session is first rejoined by its key (cheap, same session).
@@ -336,6 +350,14 @@ class SessionManager:
         if retryable:
             raise retryable[-1]  # the server may answer the next attempt
         last = failures[-1]
+        if credentials.source == "environment" and credentials.session_key == self._lapsed_key:
+            # The parent still hands over the key that ended: it renews its session when
+            # it next uses it and rewrites the hand-off, so a later attempt may join.
+            raise SessionGone(
+                f"The session handed over by the parent process on {address} has ended "
+                f"({last.message}); waiting for the parent to renew it.",
+                hint="Keep the parent process (CellProfiler, `cellprofiler-omero run`) "
+                     "running and logged in.") from last
         raise AuthError(
             f"The session on {address} has ended and could not be renewed "
             f"({last.message}).",
