@@ -133,13 +133,15 @@ class ImageReader:
     async def metadata(self) -> ImageMeta:
         """The image's metadata (fetched once)."""
         if self._meta is None:
-            self._meta = self._given or await self.manager.call(
-                lambda c: c.image_meta(self.ref.id), self.ref)
-            if self._meta.pixel_type in (PixelType.COMPLEX, PixelType.DOUBLE_COMPLEX):
+            meta = self._given
+            if meta is None:
+                meta = await self.manager.call(lambda c: c.image_meta(self.ref.id), self.ref)
+            if meta.pixel_type in (PixelType.COMPLEX, PixelType.DOUBLE_COMPLEX):
                 raise UnsupportedData(
-                    f"Image {self.ref.id} has {self._meta.pixel_type.value} pixels, which "
+                    f"Image {self.ref.id} has {meta.pixel_type.value} pixels, which "
                     "CellProfiler cannot analyse.",
                     hint="Convert the image to a real-valued type on the server.")
+            self._meta = meta
         return self._meta
 
     async def _source_for(self, conn: Connection) -> FallbackPixelSource:

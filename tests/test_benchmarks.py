@@ -306,7 +306,11 @@ def test_quick_run_measures_every_path(tmp_path: Path,
     assert "round trips of one common pass: " in out and " calls" in out
     assert results["meta"]["networks"] == [{"name": "loopback", "latency_ms": 0.0,
                                             "bandwidth_mbit": 0.0}]
-    assert read["transports_used"] == {"ice": ["ice"], "pixelbuffer": ["pixelbuffer"]}
+    # (e) reads through CellProfiler's reader API, which reads through Ice.
+    assert read["transports_used"] == {"ice": ["ice"], "pixelbuffer": ["pixelbuffer"],
+                                       "cpreader": ["ice"]}
+    assert _numbers(read["paths"]["cpreader"])
+    assert isinstance(read["ratios"]["cpreader_vs_common"], float)
     for key in ("ice_vs_common", "pixelbuffer_vs_common", "pixelbuffer_vs_ice",
                 "ice_overhead_vs_bare_pct"):
         assert isinstance(read["ratios"][key], float), key

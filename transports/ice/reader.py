@@ -166,11 +166,11 @@ class StorePool:
 def pool_for(conn: IceConnection, group_id: int, settings: Settings) -> StorePool:
     """The connection's store pool for images of ``group_id`` (made on first use)."""
     with conn.pool_lock:
-        pool = conn.store_pools.get(group_id)
+        pool: StorePool | None = conn.store_pools.get(group_id)
         if pool is None:
             size = max(settings.ice.concurrency, settings.ice.stores_per_image)
             pool = conn.store_pools[group_id] = StorePool(conn, group_id, size)
-        return pool  # type: ignore[no-any-return]
+        return pool
 
 
 class IcePixelSource(AsyncClosing):
