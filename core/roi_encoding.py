@@ -145,16 +145,24 @@ def simplify(points: np.ndarray, tolerance: float) -> np.ndarray:
 
 
 def _corners(contour: np.ndarray) -> np.ndarray:
-    """A closed contour without the points inside straight runs (same shape, fewer points)."""
-    steps = np.diff(contour, axis=0)
-    turning = np.ones(len(contour), dtype=bool)
-    turning[1:-1] = np.any(np.abs(steps[1:] - steps[:-1]) > 1e-9, axis=1)
-    return contour[turning]
+    """A closed contour (first point = last) without the points inside straight runs:
+    the same polygon through fewer points, closed again at a corner."""
+    ring = contour[:-1] if len(contour) > 1 and np.array_equal(contour[0], contour[-1]) \
+        else contour
+    if len(ring) < 3:
+        return contour
+    incoming = ring - np.roll(ring, 1, axis=0)
+    outgoing = np.roll(ring, -1, axis=0) - ring
+    cross = incoming[:, 0] * outgoing[:, 1] - incoming[:, 1] * outgoing[:, 0]
+    ring = ring[np.abs(cross) > 1e-9]
+    return np.concatenate([ring, ring[:1]]) if len(ring) else contour
 
 
 def outline(mask: np.ndarray, tolerance: float) -> tuple[tuple[float, float], ...]:
     """The simplified outer contour of ``mask``'s largest connected part, as (x, y)
-    points relative to the mask's top-left pixel (pixel centres at integer positions)."""
+    points relative to the mask's top-left corner, in OMERO's convention: pixel (i, j)
+    covers [i, i + 1) × [j, j + 1), so the outline runs along pixel edges (as a Mask at
+    the same x, y covers them) and a pixel whose centre it encloses is the object's."""
     from skimage.measure import find_contours
 
     # One pixel of background all round, so every contour closes.
@@ -169,12 +177,34 @@ def outline(mask: np.ndarray, tolerance: float) -> tuple[tuple[float, float], ..
 
     # Outer contours enclose their holes' contours: the largest area is the outer contour
     # of the largest part (4-connected, as CellProfiler labels objects).
-    contour = _corners(max(contours, key=area))
+    # find_contours puts pixel centres at integers: -1 for the padding, +0.5 to OMERO's.
+    points = max(contours, key=area)[:, ::-1] - 0.5
+    contour = _corners(_pixel_edges(points))
     if tolerance > 0:
-        contour = simplify(contour, tolerance)
+        simplified = simplify(contour, tolerance)
+        if len(simplified) >= 4:  # a triangle and its closing point: still an area
+            contour = simplified
     if len(contour) > 1 and np.array_equal(contour[0], contour[-1]):
         contour = contour[:-1]  # OMERO closes a polygon itself
-    return tuple((float(c) - 1.0, float(r) - 1.0) for r, c in contour)
+    return tuple((float(x), float(y)) for x, y in contour)
+
+
+def _pixel_edges(points: np.ndarray) -> np.ndarray:
+    """A closed (x, y) contour through pixel-edge midpoints, with each cut corner (a
+    diagonal half-pixel step) replaced by the pixel corner it cuts, so the path runs
+    along pixel edges: a rectangle of pixels becomes its four corners, exactly."""
+    steps = np.diff(points, axis=0)
+    diagonal = np.flatnonzero(np.all(np.abs(steps) > 0.25, axis=1))
+    if diagonal.size == 0:
+        return points
+    here, there = points[diagonal], points[diagonal + 1]
+    # A midpoint with a whole x lies on a vertical edge: the corner takes its x and the
+    # other point's y (which, being on a horizontal edge, is whole).
+    on_vertical = np.abs(here[:, 0] - np.round(here[:, 0])) < 1e-9
+    corners = np.where(on_vertical[:, None],
+                       np.stack([here[:, 0], there[:, 1]], axis=1),
+                       np.stack([there[:, 0], here[:, 1]], axis=1))
+    return np.insert(points, diagonal + 1, corners, axis=0)
 
 
 # -- label images ----------------------------------------------------------------------------

@@ -92,7 +92,9 @@ def test_mask_bytes_are_what_omero_rois_makes() -> None:
 
 
 def test_polygons_outline_the_largest_part_within_the_tolerance() -> None:
-    from skimage.draw import polygon as fill
+    """Drawn back by OMERO's pixel rule (pixel (i, j) spans [i, i + 1), the reader's
+    rasteriser), the outline covers exactly the object's pixels."""
+    from cellprofiler_omero.core.rasterise import polygon as fill
 
     labels = np.zeros((40, 40), np.int32)
     labels[5:15, 5:25] = 1  # a rectangle
@@ -102,12 +104,41 @@ def test_polygons_outline_the_largest_part_within_the_tolerance() -> None:
     for number, expected in ((1, labels == 1), (2, (labels == 2) & (np.arange(40) > 18))):
         shape = rois[number].shapes[0]
         assert isinstance(shape, PolygonShape)
-        xs = np.array([x for x, _ in shape.points])
-        ys = np.array([y for _, y in shape.points])
         drawn = np.zeros_like(expected)
-        drawn[fill(ys, xs, drawn.shape)] = True
+        raster = fill(shape.points, *drawn.shape)
+        drawn[raster.rows, raster.cols] = True
         assert np.array_equal(drawn, expected)
     assert len(rois[1].shapes[0].points) == 4  # simplified to its corners
+
+
+def test_a_polygon_outline_follows_pixel_edges_so_it_covers_the_object_exactly() -> None:
+    """Unsimplified (tolerance 0), the outline of any 4-connected object — a disc, a
+    concave T, one pixel — drawn back by OMERO's rule gives the object's pixels; a
+    rectangle is its four corners, and no tolerance reduces a pixel to a point."""
+    from skimage.draw import disk
+
+    from cellprofiler_omero.core.rasterise import polygon as fill
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[disk((12, 12), 9)] = 1
+    labels[25:35, 5:9] = 2
+    labels[29:32, 9:15] = 2
+    labels[36, 36] = 3
+    labels[2:6, 25:37] = 4
+    for tolerance in (0.0, 5.0):
+        rois = label_rois(labels, 1, "Nuclei", kind=ShapeKind.POLYGON, tolerance=tolerance)
+        for number in (1, 2, 3, 4):
+            shape = rois[number].shapes[0]
+            assert isinstance(shape, PolygonShape)
+            assert len(shape.points) >= 3
+            if tolerance == 0.0:
+                raster = fill(shape.points, *labels.shape)
+                drawn = np.zeros(labels.shape, bool)
+                drawn[raster.rows, raster.cols] = True
+                assert np.array_equal(drawn, labels == number), number
+    exact = label_rois(labels, 1, "Nuclei", kind=ShapeKind.POLYGON, tolerance=0.0)
+    assert sorted(exact[4].shapes[0].points) == [(25.0, 2.0), (25.0, 6.0), (37.0, 2.0),
+                                                 (37.0, 6.0)]
 
 
 def test_volumes_give_one_shape_per_plane_on_that_plane() -> None:
