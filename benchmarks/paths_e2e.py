@@ -1,6 +1,19 @@
-"""The demo pipeline end to end: images from OMERO vs the same images from local TIFFs.
+"""Pipelines end to end, from OMERO and from local TIFFs, saving to OMERO and to disk.
 
-Both runs use one pipeline text — ``cp_integration.pipelines.nuclei_pipeline`` without
+Three comparisons, each between runs that differ in one thing only:
+
+* **I/O-significant** (the one that says whether the network is hidden): 4 channels ×
+  2048² uint16 per image set, light measurement (``MeasureImageIntensity`` of every
+  channel) and one channel saved to local disk with CellProfiler's ``SaveImages``; from
+  OMERO vs from local TIFFs (``io``, image sets per second).
+* **saving**: the same pipeline from OMERO, saving with ``SaveImagesToOMERO`` vs
+  ``SaveImages`` to local disk (``save``). The figure is the time from CellProfiler
+  preparing the run to the end of the process, because ``SaveImagesToOMERO`` uploads
+  behind the pipeline and the run ends only once those uploads are complete.
+* **compute-bound** (the demo pipeline, below; the top-level figures): 2 channels ×
+  1024², nuclei found and measured.
+
+The compute-bound runs use one pipeline text — ``cp_integration.pipelines.nuclei_pipeline`` without
 SaveImages/Export, so nothing but the source of the pixels differs: Images (planes
 extracted) → NamesAndTypes (C0 = DNA, C1 = Cyto) → IdentifyPrimaryObjects →
 MeasureObjectSizeShape → MeasureObjectIntensity. CellProfiler runs headless in a
@@ -24,12 +37,15 @@ Start-up and whole-run times are recorded too.
 from __future__ import annotations
 
 import importlib.util
+import io
+import logging
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +57,7 @@ from cellprofiler_omero.benchmarks.target import Target
 from cellprofiler_omero.core import refs, runtime
 from cellprofiler_omero.core.reading import ImageReader
 from cellprofiler_omero.core.refs import Kind, ObjectRef
+from cellprofiler_omero.core.uploading import upload
 
 _IMAGE_LINE = re.compile(r"Image # (\d+), module (\w+) # (\d+)")
 #: Lines CellProfiler logs when it starts preparing the run (the first one seen counts).
@@ -49,10 +66,16 @@ _START_MARKERS = ("filter_file_list", "Times reported")
 
 @dataclass(frozen=True)
 class E2EWorkload:
-    """How many demo fields (2 channels, ``size``² uint16) the pipeline processes."""
+    """How many demo fields (2 channels, ``size``² uint16) the compute-bound pipeline
+    processes (``compute_bound=False``: not run), and the I/O-significant image sets
+    (``io_channels`` × ``io_size``² uint16) of the I/O and saving pipelines."""
 
     image_sets: int = 12
     size: int = 1024
+    compute_bound: bool = True
+    io_image_sets: int = 8
+    io_channels: int = 4
+    io_size: int = 2048
 
 
 @dataclass
@@ -74,9 +97,13 @@ class PipelineRun:
 
     def to_json(self) -> dict[str, Any]:
         window = self.window_s
+        start = self.window_start_s
         return {"exit_code": self.exit_code, "image_sets": len(self.completed),
-                "wall_s": self.wall_s, "startup_s": self.window_start_s,
+                "wall_s": self.wall_s, "startup_s": start,
                 "window_s": window,
+                # From preparing the run to the process's end: post_run included (where
+                # uploads behind the pipeline are waited for).
+                "to_end_s": self.wall_s - start if start is not None else None,
                 "sets_per_s": len(self.completed) / window if window else None}
 
 
@@ -154,8 +181,130 @@ def write_tiffs(target: Target, image_ids: list[int], folder: Path) -> list[Path
     return paths
 
 
+LOCAL_DISK = "SaveImages to local disk"
+TO_OMERO = "SaveImagesToOMERO"
+IO_PIPELINE = ("Images (planes extracted) → NamesAndTypes (C0–C3 = Ch0–Ch3) → "
+               "MeasureImageIntensity (Ch0–Ch3) → {save} (Ch0, 16-bit, sequential names)")
+
+
+def io_pipeline(channels: int, save: str) -> str:
+    """The I/O-significant pipeline (see the module docstring) as ``.cppipe`` text;
+    ``save`` is ``LOCAL_DISK`` or ``TO_OMERO``. Each text is new (its image names carry
+    a fresh token), so SaveImagesToOMERO's exactly-once key never finds an earlier
+    run's images and every run really uploads."""
+    import cellprofiler_core.preferences as preferences
+
+    preferences.set_headless()  # before any module import: they read the preferences
+    # mysqlclient is deliberately not installed; keep CellProfiler's import-time warning
+    # about it (cellprofiler.modules imports ExportToDatabase) out of the output.
+    logging.getLogger("cellprofiler.modules.exporttodatabase").setLevel(logging.ERROR)
+    import cellprofiler_core.modules.namesandtypes as nt_module
+    from cellprofiler.modules import saveimages
+    from cellprofiler.modules.measureimageintensity import MeasureImageIntensity
+    from cellprofiler_core.modules.groups import Groups
+    from cellprofiler_core.modules.images import Images
+    from cellprofiler_core.modules.metadata import Metadata
+    from cellprofiler_core.modules.namesandtypes import NamesAndTypes
+    from cellprofiler_core.pipeline import Pipeline
+
+    from cellprofiler_omero.cp_integration import save_images as to_omero
+
+    pipeline = Pipeline()
+    modules: list[Any] = []
+
+    def add(cls: Any) -> Any:
+        module = cls()
+        module.set_module_num(len(modules) + 1)
+        pipeline.add_module(module)
+        modules.append(module)
+        return module
+
+    images = add(Images)
+    images.filter_choice.value = "No filtering"
+    images.want_split.value = True  # one plane per channel: NamesAndTypes picks them by C
+    add(Metadata)
+    names = add(NamesAndTypes)
+    names.assignment_method.value = nt_module.ASSIGN_RULES
+    for _ in range(channels - 1):
+        names.add_assignment()
+    for channel, assignment in enumerate(names.assignments):
+        assignment.rule_filter.value = f'and (metadata does C "{channel}")'
+        assignment.image_name.value = f"Ch{channel}"
+    names.matching_choice.value = nt_module.MATCH_BY_ORDER
+    add(Groups)
+    measure = add(MeasureImageIntensity)
+    measure.images_list.value = ", ".join(f"Ch{c}" for c in range(channels))
+    token = f"bench_{uuid.uuid4().hex[:8]}"
+    if save == LOCAL_DISK:
+        module = add(saveimages.SaveImages)
+        module.save_image_or_figure.value = saveimages.IF_IMAGE
+        module.image_name.value = "Ch0"
+        module.file_name_method.value = saveimages.FN_SEQUENTIAL
+        module.single_file_name.value = token
+        module.file_format.value = saveimages.FF_TIFF
+        module.bit_depth.value = saveimages.BIT_DEPTH_16
+        module.overwrite.value = True
+        # Uncompressed, as SaveImagesToOMERO sends the pixels (and CellProfiler's
+        # compression argument is refused by the tifffile this environment has).
+        module.tiff_compress.value = False
+    elif save == TO_OMERO:
+        module = add(to_omero.SaveImagesToOMERO)
+        module.save_what.value = to_omero.SAVE_IMAGE
+        module.image_name.value = "Ch0"
+        module.bit_depth.value = to_omero.BIT_DEPTH_16
+        module.name_method.value = to_omero.FN_SEQUENTIAL
+        module.single_name.value = token
+        module.wants_dataset.value = False
+    else:
+        raise ValueError(f"unknown way to save: {save!r}")
+    out = io.StringIO()
+    pipeline.dump(out)
+    return out.getvalue()
+
+
+#: Images uploaded for the I/O pipelines, by emulator and shape: uploaded once per run of
+#: the harness, read under every network profile.
+_io_images: dict[tuple[int, int, int, int], list[int]] = {}
+
+
+def io_images(target: Target, workload: E2EWorkload) -> list[int]:
+    """``io_image_sets`` images of ``io_channels`` × ``io_size``² uint16 (random pixels,
+    so nothing compresses them away); their ids."""
+    key = (id(target), workload.io_image_sets, workload.io_channels, workload.io_size)
+    if key not in _io_images:
+        rng = np.random.default_rng(17)
+        ids = []
+        with target.session() as manager:
+            for number in range(workload.io_image_sets):
+                pixels = rng.integers(0, 4096, (workload.io_channels, workload.io_size,
+                                                workload.io_size), dtype=np.uint16)
+                made = runtime.run(lambda p=pixels, n=number: upload(
+                    manager, p, name=f"bench_e2e_io_{n + 1:03d}", axes="CYX"))
+                ids.append(made.id)
+        _io_images[key] = ids
+    return list(_io_images[key])
+
+
+def _lists(target: Target, ids: list[int], base: Path, name: str) -> tuple[Path, Path]:
+    """A file list of local TIFFs (written now) and one of OMERO.web links."""
+    tiffs = write_tiffs(target, ids, base / f"tiff-{name}")
+    local_list = base / f"{name}-local.txt"
+    local_list.write_text("\n".join(str(p) for p in tiffs) + "\n")
+    omero_list = base / f"{name}-omero.txt"
+    omero_list.write_text("\n".join(refs.web_url(ObjectRef(Kind.IMAGE, i, target.host))
+                                    for i in ids) + "\n")
+    return local_list, omero_list
+
+
+def _problems(runs: dict[str, PipelineRun], expected: int) -> list[str]:
+    return [f"{name}: CellProfiler exited with {r.exit_code} after {len(r.completed)} of "
+            f"{expected} image sets; last lines:\n  " + "\n  ".join(r.log_tail[-12:])
+            for name, r in runs.items()
+            if r.exit_code != 0 or len(r.completed) != expected]
+
+
 def run(target: Target, image_ids: list[int], workload: E2EWorkload) -> dict[str, Any]:
-    """Both pipeline runs; the end-to-end section of the results."""
+    """Every pipeline run; the end-to-end section of the results."""
     if importlib.util.find_spec("cellprofiler") is None:
         return {"status": "skipped",
                 "reason": "CellProfiler is not installed (pip install "
@@ -163,34 +312,61 @@ def run(target: Target, image_ids: list[int], workload: E2EWorkload) -> dict[str
     from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
 
     ids = list(image_ids[:workload.image_sets])
-    with tempfile.TemporaryDirectory(prefix="cpo-bench-e2e-") as tmp:
+    io_ids = io_images(target, workload)
+    local_args = ("--enable-readers", "imageio_reader")
+    runs: dict[str, PipelineRun] = {}
+    with tempfile.TemporaryDirectory(prefix="cpo-bench-e2e-") as tmp, \
+            target.session() as manager:
         base = Path(tmp)
-        pipeline = base / "nuclei.cppipe"
-        pipeline.write_text(nuclei_pipeline(None, save_labels=False, export_tables=False))
-        tiffs = write_tiffs(target, ids, base / "tiff")
-        local_list = base / "local.txt"
-        local_list.write_text("\n".join(str(p) for p in tiffs) + "\n")
-        omero_list = base / "omero.txt"
-        omero_list.write_text("\n".join(refs.web_url(ObjectRef(Kind.IMAGE, i, target.host))
-                                        for i in ids) + "\n")
-        local = run_cellprofiler(pipeline, local_list, base / "out-local", clean_env({}),
-                                 ("--enable-readers", "imageio_reader"))
-        with target.session() as manager:
-            handoff = manager.export_for_workers()
-            env = clean_env({**handoff, "CELLPROFILER_OMERO_SERVER_HOST": target.host,
-                             "CELLPROFILER_OMERO_SERVER_PORT": str(target.port),
-                             "CELLPROFILER_OMERO_TRANSPORTS_READ": "ice",
-                             "CELLPROFILER_OMERO_AUTH_USE_TOKEN": "0"})
-            omero = run_cellprofiler(pipeline, omero_list, base / "out-omero", env)
-        problems = [f"{name}: CellProfiler exited with {r.exit_code} after {len(r.completed)} "
-                    f"of {len(ids)} image sets; last lines:\n  " + "\n  ".join(r.log_tail[-12:])
-                    for name, r in (("local", local), ("omero", omero))
-                    if r.exit_code != 0 or len(r.completed) != len(ids)]
+        handoff = manager.export_for_workers()
+        env = clean_env({**handoff, "CELLPROFILER_OMERO_SERVER_HOST": target.host,
+                         "CELLPROFILER_OMERO_SERVER_PORT": str(target.port),
+                         "CELLPROFILER_OMERO_TRANSPORTS_READ": "ice",
+                         "CELLPROFILER_OMERO_AUTH_USE_TOKEN": "0"})
+        io_local, io_omero = _lists(target, io_ids, base, "io")
+        to_disk, to_omero = base / "io-disk.cppipe", base / "io-omero.cppipe"
+        to_disk.write_text(io_pipeline(workload.io_channels, LOCAL_DISK))
+        to_omero.write_text(io_pipeline(workload.io_channels, TO_OMERO))
+        # The same pipeline from local files and from OMERO (both save to local disk),
+        # then from OMERO saving to OMERO.
+        runs["io local"] = run_cellprofiler(to_disk, io_local, base / "out-io-local",
+                                            clean_env({}), local_args)
+        runs["io omero"] = run_cellprofiler(to_disk, io_omero, base / "out-io-omero", env)
+        runs["save omero"] = run_cellprofiler(to_omero, io_omero, base / "out-save", env)
+        problems = _problems(runs, len(io_ids))
+        if workload.compute_bound:
+            pipeline = base / "nuclei.cppipe"
+            pipeline.write_text(nuclei_pipeline(None, save_labels=False, export_tables=False))
+            local_list, omero_list = _lists(target, ids, base, "nuclei")
+            compute = {"local": run_cellprofiler(pipeline, local_list, base / "out-local",
+                                                 clean_env({}), local_args),
+                       "omero": run_cellprofiler(pipeline, omero_list, base / "out-omero",
+                                                 env)}
+            runs.update(compute)
+            problems += _problems(compute, len(ids))
     if problems:
         return {"status": "error", "error": "\n".join(problems)}
-    local_json, omero_json = local.to_json(), omero.to_json()
-    return {"status": "ok", "workload": asdict(workload), "image_sets": len(ids),
+    figures = {name: r.to_json() for name, r in runs.items()}
+    io_local_json, io_omero_json = figures["io local"], figures["io omero"]
+    save_json = figures["save omero"]
+    result: dict[str, Any] = {
+        "status": "ok", "workload": asdict(workload), "image_sets": len(io_ids),
+        "io": {"channels": workload.io_channels, "size": workload.io_size,
+               "image_ids": io_ids, "pipeline": IO_PIPELINE.format(save=LOCAL_DISK),
+               "local": io_local_json, "omero": io_omero_json,
+               "ratio": ratio(io_omero_json["sets_per_s"], io_local_json["sets_per_s"])},
+        # Time, OMERO over local disk (≤ 1 is as fast): both read from OMERO.
+        "save": {"channels": workload.io_channels, "size": workload.io_size,
+                 "pipeline": IO_PIPELINE.format(save="SaveImagesToOMERO / SaveImages"),
+                 "local_disk": io_omero_json, "omero": save_json,
+                 "ratio": ratio(save_json["to_end_s"], io_omero_json["to_end_s"])},
+    }
+    if workload.compute_bound:
+        local_json, omero_json = figures["local"], figures["omero"]
+        result.update({
             "channels": 2, "size": workload.size, "image_ids": ids,
+            "compute_image_sets": len(ids),
             "pipeline": "nuclei_pipeline(save_labels=False, export_tables=False)",
             "local": local_json, "omero": omero_json,
-            "ratio": ratio(omero_json["sets_per_s"], local_json["sets_per_s"])}
+            "ratio": ratio(omero_json["sets_per_s"], local_json["sets_per_s"])})
+    return result
