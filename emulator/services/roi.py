@@ -310,7 +310,15 @@ class RoiServiceI(SessionServant):
                 plane: tuple[int, int] | None = None) -> Any:
         store = self.ctx.store
         owner, group, offset, limit = _page(opts)
-        rois = [r for r in rois if self.visible(caller, r)
+        readable: dict[tuple[int, int], bool] = {}  # asked once per owner and group
+
+        def visible(roi: Obj) -> bool:
+            key = (roi.owner_id, roi.group_id)
+            if key not in readable:
+                readable[key] = self.visible(caller, roi)
+            return readable[key]
+
+        rois = [r for r in rois if visible(r)
                 and (owner is None or r.owner_id == owner)
                 and (group is None or r.group_id == group)]
         shapes = store.by_parents(SHAPE_KINDS, [r.id for r in rois])
