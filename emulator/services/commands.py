@@ -164,8 +164,8 @@ def _delete2(factory: _ServiceFactory, caller: Caller, request: Any) -> Any:
 
 def _delete_rois(factory: _ServiceFactory, caller: Caller, targets: dict[str, list[int]],
                  dry_run: bool) -> Any:
-    """ROIs (with their shapes) and single shapes; a ROI left without shapes stays, as
-    omero-blitz's delete rules keep it."""
+    """ROIs (with their shapes) and single shapes. A ROI left without shapes stays: the
+    emulator does not apply omero-blitz's orphan rules (not read) to ROIs."""
     store = factory.ctx.store
     found: dict[int, Any] = {}
     shapes: dict[int, Any] = {}
