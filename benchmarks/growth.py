@@ -10,6 +10,13 @@ memory is watched from outside with psutil (RSS sampled every few milliseconds) 
 from inside (the kernel's high-water mark, ``VmHWM``, on Linux); the larger is the peak.
 The idle RSS just before the read is recorded too, so the read's own share shows.
 
+**Uploads.** The largest plane is also uploaded by a fresh process
+(``core.uploading.upload``), its peak memory taken the same way; the array it uploads
+is part of that peak (the figure to read is how far above 1× the plane it goes).
+
+Every network profile gets its own points (the planes are uploaded once per run, read
+under each profile), so the table shows peak memory per profile.
+
 **Tables.** ``TableWriter`` time for 10 → 1,000 image sets of 10 rows × 100 columns.
 
 Run as ``python -m cellprofiler_omero.benchmarks.growth CHILD-JSON`` only by the harness.
@@ -56,15 +63,24 @@ def plane(size: int) -> np.ndarray:
     return np.add.outer(ramp * np.uint16(3), ramp)
 
 
+#: Planes uploaded for the reads, by emulator and size: once per harness run, read under
+#: every network profile.
+_uploaded: dict[tuple[int, int], int] = {}
+
+
 def upload_planes(target: Target, sizes: Sequence[int]) -> dict[int, int]:
-    """One single-channel image per size; ``{size: image id}``."""
-    ids = {}
+    """One single-channel image per size; ``{size: image id}`` (uploaded once per
+    target: later network profiles read the same images)."""
+    ids = {size: _uploaded[(id(target), size)] for size in sizes
+           if (id(target), size) in _uploaded}
     with target.session() as manager:
         for size in sizes:
+            if size in ids:
+                continue
             pixels = plane(size)
             result = runtime.run(lambda p=pixels, s=size: upload(
                 manager, p, name=f"bench_growth_{s}", axes="YX"))
-            ids[size] = result.id
+            ids[size] = _uploaded[(id(target), size)] = result.id
             del pixels
     return ids
 
@@ -100,8 +116,9 @@ def watch(command: list[str], env: dict[str, str]) -> tuple[dict[str, Any], int]
 
 
 def read_point(target: Target, image_id: int, size: int, transport: str,
-               handoff: dict[str, str]) -> dict[str, Any]:
-    """One fresh-process read of the whole plane; its time and memory."""
+               handoff: dict[str, str], action: str = "read") -> dict[str, Any]:
+    """One fresh-process read of the whole plane (``action="upload"``: an upload of a
+    new plane of that size, ``image_id`` unused); its time and memory."""
     from cellprofiler_omero.benchmarks.paths_e2e import clean_env
 
     settings = {"server.host": target.host, "server.port": target.port,
@@ -109,7 +126,7 @@ def read_point(target: Target, image_id: int, size: int, transport: str,
                 "auth.keepalive_seconds": 3600}
     if target.pixelbuffer_url:
         settings["pixelbuffer.servers"] = {target.host: target.pixelbuffer_url}
-    child = {"image_id": image_id, "settings": settings}
+    child = {"image_id": image_id, "settings": settings, "action": action, "size": size}
     command = [sys.executable, "-m", "cellprofiler_omero.benchmarks.growth",
                json.dumps(child)]
     point: dict[str, Any] = {"size": size, "transport": transport,
@@ -135,6 +152,8 @@ def run(target: Target, parent: TableTarget, workload: GrowthWorkload) -> dict[s
         for size in workload.sizes:
             for transport in transports:
                 points.append(read_point(target, ids[size], size, transport, handoff))
+        largest = max(workload.sizes)
+        uploads = [read_point(target, 0, largest, "ice", handoff, action="upload")]
     tables = []
     with target.session() as manager:
         for sets in workload.image_sets:
@@ -146,7 +165,8 @@ def run(target: Target, parent: TableTarget, workload: GrowthWorkload) -> dict[s
             tables.append({"image_sets": sets, "rows": rows.rows, "seconds": timing.median,
                            "all_seconds": timing.seconds,
                            "rows_per_s": timing.rate(timing.median)})
-    return {"status": "ok", "workload": asdict(workload), "read": points, "tables": tables}
+    return {"status": "ok", "workload": asdict(workload), "read": points,
+            "upload": uploads, "tables": tables}
 
 
 # -- the child --------------------------------------------------------------------------------
@@ -166,6 +186,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     me = psutil.Process()
     manager = SessionManager(Settings().replace(spec["settings"]))
     runtime.run(manager.connect)  # the hand-off file names the server and session
+    if spec.get("action") == "upload":
+        try:
+            return _upload_child(manager, int(spec["size"]), me)
+        finally:
+            runtime.run(manager.close)
     reader = ImageReader(manager, ObjectRef(Kind.IMAGE, int(spec["image_id"])))
     try:
         runtime.run(reader.metadata)
@@ -183,6 +208,22 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         runtime.run(manager.close)
     return {"seconds": seconds, "bytes": nbytes, "served_by": transport,
             "rss_before": rss_before, "rss_after_read": rss_after, "hwm_rss": _high_water()}
+
+
+def _upload_child(manager: Any, size: int, me: Any) -> dict[str, Any]:
+    """Upload one new ``size``² plane; time and memory (the array is made first)."""
+    import gc
+
+    pixels = plane(size)
+    gc.collect()
+    rss_before = me.memory_info().rss
+    started = time.perf_counter()
+    runtime.run(lambda: upload(manager, pixels, name=f"bench_growth_upload_{size}",
+                               axes="YX"))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "bytes": int(pixels.nbytes), "served_by": "ice",
+            "rss_before": rss_before, "rss_after_read": me.memory_info().rss,
+            "hwm_rss": _high_water()}
 
 
 def _high_water() -> int | None:

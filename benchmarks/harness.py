@@ -107,8 +107,7 @@ QUICK = Plan(
                           io_size=256),
     ceilings.CeilingsWorkload(socket_bytes=32 * 1024 * 1024, decode_bytes=16 * 1024 * 1024,
                               repetitions=3, warmup=1),
-    growth.GrowthWorkload(sizes=(256, 512, 1024), image_sets=(10, 30, 100),
-                          table_repetitions=1),
+    growth.GrowthWorkload(sizes=(256, 1024), image_sets=(10, 100), table_repetitions=1),
     paths_run.RunWorkload(fields=2, size=128, rows=None),
     paths_rois.RoisWorkload(objects=400, size=200, repetitions=1),
 )

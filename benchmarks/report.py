@@ -608,6 +608,16 @@ def _growth_section(data: dict[str, Any]) -> Section:
         if largest and point["transport"] == "ice" and point["size"] == largest["size"]:
             line.goal, line.goal_value = "peak_memory_vs_plane", point["peak_vs_plane"]
         section.lines.append(line)
+    for point in data.get("upload", []):
+        if "error" in point:
+            section.lines.append(Line(f"upload {point['size']}² uint16", "ERROR",
+                                      point["error"][:60]))
+            continue
+        section.lines.append(Line(
+            f"upload {point['size']}² uint16 ({fmt_bytes(point['plane_bytes'])}), "
+            f"{point['transport']}", fmt_seconds(point["seconds"]),
+            f"peak RSS {fmt_bytes(point['peak_rss'])} = {fmt_ratio(point['peak_vs_plane'])} "
+            f"plane, the array included (+{fmt_bytes(point['read_rss_delta'])} over idle)"))
     for point in data.get("tables", []):
         section.lines.append(Line(f"TableWriter, {point['image_sets']:,} image sets "
                                   f"({point['rows']:,} rows)", fmt_seconds(point["seconds"]),
@@ -685,7 +695,8 @@ def summary(results: Mapping[str, Any]) -> str:
             text += f"\n\n{'=' * len(banner)}\n{banner}\n{'=' * len(banner)}"
         text += "\n" + render(build_sections({"sections": sections, "network": network}))
     if len(runs) > 1:
-        return text + "\n" + "\n".join(_goals_by_profile(results, runs))
+        return text + "\n" + "\n".join(_memory_by_profile(runs)
+                                        + _goals_by_profile(results, runs))
     goals = results.get("goals") or evaluate_goals(results)
     lines = ["", "Goals", "-" * 40]
     label_w = max(len(g.label) for g in GOALS.values())
@@ -697,6 +708,37 @@ def summary(results: Mapping[str, Any]) -> str:
         lines.append(f"  {verdict:<4}  {g.label:<{label_w}} {value:>9}  goal {g.describe()}"
                      f"  ({goal['where']})")
     return text + "\n" + "\n".join(lines)
+
+
+def _memory_by_profile(runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """Peak memory of the growth section's largest plane (each read transport, and the
+    upload), as ``N× plane`` with one column per network profile."""
+    columns: list[tuple[str, dict[str, str]]] = []
+    for network, sections in runs:
+        growth = _ok(sections.get("growth"))
+        points = [p for p in growth.get("read", []) + growth.get("upload", [])
+                  if p.get("peak_vs_plane") is not None]
+        cells: dict[str, str] = {}
+        if points:
+            largest = max(p["size"] for p in points)
+            for point in points:
+                if point["size"] == largest:
+                    kind = "upload" if point in growth.get("upload", []) else "read"
+                    cells[f"{kind} {largest}², {point['transport']}"] = (
+                        f"{fmt_ratio(point['peak_vs_plane'])} ({fmt_bytes(point['peak_rss'])})")
+        columns.append((network.get("name", "?"), cells))
+    rows = sorted({row for _, cells in columns for row in cells})
+    if not rows:
+        return []
+    label_w = max(len(row) for row in rows)
+    width = max([14] + [len(cell) for _, cells in columns for cell in cells.values()])
+    head = f"  {'':<{label_w}}" + "".join(f"  {name:>{width}}" for name, _ in columns)
+    lines = ["", "Peak memory of the largest plane (peak RSS / plane), per network profile",
+             "-" * len(head), head]
+    for row in rows:
+        lines.append(f"  {row:<{label_w}}" + "".join(
+            f"  {cells.get(row, NOT_MEASURED):>{width}}" for _, cells in columns))
+    return lines
 
 
 def _goals_by_profile(results: Mapping[str, Any],

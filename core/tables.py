@@ -133,7 +133,7 @@ def normalise_column(col: ColumnSpec, values: Sequence[Any] | np.ndarray, *, fir
     if col.kind is ColumnKind.DOUBLE:
         arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64) \
             if not isinstance(values, np.ndarray) else values.astype(np.float64, copy=False)
-        return [float(v) for v in arr.tolist()]
+        return arr.tolist()  # Python floats already: a float64 array's tolist makes them
     if col.kind in _INTEGER_KINDS or col.kind is ColumnKind.BOOL:
         for offset, v in enumerate(values):
             missing = v is None or (isinstance(v, float) and math.isnan(v))
