@@ -12,10 +12,11 @@
   HDF5 refuses) when "Extract image planes" is on; metadata calls are pointed at
   ``:root:`` the way CellProfiler's own file-list calls already are.
 
-* NamesAndTypes tells the OMERO reader about image sets (``reader.prefetch_file_list``
-  after ``prepare_run``, ``reader.announce_image_set`` before ``run``), so the reader
-  fetches metadata in batches and reads the next image set ahead. Only OMERO images
-  are affected; these calls never raise.
+* Images and NamesAndTypes tell the OMERO reader about the run: the file list's
+  metadata is fetched in batches (``reader.prefetch_file_list``) before Images'
+  plane extraction and after NamesAndTypes' ``prepare_run``, and every image set is
+  announced before NamesAndTypes' ``run`` (``reader.announce_image_set``) so the
+  next one is read ahead. Only OMERO images are affected; these calls never raise.
 
 Both are idempotent and leave every other URL to CellProfiler's own logic.
 """
@@ -108,6 +109,20 @@ def _patch_names_and_types() -> None:
     run._cellprofiler_omero = True  # type: ignore[attr-defined]
     NamesAndTypes.run = run
     NamesAndTypes.prepare_run = prepare_run
+
+    from cellprofiler_core.modules.images import Images
+
+    images_original: Callable[..., Any] = Images.prepare_run
+
+    @functools.wraps(images_original)
+    def images_prepare_run(self: Any, workspace: Any) -> Any:
+        # "Extract image planes" asks every image for its sizes, one reader (and one
+        # metadata query) each: fetch them for the whole file list first, in batches.
+        if self.want_split.value and not workspace.pipeline.in_batch_mode():
+            reader.prefetch_file_list(workspace)
+        return images_original(self, workspace)
+
+    Images.prepare_run = images_prepare_run
 
 
 def normalise_url(url: str) -> str:

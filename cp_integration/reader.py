@@ -109,6 +109,8 @@ class _Shared:
         self.planes: OrderedDict[PlaneKey, dict[int, Future[np.ndarray]]] = OrderedDict()
         self.plane_bytes: dict[PlaneKey, int] = {}
         self.metas = MetadataCache()
+        #: (manager, server, user) the cached metadata was fetched for.
+        self.metas_owner: tuple[int, str, int] | None = None
         self.stats = ReadAheadStats()
         #: Planes read ahead for an image set and not asked for yet; each holds its
         #: image's reader (``acquire``) until it is used or dropped.
@@ -131,7 +133,7 @@ class _Shared:
                     self._drop(key)
                 reader = None
             if reader is None:
-                reader = ImageReader(manager, ref, self.metas.get(ref))
+                reader = ImageReader(manager, ref, self.cached_meta(ref))
             self.images[ref] = (reader, count + 1)
             return reader
 
@@ -166,6 +168,26 @@ class _Shared:
             for future in (futures or {}).values():
                 future.cancel()
             self.release(ref, wait=False)
+
+    def _owner(self) -> tuple[int, str, int] | None:
+        mgr = session.manager()
+        info = mgr.info if mgr.connected else None
+        return None if info is None else (id(mgr), str(info.server), info.user_id)
+
+    def cached_meta(self, ref: ObjectRef) -> ImageMeta | None:
+        """Cached metadata, only for the session that fetched it: another user (or no
+        session at all) must ask the server, which decides what they may see."""
+        owner = self._owner()
+        if owner is None or owner != self.metas_owner:
+            return None
+        return self.metas.get(ref)
+
+    def claim_metas(self) -> None:
+        """Metadata is about to be cached for the current session: forget another's."""
+        owner = self._owner()
+        if owner != self.metas_owner:
+            self.metas.clear()
+            self.metas_owner = owner
 
     def budget_bytes(self) -> int:
         return int(session.manager().settings.reader.cache_mib) * 1024 * 1024
@@ -209,7 +231,7 @@ class _Shared:
             self.current, self.upcoming = tuple(current), tuple(upcoming)
             self.launched = not session.manager().settings.reader.readahead
         wanted = [p.ref for p in (*current, *upcoming)]
-        if any(ref not in self.metas for ref in wanted):
+        if any(self.cached_meta(ref) is None for ref in wanted):
             prefetch([*wanted, *window()])
 
     def launch(self, ref: ObjectRef) -> None:
@@ -230,7 +252,7 @@ class _Shared:
                ) -> None:
         wait_all(futures)
         try:
-            metas = [self.metas.get(p.ref) for p in upcoming]
+            metas = [self.cached_meta(p.ref) for p in upcoming]
             if any(m is None for m in metas):
                 return  # not prefetched (an error was logged): read when asked
             size = sum(_plane_bytes(m, p) for p, m in zip(upcoming, metas, strict=True)
@@ -249,7 +271,7 @@ class _Shared:
     def start(self, plane: PlannedPlane, *, speculative: bool = False
               ) -> list[Future[np.ndarray]]:
         """Start reading ``plane`` (every channel when its channel is not given)."""
-        meta = self.metas.get(plane.ref)
+        meta = self.cached_meta(plane.ref)
         if meta is None:
             return []
         if plane.index is not None:
@@ -292,9 +314,11 @@ def prefetch(wanted: Sequence[ObjectRef]) -> None:
     then handing the session to workers as a first read does)."""
     mgr = session.manager()
     was_connected = mgr.connected
-    runtime.run(_shared.metas.prefetch, mgr, wanted)
-    if not was_connected and mgr.connected:
+    if not was_connected:
+        runtime.run(mgr.connect)  # as a first read would (AuthError without a login)
         session.after_connect(mgr)
+    _shared.claim_metas()
+    runtime.run(_shared.metas.prefetch, mgr, wanted)
 
 
 def _zct(meta: ImageMeta, index: int) -> tuple[int, int, int]:
@@ -451,6 +475,7 @@ class OMEROReader(Reader):
                 self._meta = runtime.run(self._reader().metadata)
             if not was_connected:
                 session.after_connect(mgr)
+            _shared.claim_metas()
             _shared.metas.put(self.ref, self._meta)
         return self._meta
 
