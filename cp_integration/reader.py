@@ -22,17 +22,20 @@ channels of the image set are already on their way.
 No per-image tax (CellProfiler makes a reader per image per image set):
 
 * metadata comes from a process-wide ``MetadataCache``, filled in batches when
-  NamesAndTypes prepares the run (the file list's OMERO images) and, in analysis
-  workers, for a window of upcoming image sets (``announce_image_set``);
+  Images and NamesAndTypes prepare the run (the file list's OMERO images) and, in
+  analysis workers, for a window of upcoming image sets (``announce_image_set``);
+  it serves only the session that fetched it;
 * the Ice transport's stores stay with the connection and move between images;
 * the next image set's planes are read while CellProfiler computes the current one.
   How the reader knows the next image set: NamesAndTypes stores every image set in
   the measurements (``ImageSet_ImageSet``, by image number) and its ``run`` is
-  where each image set starts; ``compat`` calls ``announce_image_set`` after it,
-  which decodes image sets N and N+1 the way NamesAndTypes does. CellProfiler runs
-  image numbers in ascending order (per group); when N+1 is not the next one run
-  (another worker runs it), the planes read for it are dropped unused when the next
-  image set is announced, or pushed out by the ``reader.cache_mib`` budget.
+  where each image set starts; ``compat`` calls ``announce_image_set`` just before
+  it (its ``run`` may read planes already), which decodes image sets N and N+1 the way
+  NamesAndTypes does. CellProfiler runs image numbers in ascending order (per group);
+  when N+1 is not the next one run (another worker runs it), the planes read for it
+  are dropped unused when the next image set is announced, or pushed out by the
+  ``reader.cache_mib`` budget. LoadData pipelines are not announced (no read-ahead
+  of the next image set); ``image_set_starting`` is the call for such callers.
 """
 
 from __future__ import annotations
