@@ -209,3 +209,22 @@ def test_an_upload_killed_mid_pixels_is_made_once_when_run_again(
     assert images_with_key(manager, key) == [again.id]
     assert images_described(manager, f"upload {key}]") == []
     np.testing.assert_array_equal(read(manager, again.id, z=[0, 1, 2, 3])[:, 0], pixels)
+
+
+def test_a_staged_upload_whose_completing_reply_was_lost_completes_once(
+        emulator: Emulator, faults: Emulator, manager: SessionManager) -> None:
+    key = "fast-completing-reply-lost"
+    pixels = np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16)
+    pending = run(lambda: begin_upload(manager, pixels, name="reply lost", axes="ZYX",
+                                       client_key=key))
+    session = run(manager.connection).session_key
+    # The server saves the completing update, then the connection drops before its reply.
+    faults.set_faults(drop_after=1, drop_after_reply=True, ops=["saveArray"])
+    emulator.reset_call_counts()
+    done = run(pending.finish)
+    faults.clear_faults()
+    counts = emulator.call_counts(session)
+    # The retry found the completed image (one look-up) instead of failing or writing again.
+    assert counts.get("IQuery.projection") == 1 and counts["IUpdate.saveArray"] == 1
+    assert done.id == pending.image.id and not done.reused
+    assert images_with_key(manager, key) == [done.id]

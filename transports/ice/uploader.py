@@ -105,12 +105,15 @@ class Started:
 
     ``writing`` turns true just before the first pixels are sent: from then on a real
     server lets no new store write into the image, so a second ``finish`` of the same
-    ``Started`` raises ``UploadInterrupted`` instead of trying.
+    ``Started`` raises ``UploadInterrupted`` instead of trying, unless every store was
+    closed (``written``): then only the completing update is made again, if missing.
     """
 
     image_id: int
     group_id: int
     writing: bool = False
+    #: Every store closed: the pixels are saved, only the completing update may be left.
+    written: bool = False
 
 
 class IceImageSink(AsyncClosing):
@@ -327,6 +330,17 @@ class IceImageSink(AsyncClosing):
     async def finish(self, pixels: np.ndarray, spec: NewImage, started: Started
                      ) -> UploadedImage:
         """Write the pixels of an image ``begin`` made, then complete it."""
+        if started.written:
+            # A retry after the pixels were saved (the completing update failed, or its
+            # reply was lost): complete the image unless that already happened.
+            found = await self.conn.call(self._find_complete, spec.client_key,
+                                         what="looking for an earlier upload")
+            if found is None or found[0] != started.image_id:
+                image = await self.conn.call(self._fetch, started.image_id,
+                                             what=f"finishing image {started.image_id}")
+                await self.conn.call(self._complete, image, pixels, spec, started.group_id,
+                                     what=f"finishing image {started.image_id}")
+            return UploadedImage(started.image_id, spec.name, spec.dataset_id, reused=False)
         if started.writing:
             raise UploadInterrupted(
                 f"The upload of image {started.image_id} ({spec.name!r}) stopped after its "
@@ -424,6 +438,7 @@ class IceImageSink(AsyncClosing):
             async with task_group() as tg:
                 for store in closing:
                     tg.start_soon(lambda s: self.conn.call(s.close, ctx, what=what), store)
+            started.written = True
         except BaseException:
             # This attempt is over; a retry makes a new image (never reopens this one).
             threading.Thread(target=self._close_quietly_all, args=(stores, ctx), daemon=True,
