@@ -162,6 +162,74 @@ def normalise_column(col: ColumnSpec, values: Sequence[Any] | np.ndarray, *, fir
     raise UnsupportedData(f"Unknown column kind {col.kind}")
 
 
+class _ColumnBuffer:
+    """One column's buffered rows, kept as the parts they came in (numpy arrays stay
+    arrays: turning a CellProfiler image set's 10 values into Python objects one column
+    at a time costs more than the rest of an append). ``head`` makes the wire values."""
+
+    def __init__(self) -> None:
+        self.parts: deque[np.ndarray | list[Any]] = deque()
+
+    def add(self, part: np.ndarray | list[Any]) -> None:
+        if len(part):
+            self.parts.append(part)
+
+    def head(self, n: int) -> list[Any]:
+        """The first ``n`` values as Python values (nothing removed)."""
+        out: list[Any] = []
+        arrays: list[np.ndarray] = []
+        need = n
+        for part in self.parts:
+            if need <= 0:
+                break
+            piece = part[:need]
+            need -= len(piece)
+            if isinstance(piece, np.ndarray):
+                arrays.append(piece)
+                continue
+            if arrays:
+                out.extend(np.concatenate(arrays).tolist())
+                arrays = []
+            out.extend(piece)
+        if arrays:
+            out.extend(np.concatenate(arrays).tolist())
+        return out
+
+    def take(self, n: int) -> _ColumnBuffer:
+        """Remove the first ``n`` values; a buffer holding them."""
+        taken = _ColumnBuffer()
+        while n > 0 and self.parts:
+            part = self.parts[0]
+            if len(part) <= n:
+                taken.parts.append(self.parts.popleft())
+                n -= len(part)
+            else:
+                taken.parts.append(part[:n])
+                self.parts[0] = part[n:]
+                n = 0
+        return taken
+
+
+def _fast_part(col: ColumnSpec, values: Any, first_row: int) -> np.ndarray | None:
+    """A numeric numpy column as an array ready to buffer (copied, so later changes by
+    the caller do not reach the table), checked as ``normalise_column`` checks; ``None``
+    when it needs the general path."""
+    if not isinstance(values, np.ndarray) or values.ndim != 1 or values.dtype.kind not in "biuf":
+        return None
+    if col.kind is ColumnKind.DOUBLE:
+        return values.astype(np.float64)
+    if col.kind in _INTEGER_KINDS or col.kind is ColumnKind.BOOL:
+        if values.dtype.kind == "f":
+            missing = np.flatnonzero(np.isnan(values))
+            if missing.size:
+                raise ValueError(
+                    f"Row {first_row + int(missing[0])} has no value in {col.kind.value} "
+                    f"column {col.name!r}, which cannot hold missing values; declare it "
+                    "Double.")
+        return values.astype(bool if col.kind is ColumnKind.BOOL else np.int64)
+    return None
+
+
 def _row_bytes(schema: TableSchema) -> int:
     return sum(col.size + 8 if col.kind is ColumnKind.STRING else 9 for col in schema.columns)
 
@@ -187,7 +255,8 @@ class TableWriter:
         for name in self.key_columns:
             if name not in schema.names:
                 raise ValueError(f"Key column {name!r} is not a column of {schema.name!r}.")
-        self._buffer: dict[str, list[Any]] = {c.name: [] for c in schema.columns}
+        self._buffer: dict[str, _ColumnBuffer] = {c.name: _ColumnBuffer()
+                                                  for c in schema.columns}
         self._buffered = 0
         self.rows_written = 0
 
@@ -228,12 +297,15 @@ class TableWriter:
         if len(lengths) > 1:
             raise ValueError(f"All columns need the same number of rows, got {sorted(lengths)}.")
         n = lengths.pop() if lengths else 0
-        prepared = {col.name: normalise_column(col, columns[col.name],
-                                               first_row=self.rows_written + self._buffered,
-                                               long_strings=self.long_strings)
-                    for col in self.schema.columns}
-        for name, values in prepared.items():
-            self._buffer[name].extend(values)
+        first_row = self.rows_written + self._buffered
+        prepared: dict[str, np.ndarray | list[Any]] = {}
+        for col in self.schema.columns:  # every column checked before any is buffered
+            values = columns[col.name]
+            fast = _fast_part(col, values, first_row)
+            prepared[col.name] = fast if fast is not None else normalise_column(
+                col, values, first_row=first_row, long_strings=self.long_strings)
+        for name, part in prepared.items():
+            self._buffer[name].add(part)
         self._buffered += n
 
     async def append(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
@@ -246,19 +318,18 @@ class TableWriter:
         """Send buffered rows; returns the server's row count afterwards."""
         while self._buffered and (not full_batches_only or self._buffered >= self.batch_rows):
             n = min(self._buffered, self.batch_rows)
-            batch = {name: values[:n] for name, values in self._buffer.items()}
+            batch = {name: values.head(n) for name, values in self._buffer.items()}
             await self._send(batch, n)
             for values in self._buffer.values():
-                del values[:n]
+                values.take(n)
             self._buffered -= n
         return self.rows_written
 
-    def _take_batch(self) -> tuple[dict[str, list[Any]], int]:
-        """Remove the next batch (at most ``batch_rows`` rows) from the buffer."""
+    def _take_batch(self) -> tuple[dict[str, _ColumnBuffer], int]:
+        """Remove the next batch (at most ``batch_rows`` rows) from the buffer, as it
+        was buffered (``_ColumnBuffer.head`` makes its wire values)."""
         n = min(self._buffered, self.batch_rows)
-        batch = {name: values[:n] for name, values in self._buffer.items()}
-        for values in self._buffer.values():
-            del values[:n]
+        batch = {name: values.take(n) for name, values in self._buffer.items()}
         self._buffered -= n
         return batch, n
 
@@ -370,7 +441,8 @@ class BackgroundAppends:
         self.writer = writer
         self.depth = depth
         self._cond = threading.Condition()
-        self._batches: deque[tuple[dict[str, list[Any]], int]] = deque()
+        #: Batches to send: as buffered, made into wire values by the thread.
+        self._batches: deque[tuple[dict[str, Any], int]] = deque()
         self._failure: TableAppendFailed | None = None
         self._paused = False  # after a failure, until the caller has seen it
         self._closed = False
@@ -446,7 +518,13 @@ class BackgroundAppends:
                     return
                 if self._paused:  # closed while paused: the caller gave up
                     return
-                batch, n = self._batches[0]
+                raw, n = self._batches[0]
+            # Wire values made here, off the caller's thread (kept for a resend).
+            batch: dict[str, list[Any]] = {
+                name: values.head(n) if isinstance(values, _ColumnBuffer) else values
+                for name, values in raw.items()}
+            with self._cond:
+                self._batches[0] = (batch, n)
             try:
                 runtime.run(self.writer._send, batch, n)
             except BaseException as exc:  # kept for the caller's thread to raise
