@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -154,6 +155,20 @@ def _session_key(mgr: Any) -> str:
     return str(json.loads(Path(mgr.export_for_workers()[HANDOFF_ENV]).read_text())["key"])
 
 
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds the processes have used so far (those still alive)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def _busy_seconds(task_stream: list[dict[str, Any]]) -> float:
     """Seconds the workers spent computing tasks (Dask's task stream)."""
     return sum(ss["stop"] - ss["start"] for task in task_stream
@@ -210,9 +225,14 @@ def measure_scale(emu: Any, dataset: int, fields: int, size: int,
             pipeline = Path(tmp) / f"scale-{n}.cppipe"
             pipeline.write_text(nuclei_pipeline(target, table_prefix=f"Scale{n}"))
             before = emu.call_counts(session_key=key)
+            worker_pids = list(client.run(os.getpid).values())
+            cpu_before = (_cpu_seconds(worker_pids), time.process_time(),
+                          _cpu_seconds([emu.process.pid]))
             with get_task_stream(client) as stream:
                 report = run_pipeline(pipeline, urls, mgr, client=client, batch_size=1,
                                       output=Path(tmp) / f"out-{n}", progress=False)
+            cpu_after = (_cpu_seconds(worker_pids), time.process_time(),
+                         _cpu_seconds([emu.process.pid]))
             after = emu.call_counts(session_key=key)
             seconds = dict(report.phases)["run the image sets"]
             done = max(1, report.done)
@@ -221,7 +241,14 @@ def measure_scale(emu: Any, dataset: int, fields: int, size: int,
             out["workers"][str(n)] = {
                 "image_sets": report.done, "seconds": seconds,
                 "sets_per_s": report.done / seconds,
-                "busy": _busy_seconds(stream.data) / (n * seconds)}
+                "busy": _busy_seconds(stream.data) / (n * seconds),
+                # CPU seconds per image set of the whole run (preparing and finishing
+                # included) by process: unlike wall time, they hardly change when other
+                # programs share the cores, so they bound the ratio on a quiet machine.
+                "cpu_per_image_set": {
+                    name: (a - b) / done for name, a, b in
+                    zip(("workers", "driver", "emulator"), cpu_after, cpu_before,
+                        strict=True)}}
             out[f"{n} workers image sets/s"] = report.done / seconds
             rows = sum(r for _, _, r in report.tables)
             out["per_image_set"] = {
@@ -237,6 +264,12 @@ def measure_scale(emu: Any, dataset: int, fields: int, size: int,
         a, b = counts[0], counts[1]
         out["ratio"] = out[f"{b} workers image sets/s"] / out[f"{a} workers image sets/s"]
         out[f"ratio {b}/{a} workers"] = out["ratio"]
+    cpu = out["workers"][str(counts[-1])]["cpu_per_image_set"]
+    cores = os.cpu_count() or 1
+    # With the driver and the emulator on the same cores, at best every core computes:
+    # one worker runs at 1/workers-CPU, ``cores`` workers share the cores with the rest.
+    out["ratio_bound"] = min(counts[-1], cores) * cpu["workers"] / max(
+        1e-9, cpu["workers"] + cpu["driver"] + cpu["emulator"])
     return out
 
 
@@ -245,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="paths_run", description=__doc__)
     parser.add_argument("--image-sets", type=int, default=RowsWorkload.image_sets)
     parser.add_argument("--objects", type=int, default=RowsWorkload.objects)
-    parser.add_argument("--workers", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--workers", type=int, nargs="*", default=[2, 8],
+                        help="worker counts of the rows measurement (none: skip it)")
     parser.add_argument("--scale-fields", type=int, default=8,
                         help="image sets for the 1-vs-2-worker run (0: skip it)")
     parser.add_argument("--scale-size", type=int, default=512)

@@ -378,12 +378,49 @@ def _run_batch(plugin: CellProfilerOmeroRun, image_numbers: list[int], grouped: 
         from cellprofiler_omero.cp_integration.save_images import finish_uploads
 
         finish_uploads()
-        contents = m.file_contents()
+        # The batch's own values as plain data (extracted here, in parallel, rather than
+        # by the driver from an HDF5 copy of the whole run: measured, that was ~1 s of
+        # driver CPU per image set); relationships, when there are any, as CellProfiler's
+        # HDF5 for ``copy_relationships``.
+        values = _batch_values(m, plugin.initial, done)
+        relationships = m.file_contents() if done and m.get_relationship_groups() else None
     finally:
         pipeline.remove_listener(on_event)
         m.close()
-    return {"measurements": contents, "done": done, "failures": failures, "where": where,
-            "image_numbers": image_numbers}
+    return {"values": values, "relationships": relationships, "done": done,
+            "failures": failures, "where": where, "image_numbers": image_numbers}
+
+
+def _changed(before: Any, after: Any) -> bool:
+    import numpy as np
+
+    if isinstance(before, np.ndarray) or isinstance(after, np.ndarray):
+        a, b = np.asarray(before), np.asarray(after)
+        return a.shape != b.shape or bool(np.any(a != b))
+    return bool(before != after)
+
+
+def _batch_values(m: Any, initial: Any, numbers: list[int]) -> dict[tuple[str, str],
+                                                                       dict[int, Any]]:
+    """``(object, feature) → {image number: value}`` of these image sets: every object
+    feature, and the Image features that differ from what ``prepare_run`` wrote (as
+    CellProfiler's ``AnalysisRunner.copy_recieved_measurements`` copies only those, so
+    the driver's metadata, some of it empty, stays as it is)."""
+    out: dict[tuple[str, str], dict[int, Any]] = {}
+    if not numbers:
+        return out
+    for obj in m.get_object_names():
+        if obj == "Experiment":
+            continue  # written by prepare_run / post_run on the driver
+        for feature in m.get_feature_names(obj):
+            pairs = list(zip(numbers, m[obj, feature, numbers], strict=True))
+            if obj == "Image" and initial.has_feature("Image", feature):
+                before = initial["Image", feature, numbers]
+                pairs = [(n, v) for (n, v), b in zip(pairs, before, strict=True)
+                         if _changed(b, v)]
+            if pairs:
+                out[(obj, feature)] = dict(pairs)
+    return out
 
 
 # -- the driver side ------------------------------------------------------------------------
@@ -395,7 +432,42 @@ def _exporters(cp_pipeline: Any) -> list[Any]:
     return [m for m in cp_pipeline.modules() if isinstance(m, ExportToOMEROTable)]
 
 
-def _write_rows(cp_pipeline: Any, measurements: Any, image_numbers: Sequence[int]) -> None:
+class _ImageSetView:
+    """The run's measurements as ExportToOMEROTable reads them for one image set: the
+    batch's values and the Image values ``prepare_run`` wrote come from memory (reading
+    each from CellProfiler's HDF5 cost most of the driver's CPU), anything else from the
+    measurements themselves."""
+
+    def __init__(self, measurements: Any, values: dict[tuple[str, str], dict[int, Any]],
+                 prepared: dict[str, dict[int, Any]], image_number: int) -> None:
+        self._m = measurements
+        self._values = values
+        self._prepared = prepared
+        self.image_set_number = image_number
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._m, name)
+
+    def has_feature(self, obj: str, feature: str) -> bool:
+        return ((obj, feature) in self._values or (obj == "Image" and feature in self._prepared)
+                or bool(self._m.has_feature(obj, feature)))
+
+    def get_current_measurement(self, obj: str, feature: str) -> Any:
+        n = self.image_set_number
+        found = self._values.get((obj, feature))
+        if found is not None and n in found:
+            return found[n]
+        if obj == "Image" and feature in self._prepared:
+            return self._prepared[feature].get(n)
+        return self._m.get_current_measurement(obj, feature)
+
+    def get_current_image_measurement(self, feature: str) -> Any:
+        return self.get_current_measurement("Image", feature)
+
+
+def _write_rows(cp_pipeline: Any, measurements: Any, image_numbers: Sequence[int],
+                values: dict[tuple[str, str], dict[int, Any]],
+                prepared: dict[str, dict[int, Any]]) -> None:
     """ExportToOMEROTable's rows of these (merged) image sets, written by the driver: the
     module's own ``run`` on each image set, its writers opened by ``prepare_run`` (keyed
     appends every "write rows every N image sets", and at ``post_run``)."""
@@ -403,34 +475,30 @@ def _write_rows(cp_pipeline: Any, measurements: Any, image_numbers: Sequence[int
     from cellprofiler_core.workspace import Workspace
 
     exporters = _exporters(cp_pipeline)
+    if not exporters:
+        return
     for n in sorted(image_numbers):
         measurements.next_image_set(n)
+        view = _ImageSetView(measurements, values, prepared, n)
         for module in exporters:
-            module.run(Workspace(cp_pipeline, module, measurements, ObjectSet(),
-                                 measurements, None))
+            module.run(Workspace(cp_pipeline, module, view, ObjectSet(), view, None))
 
 
-def _copy_measurements(received: Any, measurements: Any, image_numbers: list[int]) -> None:
-    """Copy a batch's measurements into the run's as CellProfiler's analysis runner does
-    (``AnalysisRunner.copy_recieved_measurements``): Image features only where they
-    changed, so what ``prepare_run`` wrote (metadata, some of it empty) stays as it is."""
-    import numpy as np
+def _copy_measurements(values: dict[tuple[str, str], dict[int, Any]],
+                       relationships: bytes | None, measurements: Any) -> None:
+    """Write a batch's values into the run's measurements (one write per feature), and
+    its relationships as CellProfiler's analysis runner copies them."""
+    from cellprofiler_core.utilities.measurement import load_measurements_from_buffer
 
-    if not image_numbers:
-        return
-    measurements.copy_relationships(received)
-    for obj in received.get_object_names():
-        if obj == "Experiment":
-            continue  # written by prepare_run / post_run on the driver
-        for feature in received.get_feature_names(obj):
-            numbers = image_numbers
-            if obj == "Image" and measurements.has_feature("Image", feature):
-                local = measurements["Image", feature, image_numbers]
-                remote = received["Image", feature, image_numbers]
-                numbers = [n for n, lv, rv in zip(image_numbers, local, remote, strict=True)
-                           if (np.any(rv != lv) if isinstance(lv, np.ndarray) else lv != rv)]
-            if numbers:
-                measurements[obj, feature, numbers] = received[obj, feature, numbers]
+    if relationships is not None:
+        received = load_measurements_from_buffer(relationships)
+        try:
+            measurements.copy_relationships(received)
+        finally:
+            received.close()
+    for (obj, feature), by_number in values.items():
+        numbers = sorted(by_number)
+        measurements[obj, feature, numbers] = [by_number[n] for n in numbers]
 
 
 @contextlib.contextmanager
@@ -721,10 +789,15 @@ def _dashboard(client: Any) -> str | None:
 def _run_batches(client: Any, report: RunReport, batches: list[Batch], measurements: Any,
                  cp_pipeline: Any, max_failures: int | None, progress: bool | None,
                  on_batch: Callable[[dict[str, Any]], None] | None) -> None:
-    from cellprofiler_core.utilities.measurement import load_measurements_from_buffer
     from distributed import as_completed
     from tqdm import tqdm
 
+    # The Image values prepare_run wrote (metadata, URLs …), read once for every image
+    # set: the rows of each image set read them from memory.
+    numbers = list(measurements.get_image_numbers())
+    prepared = {feature: dict(zip(numbers, measurements["Image", feature, numbers],
+                                  strict=True))
+                for feature in measurements.get_feature_names("Image")}
     futures = [client.submit(run_batch, report.run_id, batch.image_numbers, batch.grouped,
                              key=f"cellprofiler-batch-{report.run_id}-{batch.number}",
                              pure=False)
@@ -739,12 +812,8 @@ def _run_batches(client: Any, report: RunReport, batches: list[Batch], measureme
             except Exception as exc:
                 raise RunFailed(f"A batch failed as a whole: {_first_line(exc)}",
                                 hint="See the workers' logs.") from exc
-            received = load_measurements_from_buffer(result["measurements"])
-            try:
-                _copy_measurements(received, measurements, result["done"])
-            finally:
-                received.close()
-            _write_rows(cp_pipeline, measurements, result["done"])
+            _copy_measurements(result["values"], result["relationships"], measurements)
+            _write_rows(cp_pipeline, measurements, result["done"], result["values"], prepared)
             for n in result["image_numbers"]:
                 report.ran_on[int(n)] = result["where"]
             report.done += len(result["done"])
