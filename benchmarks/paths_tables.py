@@ -181,7 +181,7 @@ def run(target: Target, parent: TableTarget, workload: TablesWorkload) -> dict[s
             lambda r: per_image_set_path(target, r), rows, warm_rows, reps, workload.warmup)
         # One message of every row must stay under the Ice message limit (omero-py's
         # client allows 64 MiB): the ceiling is measured up to SINGLE_ADD_MAX_BYTES.
-        single = _measure_with_small_warmup(
+        single: dict[str, Any] = _measure_with_small_warmup(
             lambda r: per_image_set_path(target, r, single=True), rows, warm_rows, reps,
             workload.warmup) if rows.doubles.nbytes <= SINGLE_ADD_MAX_BYTES else {
                 "skipped": f"{rows.rows:,} rows exceed one Ice message"}
