@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cellprofiler_omero.core.errors import OmeroError
@@ -24,11 +25,18 @@ KEYS = ("ImageNumber", "ObjectNumber")
 ROWS_PER_SET = 3
 
 
-def image_set(number: int) -> dict[str, list[Any]]:
-    """The rows of image set ``number`` (three objects)."""
-    return {"ImageNumber": [number] * ROWS_PER_SET,
+def image_set(number: int) -> dict[str, Any]:
+    """The rows of image set ``number`` (three objects): Python lists for odd numbers,
+    numpy arrays for even ones (as CellProfiler's measurements come), so batches mix
+    both."""
+    rows = {"ImageNumber": [number] * ROWS_PER_SET,
             "ObjectNumber": list(range(1, ROWS_PER_SET + 1)),
             "Area": [number + i / 10 for i in range(ROWS_PER_SET)]}
+    if number % 2:
+        return rows
+    return {"ImageNumber": np.full(ROWS_PER_SET, number, dtype=np.int32),
+            "ObjectNumber": np.arange(1, ROWS_PER_SET + 1, dtype=np.float64),
+            "Area": np.asarray(rows["Area"], dtype=np.float32)}
 
 
 @pytest.fixture
@@ -41,10 +49,14 @@ def small_batches(settings_for: Any) -> Iterator[SessionManager]:
 
 
 def table_rows(blitz: Any, file_id: int) -> list[tuple[int, int]]:
-    """(ImageNumber, ObjectNumber) of every row, in the table's order."""
+    """(ImageNumber, ObjectNumber) of every row, in the table's order; checks each
+    row's Area is the one written for it."""
     import omero2pandas
 
     frame = omero2pandas.read_table(file_id=file_id, omero_connector=blitz())
+    for number, obj, area in zip(frame["ImageNumber"], frame["ObjectNumber"],
+                                 frame["Area"], strict=True):
+        assert area == pytest.approx(number + (obj - 1) / 10, rel=1e-6)
     return list(zip(frame["ImageNumber"].tolist(), frame["ObjectNumber"].tolist(),
                     strict=True))
 
@@ -123,3 +135,15 @@ def test_a_failure_in_the_background_stops_the_next_image_set(
     info = appender.close()
     # Every image set before the refused one is in the table once, in order.
     assert table_rows(blitz, info.file_id) == expected(refused_at - 1)
+
+
+def test_a_missing_value_in_a_numpy_long_column_is_refused_on_arrival(
+        small_batches: SessionManager, seeded: dict[str, Any]) -> None:
+    writer = TableWriter(small_batches, TableTarget("Dataset", seeded["dataset"]), SCHEMA)
+    writer.add_rows(image_set(2))
+    bad = {**image_set(4), "ObjectNumber": np.array([1.0, np.nan, 3.0])}
+    with pytest.raises(ValueError, match=r"Row 4 has no value in long column "
+                                         r"'ObjectNumber'"):
+        writer.add_rows(bad)
+    batch, n = writer._take_batch()  # nothing of the refused image set was buffered
+    assert n == ROWS_PER_SET and batch["ImageNumber"].head(n) == [2, 2, 2]
