@@ -285,9 +285,29 @@ def io_images(target: Target, workload: E2EWorkload) -> list[int]:
     return list(_io_images[key])
 
 
+#: TIFFs written for the local runs, by emulator and images: written once per harness run
+#: (in a folder removed at exit), used under every network profile.
+_tiffs: dict[tuple[int, tuple[int, ...]], list[Path]] = {}
+_tiff_root: list[Path] = []
+
+
+def cached_tiffs(target: Target, ids: list[int]) -> list[Path]:
+    """``write_tiffs`` once per target and images."""
+    key = (id(target), tuple(ids))
+    if key not in _tiffs:
+        if not _tiff_root:
+            import atexit
+            import shutil
+
+            _tiff_root.append(Path(tempfile.mkdtemp(prefix="cpo-bench-tiffs-")))
+            atexit.register(shutil.rmtree, _tiff_root[0], ignore_errors=True)
+        _tiffs[key] = write_tiffs(target, ids, _tiff_root[0] / f"set-{len(_tiffs)}")
+    return list(_tiffs[key])
+
+
 def _lists(target: Target, ids: list[int], base: Path, name: str) -> tuple[Path, Path]:
-    """A file list of local TIFFs (written now) and one of OMERO.web links."""
-    tiffs = write_tiffs(target, ids, base / f"tiff-{name}")
+    """A file list of local TIFFs (written on first use) and one of OMERO.web links."""
+    tiffs = cached_tiffs(target, ids)
     local_list = base / f"{name}-local.txt"
     local_list.write_text("\n".join(str(p) for p in tiffs) + "\n")
     omero_list = base / f"{name}-omero.txt"

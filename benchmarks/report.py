@@ -293,6 +293,9 @@ class Section:
     title: str
     lines: list[Line] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The network profile the figures were measured under (goals judged elsewhere show
+    #: their verdict in parentheses).
+    profile: str | None = None
 
 
 def render(sections: Sequence[Section]) -> str:
@@ -312,8 +315,10 @@ def render(sections: Sequence[Section]) -> str:
                 text += f"{fmt_calls(line.calls):>{calls_w}}  "
             if line.goal is not None:
                 goal = GOALS[line.goal]
-                text += (f"{line.detail:<{detail_w}}  goal {goal.describe():<7} "
-                         f"{goal.verdict(line.goal_value)}")
+                verdict = goal.verdict(line.goal_value)
+                if not goal.judged_at(section.profile):
+                    verdict = f"({verdict}: judged at {', '.join(goal.profiles)})"
+                text += f"{line.detail:<{detail_w}}  goal {goal.describe():<7} {verdict}"
             else:
                 text += line.detail
             out.append(text.rstrip())
@@ -345,6 +350,7 @@ def build_sections(results: Mapping[str, Any]) -> list[Section]:
             out.append(Section(title, notes=[f"{str(status).upper()}: {reason}"]))
             continue
         section = builder(data)
+        section.profile = (results.get("network") or {}).get("name")
         if data.get("warnings"):
             section.notes.extend(f"warning: {w}" for w in data["warnings"])
         latency = (results.get("network") or {}).get("latency_ms") or 0.0
