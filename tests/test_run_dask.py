@@ -591,6 +591,7 @@ def test_ctrl_c_stops_the_run_cleanly_and_a_rerun_completes_it(
     pipeline = rig.pipeline(dataset_id, flush_every=1)
     out_dir = rig.tmp / "interrupted-out"
     server = ["--server", rig.emulator.host, "--port", str(rig.emulator.port)]
+    # A Dataset target through the CLI: expanded into its images (both runs).
     command = ["run", str(pipeline), f"Dataset:{rig.sources}", "--batch-size", "1",
                "--output", str(out_dir), *server]
     env = {**os.environ, **rig.manager.export_for_workers()}  # it joins this session
