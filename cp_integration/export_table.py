@@ -90,7 +90,7 @@ from cellprofiler_omero.core.tables import (
     table_identity,
 )
 from cellprofiler_omero.cp_integration import session
-from cellprofiler_omero.cp_integration.save_images import _tell, source_images
+from cellprofiler_omero.cp_integration.save_images import _tell, finish_uploads, source_images
 from cellprofiler_omero.cp_integration.save_objects import ROI_ID_FEATURE
 from cellprofiler_omero.cp_integration.targets import PARENT_KINDS, parse_target
 
@@ -479,6 +479,9 @@ then gets tables of its own), or delete the old tables in OMERO before rerunning
     def run(self, workspace: Any) -> None:
         if workspace.pipeline.test_mode:
             return
+        # An image SaveImagesToOMERO is still writing may be made again (a write cut
+        # off mid-way) under a new id: its rows wait until the id is final.
+        finish_uploads()
         m = workspace.measurements
         image_number = int(m.image_set_number)
         sources = source_images(m)

@@ -50,7 +50,7 @@ from cellprofiler_core.setting.subscriber import (
 from cellprofiler_core.setting.text import Integer, Text
 
 from cellprofiler_omero.core import refs, runtime
-from cellprofiler_omero.core.errors import OmeroError
+from cellprofiler_omero.core.errors import OmeroError, RetriesExhausted, UploadInterrupted
 from cellprofiler_omero.core.model import PhysicalSize
 from cellprofiler_omero.core.uploading import PendingUpload, begin_upload, content_key, upload
 from cellprofiler_omero.cp_integration import session
@@ -108,12 +108,31 @@ class UploadFailed(OmeroError):
         self.more = more
 
 
+#: Made again after an interrupted write: the new image's id goes to ``patch``.
+Redo = Callable[[], Any]
+Patch = Callable[[int], None]
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """An upload stopped after its first pixels (directly, or as a spent budget's last
+    cause): a real server lets nothing finish that image, but it can be made again."""
+    return isinstance(exc, UploadInterrupted) or (
+        isinstance(exc, RetriesExhausted) and isinstance(exc.last_cause, UploadInterrupted))
+
+
 class UploadQueue:
     """Uploads finishing on one thread behind the pipeline, first in, first out.
 
     ``put`` blocks while ``depth`` uploads are waiting or running (so memory stays
     bounded: each holds its pixels); failures are kept and raised by the next ``put``
     or by ``drain``, which also waits for every upload to end.
+
+    A write the server cut off after its first pixels (a dropped connection closes
+    the stores, and a real server binds every later store read-only) is not a failure
+    while the job has ``redo``: the whole upload runs again (same key: the incomplete
+    image is set aside, a new one made), and the new id reaches ``patch`` on the
+    pipeline's thread, at the next ``put`` or ``drain``, so the image set's measurements
+    name the image that holds the pixels.
     """
 
     def __init__(self, depth: int) -> None:
@@ -121,8 +140,10 @@ class UploadQueue:
             raise ValueError("An upload queue holds at least one upload.")
         self.depth = depth
         self._room = threading.Semaphore(depth)
-        self._jobs: deque[tuple[Callable[[], Any], int, str, int]] = deque()
+        self._jobs: deque[tuple[Callable[[], Any], int, str, int, Redo | None,
+                                Patch | None]] = deque()
         self._failures: list[UploadFailed] = []
+        self._patches: list[tuple[Patch, int]] = []
         self._lock = threading.Condition()
         self._busy = 0
         self._thread = threading.Thread(target=self._work, name="omero-upload-queue",
@@ -130,13 +151,14 @@ class UploadQueue:
         self._thread.start()
 
     def put(self, finish: Callable[[], Any], *, image_number: int, name: str,
-            image_id: int) -> None:
+            image_id: int, redo: Redo | None = None, patch: Patch | None = None) -> None:
         """Queue ``finish`` (writes one image), waiting for room; first raises an earlier
-        upload's failure."""
+        upload's failure. ``redo`` makes the image again when ``finish`` is cut off after
+        its first pixels; ``patch`` is then given the new image's id."""
         self.raise_failure()
         self._room.acquire()
         with self._lock:
-            self._jobs.append((finish, image_number, name, image_id))
+            self._jobs.append((finish, image_number, name, image_id, redo, patch))
             self._busy += 1
             self._lock.notify_all()
 
@@ -145,9 +167,19 @@ class UploadQueue:
             with self._lock:
                 while not self._jobs:
                     self._lock.wait()
-                finish, image_number, name, image_id = self._jobs.popleft()
+                finish, image_number, name, image_id, redo, patch = self._jobs.popleft()
             try:
-                finish()
+                try:
+                    finish()
+                except BaseException as exc:
+                    if redo is None or not _interrupted(exc):
+                        raise
+                    log.warning("the upload of image %s (%r, image set %s) was cut off; "
+                                "making it again", image_id, name, image_number)
+                    made = redo()
+                    if patch is not None and int(made.id) != image_id:
+                        with self._lock:
+                            self._patches.append((patch, int(made.id)))
             except BaseException as exc:  # kept for the pipeline's thread to raise
                 log.error("saving image %r (image set %s) to OMERO failed: %s", name,
                           image_number, exc)
@@ -170,7 +202,12 @@ class UploadQueue:
             return self._busy
 
     def raise_failure(self) -> None:
-        """Raise the first failure not raised yet (``more`` counts the others)."""
+        """Give remade images' ids to their patches, then raise the first failure not
+        raised yet (``more`` counts the others). Runs on the pipeline's thread."""
+        with self._lock:
+            patches, self._patches = self._patches, []
+        for patch, image_id in patches:
+            patch(image_id)
         with self._lock:
             if not self._failures:
                 return
@@ -470,19 +507,35 @@ class SaveImagesToOMERO(Module):
             pending: PendingUpload = runtime.run(lambda: begin_upload(mgr, data, **arguments))
             result = pending.image
             if not pending.done:
+                number = int(workspace.measurements["Image", "ImageNumber"])
+                measurements = workspace.measurements
+
+                def patch(image_id: int) -> None:
+                    # The remade image replaces the one this image set recorded (its
+                    # rows wait for this: ExportToOMEROTable drains the queue first).
+                    measurements.add_measurement("Image", self.id_feature, image_id,
+                                                 image_set_number=number)
+                    measurements.add_measurement("Image", self.url_feature,
+                                                 self._web_url(mgr, image_id),
+                                                 image_set_number=number)
+
                 queue.put(lambda: runtime.run(pending.finish),
-                          image_number=int(workspace.measurements["Image", "ImageNumber"]),
-                          name=name, image_id=result.id)
+                          redo=lambda: runtime.run(lambda: upload(mgr, data, **arguments)),
+                          patch=patch, image_number=number, name=name, image_id=result.id)
         session.after_connect(mgr)
-        info = mgr.info
-        host = info.server.host if info else ""
-        url = refs.web_url(refs.ObjectRef(refs.Kind.IMAGE, result.id, host),
-                           mgr.settings.server.web_url or None)
+        url = self._web_url(mgr, result.id)
         m = workspace.measurements
         m.add_image_measurement(self.id_feature, result.id)
         m.add_image_measurement(self.url_feature, url)
         if self.show_window:
             workspace.display_data.saved = (name, result.id, url, result.reused)
+
+    @staticmethod
+    def _web_url(mgr: Any, image_id: int) -> str:
+        info = mgr.info
+        host = info.server.host if info else ""
+        return refs.web_url(refs.ObjectRef(refs.Kind.IMAGE, image_id, host),
+                            mgr.settings.server.web_url or None)
 
     @property
     def id_feature(self) -> str:

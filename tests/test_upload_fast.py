@@ -180,6 +180,33 @@ print("finished", flush=True)
 """
 
 
+def test_a_queued_upload_cut_off_mid_pixels_is_made_again_and_the_new_id_patched_in(
+        manager: SessionManager, faults: Emulator) -> None:
+    """With ``redo`` (as SaveImagesToOMERO queues it), a write the server cut off after
+    its first plane is no failure: the upload runs again under its key (the incomplete
+    image set aside), and the pipeline's thread learns the new id at the next save."""
+    queue = UploadQueue(depth=1)
+    key = "fast-queue-redone"
+    pixels = np.arange(3 * 24 * 16, dtype=np.uint16).reshape(3, 24, 16)
+    pending = run(lambda: begin_upload(manager, pixels, name="redone", axes="ZYX",
+                                       client_key=key))
+    patched: list[int] = []
+    faults.set_faults(drop_after=1, drop_after_reply=True, ops=["setPlane"])
+    queue.put(lambda: run(pending.finish), image_number=1, name="redone",
+              image_id=pending.image.id,
+              redo=lambda: run(lambda: upload(manager, pixels, name="redone", axes="ZYX",
+                                              client_key=key)),
+              patch=patched.append)
+    while queue.pending():
+        time.sleep(0.05)
+    faults.clear_faults()
+    queue.drain()  # no failure: the image was made again
+    # A new id proves the drop fired: only a cut-off write makes the image again.
+    assert len(patched) == 1 and patched[0] != pending.image.id
+    assert images_with_key(manager, key) == patched
+    np.testing.assert_array_equal(read(manager, patched[0], z=[0, 1, 2], c=None)[:, 0], pixels)
+
+
 def test_an_upload_killed_mid_pixels_is_made_once_when_run_again(
         emulator: Emulator, faults: Emulator, manager: SessionManager,
         tmp_path: Path) -> None:
