@@ -609,11 +609,15 @@ def test_ctrl_c_stops_the_run_cleanly_and_a_rerun_completes_it(
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not rig.labels(dataset_id):
             time.sleep(0.02)
+        # Slow reads from here on, so the rest of the run cannot finish before Ctrl-C
+        # lands (on an idle machine it otherwise can: the test would see exit code 0).
+        rig.emulator.set_faults(latency_ms=400, ops=["getTile"])
         children = psutil.Process(process.pid).children(recursive=True)
         assert len(children) >= 2  # the local cluster's worker processes (and nannies)
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's process group
         process.communicate(timeout=120)
     finally:
+        rig.emulator.clear_faults()
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
