@@ -597,9 +597,13 @@ def test_ctrl_c_stops_the_run_cleanly_and_a_rerun_completes_it(
     env = {**os.environ, **rig.manager.export_for_workers()}  # it joins this session
     err_file = rig.tmp / "interrupted.err"
     with err_file.open("w") as err_out:  # a file: Dask's log lines would fill a pipe
+        # Ctrl-C as a terminal delivers it: SIGINT handled by default in the command,
+        # even when this test runs in the background (where it is inherited as ignored).
         process = subprocess.Popen([sys.executable, "-m", "cellprofiler_omero", *command,
                                     "--workers", "2"], env=env, stdout=subprocess.PIPE,
-                                   stderr=err_out, text=True, start_new_session=True)
+                                   stderr=err_out, text=True, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                    signal.SIG_DFL))
     children: list[psutil.Process] = []
     try:
         assert process.stdout is not None
