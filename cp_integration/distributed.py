@@ -653,7 +653,10 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
             finally:
                 # The workers detach from the session (teardown) and forget the run.
                 with contextlib.suppress(Exception):
-                    client.unregister_worker_plugin(plugin.name)
+                    # Bounded: once in CI a worker never answered and the run hung here
+                    # (Client.unregister_worker_plugin has no timeout of its own).
+                    client.sync(client._unregister_worker_plugin, name=plugin.name,
+                                callback_timeout=UNREGISTER_TIMEOUT_SECONDS)
         with _phase(report, "finish the tables and measurements", say):
             cp_pipeline.post_run(workspace)
             report.tables = _tables(cp_pipeline)
@@ -765,6 +768,10 @@ def _cluster(scheduler: str | None, workers: int | None, client: Any = None
     with cluster, Client(cluster) as client:
         client.wait_for_workers(n)
         yield client
+
+
+#: How long the end of a run waits for the workers to forget its plugin.
+UNREGISTER_TIMEOUT_SECONDS = 60
 
 
 @contextlib.contextmanager
