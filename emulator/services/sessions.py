@@ -26,6 +26,9 @@ from cellprofiler_omero.emulator.icebase import Servant, api_usage, security_vio
 from cellprofiler_omero.emulator.services.common import SessionServant
 from cellprofiler_omero.emulator.store import Session, User
 
+#: The real server's guest user (``Roles.getGuestName``; id 1, as the seed makes it).
+GUEST_NAME = "guest"
+
 if TYPE_CHECKING:
     from cellprofiler_omero.emulator.server import Context
 
@@ -85,6 +88,12 @@ class RouterI(Servant):
                 store.change_refcount(session.uuid, +1)
         if session is None:
             user = store.check_password(user_id, password)
+            if user is None and user_id == GUEST_NAME:
+                # A real server keeps the guest's password empty, and an empty stored
+                # password matches any password given for a user who needs none; the
+                # guest never does (ConfigurablePasswordProvider.comparePasswords,
+                # PasswordUtil.isPasswordRequired). OMERO.web logs in as guest/guest.
+                user = store.user_by_name(GUEST_NAME)
             if user is None:
                 # Same answer for unknown user and wrong password, as a real server gives.
                 raise Glacier2.PermissionDeniedException(reason="Password check failed")
