@@ -153,6 +153,8 @@ def _call(self: Servant, service: str, op: str, impl: Callable[..., Any] | None,
     current = args[-1]
     lose_reply = self.before_call(op, current)
     if impl is None:
+        # One grep-able line per gap, so the next operation to implement is in the log.
+        log.info("not implemented by the emulator: %s.%s", service, op)
         raise api_usage(f"{service}.{op} is not implemented by the emulator.")
     network = self.ctx.network
     if network.shaping:
