@@ -39,6 +39,41 @@ class HqlError(Exception):
     """A query the interpreter does not understand."""
 
 
+class MissingParameter(HqlError):
+    """A named parameter the query uses but the caller did not give."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"parameter :{name} is not given")
+        self.name = name
+
+
+class Time(int):
+    """A timestamp column (milliseconds since the epoch), sent as ``rtime``."""
+
+
+class EntityClass(str):
+    """An entity's class as HQL names it (``x.class``, ``type(x)``, a bare ``TagAnnotation``)."""
+
+
+@dataclass(frozen=True)
+class Perms:
+    """A ``Permissions`` value: the group's ``perm`` string, and what the calling user may
+    do when the server worked that out (an entity selected as ``…_details_permissions``).
+    A plain ``x.details.permissions`` column carries no restrictions: every ``can…`` is
+    true, as omero-blitz's IceMapper answers for a Permissions without them."""
+
+    perm: str
+    allowed: dict[str, bool] | None = None
+
+    def __hash__(self) -> int:
+        return hash((self.perm, tuple(sorted((self.allowed or {}).items()))))
+
+    def as_map(self) -> dict[str, Any]:
+        flags = ("canAnnotate", "canDelete", "canEdit", "canLink", "canChgrp", "canChown")
+        allowed = self.allowed or {}
+        return {"perm": self.perm, **{f: allowed.get(f, True) for f in flags}}
+
+
 # ---------------------------------------------------------------------------- tokens
 
 _TOKEN = re.compile(
@@ -49,7 +84,8 @@ _TOKEN = re.compile(
 
 KEYWORDS = {"select", "from", "as", "join", "left", "outer", "inner", "fetch", "where",
             "and", "or", "not", "in", "is", "null", "like", "exists", "order", "by", "asc",
-            "desc", "distinct", "group", "between", "ilike", "true", "false", "having"}
+            "desc", "distinct", "group", "between", "ilike", "true", "false", "having",
+            "new", "case", "when", "then", "else", "end"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +136,9 @@ class Query:
     where: Any
     order: list[tuple[Any, bool]]
     group: list[Any] = field(default_factory=list)
+    #: ``expr as alias`` of the select list (``new map(…)`` included), which ``order by``
+    #: may name.
+    aliases: dict[str, Any] = field(default_factory=dict)
 
 
 #: Functions over all the rows of a group (or of the whole result without ``group by``).
@@ -145,12 +184,28 @@ class Parser:
 
     def query(self, nested: bool = False) -> Query:
         select: list[Any] = []
+        aliases: dict[str, Any] = {}
         distinct = False
         if self.accept("select"):
             distinct = self.accept("distinct")
-            select.append(self.operand())
-            while self.accept(","):
-                select.append(self.operand())
+            if self.accept("new"):
+                # ``new map(expr as alias, …)``: one column, a map per row.
+                kind = self.name()
+                if kind.lower() != "map":
+                    raise HqlError(f"'new {kind}(…)' is not supported by the emulator "
+                                   "(only 'new map')")
+                self.take("(")
+                items = [self.select_item(aliases)]
+                while self.accept(","):
+                    items.append(self.select_item(aliases))
+                self.take(")")
+                # Hibernate keys an entry without an alias by its position ("0", "1", …).
+                select.append(("map", [(str(i) if key is None else key, node)
+                                       for i, (key, node) in enumerate(items)]))
+            else:
+                select.append(self.select_item(aliases)[1])
+                while self.accept(","):
+                    select.append(self.select_item(aliases)[1])
         self.take("from")
         cls = self.name()
         self.accept("as")
@@ -202,7 +257,23 @@ class Parser:
             select = [("path", alias)]
         if not nested and self.peek() is not None:
             raise HqlError(f"unexpected {self.peek().text!r}")  # type: ignore[union-attr]
-        return Query(select, distinct, cls, alias, joins, where, order, group)
+        # ``order by alias`` sorts by the aliased select item (an alias of the from
+        # clause keeps its meaning).
+        taken = {alias, *(j.alias for j in joins)}
+        order = [(aliases[item[1]] if item[0] == "path" and item[1] in aliases
+                  and item[1] not in taken else item, desc) for item, desc in order]
+        return Query(select, distinct, cls, alias, joins, where, order, group, aliases)
+
+    def select_item(self, aliases: dict[str, Any]) -> tuple[str | None, Any]:
+        """``expr [as alias]``."""
+        node = self.operand()
+        key = None
+        if self.accept("as"):
+            key = self.name()
+            if "." in key:
+                raise HqlError(f"an alias cannot contain a dot: {key!r}")
+            aliases[key] = node
+        return key, node
 
     def expr(self) -> Any:
         left = self.conj()
@@ -237,6 +308,12 @@ class Parser:
         left = self.operand()
         negate = self.accept("not")
         if self.accept("in"):
+            tok = self.peek()
+            if tok is not None and tok.kind == "param":
+                # ``in :ids`` without parentheses, as Hibernate accepts a list parameter.
+                self.take()
+                node = ("in", left, [("param", tok.text[1:])])
+                return ("not", node) if negate else node
             self.take("(")
             if self.at("select"):
                 sub = self.query(nested=True)
@@ -290,6 +367,8 @@ class Parser:
         return self.atom()
 
     def atom(self) -> Any:
+        if self.accept("case"):
+            return self.case()
         if self.at("(") and (nxt := self.peek(1)) is not None and nxt.low == "select":
             self.take("(")
             sub = self.query(nested=True)
@@ -314,6 +393,13 @@ class Parser:
             if self.at("("):
                 self.take("(")
                 func = tok.low
+                if func == "extract":
+                    # ``extract(epoch from …)`` (PostgreSQL's, passed through by Hibernate)
+                    unit = self.name().lower()
+                    self.take("from")
+                    source = self.operand()
+                    self.take(")")
+                    return ("extract", unit, source)
                 distinct = self.accept("distinct")
                 args: list[Any] = []
                 if self.accept("*"):
@@ -326,6 +412,22 @@ class Parser:
                 return ("func", func, args, distinct)
             return ("path", tok.text)
         raise HqlError(f"unexpected {tok.text!r}")
+
+
+    def case(self) -> Any:
+        """``case when <condition> then <value> … [else <value>] end`` (searched form), or
+        ``case <value> when <value> then <value> … end`` (simple form)."""
+        subject = None if self.at("when") else self.operand()
+        branches: list[tuple[Any, Any]] = []
+        while self.accept("when"):
+            cond = self.expr() if subject is None else ("cmp", "=", subject, self.operand())
+            self.take("then")
+            branches.append((cond, self.operand()))
+        if not branches:
+            raise HqlError("'case' needs at least one 'when … then …'")
+        otherwise = self.operand() if self.accept("else") else ("lit", None)
+        self.take("end")
+        return ("case", branches, otherwise)
 
 
 def parse(text: str) -> Query:
@@ -387,7 +489,7 @@ EMPTY_CLASSES = {"PlaneInfo", "Thumbnail", "Fileset", "FilesetEntry",
                  "BooleanAnnotation", "LongAnnotation", "DoubleAnnotation",
                  "TimestampAnnotation", "TermAnnotation", "XmlAnnotation", "ListAnnotation",
                  "Folder", "Share", "ImagingEnvironment", "StageLabel", "ObjectiveSettings",
-                 "LogicalChannel", "Reagent", "Experiment"}
+                 "LogicalChannel", "Reagent", "Experiment", "ShareMember"}
 
 
 class Graph:
@@ -526,9 +628,12 @@ class Graph:
             kinds = [cls]
         for kind in kinds:
             parent_kind = LINKS[kind][0] if kind in LINKS else kind[: -len("AnnotationLink")]
-            # ``l.parent.id in (:ids)`` names the parents (a ROI's links, not every ROI's).
-            parents = (self.store.get_many(parent_ids, parent_kind) if parent_ids is not None
-                       else self.store.all(parent_kind))
+            # ``l.parent.id in (:ids)`` names the parents (a ROI's links, not every ROI's);
+            # an AnnotationAnnotationLink's parent is any kind of annotation.
+            parent_kinds = CLASS_KINDS.get(parent_kind, (parent_kind,))
+            parents = ([o for o in self.store.get_many(parent_ids) if o.kind in parent_kinds]
+                       if parent_ids is not None
+                       else [o for k in parent_kinds for o in self.store.all(k)])
             for obj in parents:
                 if not self.visible(obj):
                     continue
@@ -561,8 +666,8 @@ class Graph:
             lazy["annotationLinks"] = self._link_collection(f"{obj.kind}AnnotationLink",
                                                             obj.id, parent=True)
         if obj.kind == "Image":
-            f.update(acquisitionDate=obj.created, archived=False, series=0, fileset=None,
-                     format=None, instrument=None)
+            f.update(acquisitionDate=Time(int(obj.created * 1000)), archived=False, series=0,
+                     fileset=None, format=None, instrument=None)
             lazy["pixels"] = lambda: [self.pixels_view(obj)]
             lazy["wellSamples"] = lambda: [self.view(o) for o in store.find_by_data(
                 "WellSample", "image", obj.id) if self.visible(o)]
@@ -713,12 +818,30 @@ class Graph:
         return view
 
     def details_view(self, owner_id: int, group_id: int, created: float) -> View:
+        grp = self.store.group(group_id)
+        when = Time(int(created * 1000))
         return View("Details", {
             "owner": self.user_view(owner_id), "group": self.group_view(group_id),
-            "creationEvent": View("Event", {"id": 1, "time": created}),
-            "updateEvent": View("Event", {"id": 1, "time": created}),
-            "externalInfo": None, "permissions": None,
+            "creationEvent": View("Event", {"id": 1, "time": when}),
+            "updateEvent": View("Event", {"id": 1, "time": when}),
+            "externalInfo": None,
+            "permissions": Perms(grp.perms if grp is not None else "rw----"),
         })
+
+    def permissions_of(self, view: View) -> Perms:
+        """What the calling user may do with an entity: ome.security.basic.BasicACLVoter's
+        postProcess, through the emulator's one permission rule (``modelmap``)."""
+        details = view.get("details") if "details" in view.fields or "details" in view.lazy \
+            else None
+        if details is None:
+            raise HqlError(f"{view.kind} has no permissions in the emulator")
+        owner_id = _scalar(details.get("owner"))
+        group_id = _scalar(details.get("group"))
+        perms = _modelmap().object_permissions(self.store, self.user, owner_id, group_id)
+        return Perms(str(perms), {"canAnnotate": perms.canAnnotate(),
+                                  "canDelete": perms.canDelete(), "canEdit": perms.canEdit(),
+                                  "canLink": perms.canLink(), "canChgrp": perms.canChgrp(),
+                                  "canChown": perms.canChown()})
 
     def user_view(self, user_id: int) -> View:
         cached = self._people.get(("Experimenter", user_id))
@@ -744,7 +867,10 @@ class Graph:
         if grp is None:
             return View("ExperimenterGroup", {"id": group_id})
         view = View("ExperimenterGroup", {"id": grp.id, "name": grp.name, "ldap": False,
-                                          "description": grp.description},
+                                          "description": grp.description,
+                                          # A group's own permissions are its details'.
+                                          "details": View("Details", {
+                                              "permissions": Perms(grp.perms)})},
                     model=lambda: _modelmap().group(grp))
         view.lazy["groupExperimenterMap"] = lambda: [
             self.membership_view(grp.id, u) for u in self.store.group_members(grp.id)]
@@ -801,6 +927,10 @@ class Evaluator:
         head, *rest = path.split(".")
         if head in env:
             value = env[head]
+        elif not rest and head[:1].isupper():
+            # A bare capitalised name is an entity class (``x.class = TagAnnotation``):
+            # OMERO's properties are camelCase.
+            return EntityClass(head)
         elif "#root" in env:
             # A property without an alias belongs to the (innermost) root, as in
             # Hibernate's "select max(row) from Well where plate.id = :id".
@@ -817,9 +947,18 @@ class Evaluator:
         if kind == "path":
             return self.resolve(node[1], env)
         if kind == "param":
-            if node[1] not in self.params:
-                raise HqlError(f"parameter :{node[1]} is not given")
+            if self.params.get(node[1]) is None:
+                raise MissingParameter(node[1])
             return self.params[node[1]]
+        if kind == "map":
+            return {key: self.value(item, env) for key, item in node[1]}
+        if kind == "case":
+            for cond, result in node[1]:
+                if self.test(cond, env):
+                    return self.value(result, env)
+            return self.value(node[2], env)
+        if kind == "extract":
+            return _extract(node[1], self.value(node[2], env))
         if kind == "lit":
             return node[1]
         if kind == "bin":
@@ -846,6 +985,9 @@ class Evaluator:
                 return _concat([self.value(arg, env) for arg in args])
             if name == "index" and len(args) == 1:
                 return self.index(args[0], env)
+            if name == "type" and len(args) == 1:
+                entity = self.value(args[0], env)
+                return EntityClass(entity.kind) if isinstance(entity, View) else None
             if name == "abs" and len(args) == 1:
                 value = _scalar(self.value(args[0], env))
                 return None if value is None else abs(value)
@@ -1056,6 +1198,8 @@ class Evaluator:
         if node[0] == "bin":
             return _binary(node[1], self.aggregate(node[2], envs),
                            self.aggregate(node[3], envs))
+        if node[0] == "map":
+            return {key: self.aggregate(item, envs) for key, item in node[1]}
         if _has_aggregate(node):
             raise HqlError("an aggregate inside a function is not supported by the emulator")
         return self.value(node, envs[0]) if envs else None
@@ -1074,6 +1218,11 @@ def _has_aggregate(node: Any) -> bool:
         return node[1] in AGGREGATES or any(_has_aggregate(a) for a in node[2])
     if node[0] == "bin":
         return _has_aggregate(node[2]) or _has_aggregate(node[3])
+    if node[0] == "map":
+        return any(_has_aggregate(item) for _key, item in node[1])
+    if node[0] == "case":
+        return (any(_has_aggregate(value) for _cond, value in node[1])
+                or _has_aggregate(node[2]))
     return False
 
 
@@ -1119,7 +1268,28 @@ def _binary(op: str, left: Any, right: Any) -> Any:
 def _hashable(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
     return value
+
+
+def _extract(unit: str, value: Any) -> Any:
+    """``extract(unit from timestamp)`` as PostgreSQL answers it (epoch in seconds)."""
+    value = _scalar(value)
+    if value is None:
+        return None
+    if not isinstance(value, Time):
+        raise HqlError(f"extract() needs a timestamp, not {value!r}")
+    if unit == "epoch":
+        return value / 1000
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(value / 1000, datetime.UTC)
+    if unit in ("year", "month", "day", "hour", "minute"):
+        return getattr(moment, unit)
+    if unit == "second":
+        return moment.second + moment.microsecond / 1e6
+    raise HqlError(f"extract({unit} from …) is not supported by the emulator")
 
 
 def _root_ids(query: Query, params: dict[str, Any]) -> list[int] | None:
@@ -1204,6 +1374,8 @@ def _step(value: Any, part: str) -> Any:
             out.extend(stepped if isinstance(stepped, list) else [stepped])
         return out
     if isinstance(value, View):
+        if part == "class" and "class" not in value.fields:
+            return EntityClass(value.kind)  # Hibernate's discriminator
         return value.get(part)
     raise HqlError(f"cannot read {part!r} of a value")
 
@@ -1248,6 +1420,8 @@ class Result:
     rows: list[list[Any]]
     fetched: dict[tuple[str, Any], dict[str, list[View]]]
     collection_fetch: bool
+    #: The graph the query ran over (what the caller may see and do).
+    graph: Graph
 
 
 def execute(graph: Graph, text: str, params: dict[str, Any]) -> Result:
@@ -1255,7 +1429,7 @@ def execute(graph: Graph, text: str, params: dict[str, Any]) -> Result:
     query = parse(text)
     evaluator = Evaluator(graph, params)
     rows = evaluator.run(query, top=True)
-    return Result(query, rows, evaluator.fetched, evaluator.collection_fetch)
+    return Result(query, rows, evaluator.fetched, evaluator.collection_fetch, graph)
 
 
 #: Collections a model of these classes comes with loaded (and empty) from ``modelmap``

@@ -61,12 +61,25 @@ def object_permissions(store: Store, viewer: User | None, owner_id: int, group_i
     grp = store.group(group_id)
     perms = permissions(grp.perms if grp else "rw----")
     if viewer is not None:
-        can_link = store.can_link(viewer, owner_id, group_id)
-        can_edit = viewer.admin or viewer.id == owner_id
-        can_annotate = store.can_annotate(viewer, owner_id, group_id)
+        # ome.security.basic.BasicACLVoter.postProcess: admins and the group's leaders
+        # may do everything, owners everything their group lets its owners do, members
+        # what the group's permissions grant them (annotate in read-annotate groups,
+        # also link/edit/delete in read-write ones); in a private group an admin or
+        # leader may not link to or annotate a member's objects (isGraphCritical).
+        grp_perms = grp.perms if grp else "rw----"
+        owner = viewer.id == owner_id
+        leader = group_id in store.leader_groups(viewer.id)
+        member = group_id in store.member_groups(viewer.id)
+        critical = not owner and grp_perms[2] != "r" and (viewer.admin or leader)
+        write = viewer.admin or leader or owner or (member and grp_perms[3] == "w")
+        can_edit = write
+        can_link = write and not critical
+        can_annotate = (write or (member and grp_perms[3] in "aw")) and not critical
+        can_chgrp = viewer.admin or owner
+        can_chown = viewer.admin or leader
         # A restriction is True where the action is *not* allowed.
         perms._restrictions = [not can_link, not can_edit, not can_edit, not can_annotate,
-                               not can_edit, not viewer.admin]
+                               not can_chgrp, not can_chown]
     return perms
 
 
