@@ -129,7 +129,10 @@ def _make_results(emulator: Emulator) -> WebIds:
 def web_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebEmulator]:
     """A small seeded emulator holding the demo's results (see the module docstring)."""
     data = tmp_path_factory.mktemp("web-emulator")
-    with Emulator(data, seed_options=WEB_SEED, pyramid_threshold=2048) as emu:
+    # INFO: the emulator logs each unimplemented operation and unparseable HQL at INFO
+    # (data/emulator.log), which tests/web/test_browser.py reads to prove there were none.
+    with Emulator(data, seed_options=WEB_SEED, pyramid_threshold=2048,
+                  log_level="INFO") as emu:
         yield WebEmulator(emu, _make_results(emu))
 
 
