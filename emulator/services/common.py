@@ -56,6 +56,10 @@ class SessionServant(Servant):
     def visible(self, caller: Caller, obj: Obj | None) -> bool:
         if obj is None:
             return False
+        if obj.group_id in (0, 1):
+            # BasicACLVoter.allowLoad: the system and "user" groups' objects (the
+            # official scripts, LUTs among them) are readable by everyone.
+            return True
         if caller.group_id != -1 and obj.group_id != caller.group_id and obj.kind not in (
                 "PixelsType",):
             return False

@@ -102,6 +102,46 @@ class PixelsServiceI(SessionServant):
     def getBitDepth(self, pixels_type: Any, current: Ice.Current) -> int:
         return BIT_SIZES[unwrap(pixels_type.value)]
 
+    # Rendering settings (PixelsImpl): kept by the RenderingEngine, see rendering.py.
+
+    def _readable_image(self, caller: Any, pixels_id: int) -> Obj | None:
+        image = self.ctx.store.get(modelmap.image_id_of_pixels(pixels_id), "Image")
+        return image if self.visible(caller, image) else None
+
+    def retrieveAllRndSettings(self, pixels_id: int, user_id: int, current: Ice.Current
+                               ) -> list[Any]:
+        from cellprofiler_omero.emulator.services import rendering
+
+        caller = self.caller(current)
+        image = self._readable_image(caller, pixels_id)
+        if image is None:
+            return []
+        return [rendering.rdef_model(self.ctx, caller.user, r)
+                for r in rendering.user_rdefs(self.ctx, image, user_id)]
+
+    def retrieveRndSettingsFor(self, pixels_id: int, user_id: int, current: Ice.Current
+                               ) -> Any:
+        found = self.retrieveAllRndSettings(pixels_id, user_id, current)
+        return found[0] if found else None
+
+    def retrieveRndSettings(self, pixels_id: int, current: Ice.Current) -> Any:
+        from cellprofiler_omero.emulator.services import rendering
+
+        caller = self.caller(current)
+        image = self._readable_image(caller, pixels_id)
+        rdef = None if image is None else rendering.settings_for(self.ctx, image,
+                                                                 caller.user.id)
+        return None if rdef is None else rendering.rdef_model(self.ctx, caller.user, rdef)
+
+    def loadRndSettings(self, rdef_id: int, current: Ice.Current) -> Any:
+        from cellprofiler_omero.emulator.services import rendering
+
+        caller = self.caller(current)
+        rdef = self.ctx.store.get(rdef_id, rendering.RDEF)
+        if rdef is None or not self.visible(caller, rdef):
+            return None
+        return rendering.rdef_model(self.ctx, caller.user, rdef)
+
 
 # -- what a real server answers (ome/omero-romio, mapped to Ice by omero-blitz's IceMapper) --
 
@@ -634,6 +674,63 @@ class RawPixelsStoreI(StatefulServant):
 
         image = self._read_buffer()
         return hashlib.sha1(self.ctx.pixels.path(image.id).read_bytes()).digest()
+
+    def getHistogram(self, channels: list[int], bin_count: int, global_range: bool,
+                     plane: Any, current: Ice.Current) -> dict[int, list[int]]:
+        """``RawPixelsBean.getHistogram``: counts of one plane (or a region of it) in
+        ``bin_count`` equal bins over the channel's global min..max (when known and the
+        max is not 1.0) or else the plane's own min..max, at the largest resolution
+        level within ``max_plane_width × max_plane_height`` — where it leaves the store."""
+        image = self._read_buffer()
+        shape = shape_of(image)
+        levels = levels_of(image)
+        max_w, max_h, _ = self.ctx.pixel_limits()
+        chosen = -1  # RawPixelsStore numbering: 0 is the smallest level
+        for index in range(len(levels)):
+            sx, sy = levels[len(levels) - 1 - index]
+            if sx > max_w or sy > max_h:
+                break
+            chosen = index
+        if chosen < 0:
+            raise api_usage("All resolution levels larger than max plane size")
+        if len(levels) > 1:
+            self.level = chosen
+        level0 = len(levels) - 1 - chosen
+        sx, sy = levels[level0]
+        bins = bin_count if bin_count > 0 else 256
+        z = plane.z if plane is not None and plane.z >= 0 else 0
+        t = plane.t if plane is not None and plane.t >= 0 else 0
+        region = plane.region if plane is not None else None
+        x = region.x if region is not None and region.x >= 0 else 0
+        y = region.y if region is not None and region.y >= 0 else 0
+        w = region.width if region is not None and region.width > 0 else sx
+        h = region.height if region is not None and region.height > 0 else sy
+        arr = self.ctx.pixels.array(image.id, shape, level0, levels)
+        result: dict[int, list[int]] = {}
+        for ch in channels:
+            if not 0 <= ch < shape.size_c:
+                raise _server_error(omero.ResourceError, "ome.conditions.ResourceError",
+                                    f"Index {ch} out of bounds for length {shape.size_c}")
+            if not (0 <= z < shape.size_z and 0 <= t < shape.size_t):
+                raise _server_error(omero.ResourceError, "ome.conditions.ResourceError",
+                                    f"Plane z={z} t={t} is outside the image.")
+            full = np.asarray(arr[t, ch, z], dtype=np.float64)
+            stats = image.data["channels"][ch]
+            if global_range and stats.get("max") is not None and float(stats["max"]) != 1.0:
+                lo, hi = float(stats["min"]), float(stats["max"])
+            else:
+                lo, hi = float(full.min()), float(full.max())
+            values = full[y:y + h, x:x + w].ravel()
+            values = values[(values >= lo) & (values <= hi)]
+            width = (hi - lo) / bins
+            if width > 0:
+                index_of = ((values - lo) / width).astype(np.int64)
+                index_of[index_of == bins] = bins - 1
+            else:
+                # Java: (v - min) / 0.0 is NaN for v == min, and (int) NaN is 0.
+                index_of = np.zeros(values.shape, dtype=np.int64)
+            result[ch] = [int(n) for n in np.bincount(index_of, minlength=bins)[:bins]]
+        return result
 
     def prepare(self, pixels_ids: list[int], current: Ice.Current) -> None:
         return None

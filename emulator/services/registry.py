@@ -11,6 +11,7 @@ def _load() -> None:
     from cellprofiler_omero.emulator.services import (
         admin,
         container,
+        enums_scripts,
         files,
         metadata,
         pixels,
@@ -39,6 +40,8 @@ def _load() -> None:
         "RenderingEngine": rendering.RenderingEngineI,
         "ThumbnailStore": rendering.ThumbnailStoreI,
         "SharedResources": tables.SharedResourcesI,
+        "ITypes": enums_scripts.TypesI,
+        "IScript": enums_scripts.ScriptI,
     })
 
 
