@@ -53,6 +53,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(args.data, args.output, fields=args.fields, field_size=args.field_size,
                       large_size=args.large_size, keep_running=args.keep_running,
+                      web=args.web,
                       say=lambda line: print(line, file=sys.stderr if args.json else sys.stdout,
                                              flush=True))
     if args.json:
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cellprofiler_omero.commands import auth, browse, urls
     from cellprofiler_omero.commands import config as config_commands
     from cellprofiler_omero.commands import run as run_commands
+    from cellprofiler_omero.commands import web as web_commands
 
     parser = Parser(
         prog="cellprofiler-omero",
@@ -102,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     urls.add_parsers(sub)
     run_commands.add_parsers(sub)
     config_commands.add_parsers(sub)
+    web_commands.add_parsers(sub)
 
     from cellprofiler_omero.emulator.runner import add_arguments
 
@@ -138,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="size of the large pyramid image in the demo data (0: none)")
     demo.add_argument("--keep-running", action="store_true",
                       help="leave the emulator running afterwards, to explore it")
+    demo.add_argument("--web", action="store_true",
+                      help="afterwards serve OMERO.web + OMERO.iviewer in front of the "
+                           "emulator and print links to the results, until Ctrl-C (needs "
+                           "pip install 'cellprofiler-omero[web]')")
     demo.add_argument("--json", action="store_true",
                       help="print the report as JSON on stdout (progress goes to stderr)")
     demo.set_defaults(handler=_cmd_demo)

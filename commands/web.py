@@ -22,6 +22,7 @@ import fcntl
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import signal
 import socket
@@ -40,8 +41,13 @@ from cellprofiler_omero.core.errors import CannotReachServer, OmeroError
 if TYPE_CHECKING:
     from cellprofiler_omero.emulator import Emulator
 
+log = logging.getLogger(__name__)
+
 #: What to install when OMERO.web is missing.
 INSTALL_HINT = "Install it with: pip install 'cellprofiler-omero[web]'."
+
+#: The dataset ``cellprofiler-omero demo`` runs on (made by the emulator's demo seed).
+DEMO_DATASET = "Nuclei and cytoplasm"
 
 #: The name OMERO.web shows for our server on its login page (``omero.web.server_list``).
 SERVER_NAME = "emulator"
@@ -92,7 +98,7 @@ class PortTaken(WebError):
 
     def __init__(self, host: str, port: int) -> None:
         super().__init__(f"Port {port} on {host} is already in use.",
-                         hint="Choose another with --web-port, or 0 for any free port.")
+                         hint="Choose another port (0: any free port).")
         self.host = host
         self.port = port
 
@@ -137,6 +143,7 @@ def check_server(host: str, port: int, timeout: float = 5.0) -> None:
     except OSError as exc:
         raise CannotReachServer(
             f"No OMERO server answers at {host}:{port} ({exc.strerror or exc}).",
+            host=host, port=port, reason=type(exc).__name__,
             hint="Start one with 'cellprofiler-omero emulator --data DIR', or give "
                  "--server HOST:PORT or --data DIR.") from None
 
@@ -344,7 +351,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="the OMERO server's Ice SSL address (default 127.0.0.1:4064)")
     where.add_argument("--data", type=Path, metavar="DIR",
                        help="start an emulator on this data folder (demo data if new)")
-    web.add_argument("--port", type=int, default=4080, dest="web_port",
+    web.add_argument("--port", type=int, default=4080, dest="web_port", metavar="N",
                      help="OMERO.web's port on 127.0.0.1 (default 4080; 0: any free port)")
     web.add_argument("--home", type=Path, metavar="DIR",
                      help="OMERO.web's configuration and logs (default: beside --data, "
@@ -366,14 +373,35 @@ def wait_for_interrupt(alive: Callable[[], bool] = lambda: True) -> None:
             time.sleep(0.5)
 
 
-def result_links(web: OmeroWeb, seeded: dict[str, Any]) -> list[str]:
-    """Lines naming the links to an emulator's demo data (what ``seeded`` lists)."""
-    lines = [f"  log in     {web.login_url}  (demo / demo)"]
-    if seeded.get("dataset"):
-        lines.append(f"  dataset    {web.webclient_url('dataset', int(seeded['dataset']))}")
-    images = seeded.get("fields") or []
-    if images:
-        lines.append(f"  image      {web.iviewer_url(int(images[0]))}")
+def demo_links(web: OmeroWeb, host: str, port: int) -> list[str]:
+    """Links to the demo's dataset, an image with ROIs and its tables, found as demo/demo.
+
+    Only a convenience: on a server without the demo user or data there are none.
+    """
+    from omero.gateway import BlitzGateway, FileAnnotationWrapper
+
+    conn = BlitzGateway("demo", "demo", host=host, port=port)
+    lines: list[str] = []
+    try:
+        if not conn.connect():
+            return lines
+        for dataset in conn.getObjects("Dataset", attributes={"name": DEMO_DATASET}):
+            lines.append(f"  dataset       {web.webclient_url('dataset', dataset.getId())}")
+            images = list(dataset.listChildren())
+            with_rois = [image for image in images if image.getROICount()]
+            for image in (with_rois or images)[:1]:
+                lines.append(f"  image         {web.iviewer_url(image.getId())}  "
+                             f"({image.getName()}, {image.getROICount()} ROIs)")
+            for ann in dataset.listAnnotations():
+                if (isinstance(ann, FileAnnotationWrapper)
+                        and ann.getFile().getMimetype() == "OMERO.tables"):
+                    lines.append(f"  table         {web.table_url(ann.getFile().getId())}  "
+                                 f"({ann.getFile().getName()})")
+            break
+    except Exception as exc:  # the links are optional: the server is up, that is enough
+        log.debug("no demo links: %s", exc)
+    finally:
+        conn.close()
     return lines
 
 
@@ -391,15 +419,12 @@ def _emulator_on(data: Path) -> Iterator[Emulator]:
 def _cmd_web(args: argparse.Namespace) -> int:
     installed_versions()  # says what to install before anything starts
     with contextlib.ExitStack() as stack:
-        seeded: dict[str, Any] = {}
         emulator: Emulator | None = None
         if args.data is not None:
             data = args.data.resolve()
             print(f"Starting an OMERO emulator on {data} …", flush=True)
             emulator = stack.enter_context(_emulator_on(data))
             host, port = emulator.host, emulator.port
-            with contextlib.suppress(Exception):
-                seeded = emulator.seeded
             home = args.home or data.parent / f"{data.name}-web"
         else:
             host, port = _parse_server(args.server)
@@ -410,7 +435,8 @@ def _cmd_web(args: argparse.Namespace) -> int:
         stack.enter_context(web)
         print(f"OMERO.web is running on {web.url} (server '{SERVER_NAME}' = {host}:{port}).",
               flush=True)
-        for line in result_links(web, seeded):
+        print(f"  log in        {web.login_url}", flush=True)
+        for line in demo_links(web, host, port):
             print(line, flush=True)
         print("Press Ctrl-C to stop.", flush=True)
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cellprofiler_omero.core import refs, runtime
 from cellprofiler_omero.core.config import Settings
@@ -45,6 +45,9 @@ from cellprofiler_omero.cp_integration.events import (
     read_events,
 )
 from cellprofiler_omero.cp_integration.pipelines import nuclei_pipeline
+
+if TYPE_CHECKING:
+    from cellprofiler_omero.emulator import Emulator
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +114,12 @@ def _phase(report: DemoReport, name: str, say: Callable[[str], None]) -> Iterato
 def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
              fields: int = 8, field_size: int = 1024, large_size: int = 8192,
              keep_running: bool = False, progress: bool | None = None,
-             say: Callable[[str], None] = log.info) -> DemoReport:
+             web: bool = False, say: Callable[[str], None] = log.info) -> DemoReport:
     """Run the whole demo and return its report (raises ``OmeroError`` on failure).
 
-    ``say`` receives the progress lines and the summary (the CLI prints them).
+    ``say`` receives the progress lines and the summary (the CLI prints them). ``web``:
+    afterwards serve OMERO.web (``commands.web.OmeroWeb``) in front of the emulator and
+    print the links to the results until Ctrl-C (implies ``keep_running``).
     """
     from cellprofiler_omero.emulator import Emulator, SeedOptions
 
@@ -123,6 +128,11 @@ def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
     base = Path(tmp.name)
     report.data_dir = data_dir or base / "server"
     report.output_dir = output_dir or Path("demo-output").resolve()
+    keep_running = keep_running or web
+    if web:  # say what to install before the run, not after it
+        from cellprofiler_omero.commands.web import installed_versions
+
+        installed_versions()
     report.kept_running = keep_running
     report.output_dir.mkdir(parents=True, exist_ok=True)
     emulator = Emulator(report.data_dir, seed="demo",
@@ -160,7 +170,9 @@ def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
             raise OmeroError(f"CellProfiler failed (exit {report.exit_code}).",
                              hint=f"See {report.output_dir / 'cellprofiler.log'}.")
         say(report.summary())
-        if keep_running:
+        if web:
+            _serve_web(report, emulator, base if data_dir is None else data_dir.parent, say)
+        elif keep_running:
             say(f"\nThe emulator keeps running on {report.server} (data in "
                 f"{report.data_dir}); press Ctrl-C to stop it.")
             try:
@@ -173,6 +185,37 @@ def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
         emulator.stop()
         if data_dir is None and not keep_running:
             tmp.cleanup()
+
+
+def _serve_web(report: DemoReport, emulator: Emulator, folder: Path,
+               say: Callable[[str], None]) -> None:
+    """OMERO.web in front of the demo's emulator, with links to the results, until Ctrl-C."""
+    from cellprofiler_omero.commands.web import OmeroWeb, wait_for_interrupt
+
+    home = folder / f"{report.data_dir.name}-web"
+    with _phase(report, "start OMERO.web", say):
+        web = OmeroWeb(emulator.host, emulator.port, home=home).start()
+    try:
+        lines = ["", f"OMERO.web is running on {web.url} — log in as demo / demo:",
+                 f"  log in        {web.login_url}",
+                 f"  dataset       {web.webclient_url('dataset', report.dataset_id)}"]
+        lines += [f"  image + ROIs  {web.iviewer_url(image_id)}  ({rois} nuclei ROIs)"
+                  for image_id, rois in sorted(report.rois.items())[:3]]
+        lines += [f"  label image   {web.iviewer_url(image_id)}  ({name})"
+                  for image_id, name in report.uploaded[:3]]
+        lines += [f"  table         {web.table_url(file_id)}  ({name}, {rows} rows)"
+                  for name, file_id, rows in report.tables]
+        lines.append(f"The emulator runs on {report.server} (data in {report.data_dir}); "
+                     "press Ctrl-C to stop both.")
+        say("\n".join(lines))
+
+        def alive() -> bool:
+            return (emulator.process is not None and emulator.process.poll() is None
+                    and web.process is not None and web.process.poll() is None)
+
+        wait_for_interrupt(alive)
+    finally:
+        web.stop()
 
 
 def _file_list(manager: SessionManager, dataset_id: int) -> tuple[list[str], int]:

@@ -26,8 +26,9 @@ from cellprofiler_omero.emulator.icebase import Servant, api_usage, security_vio
 from cellprofiler_omero.emulator.services.common import SessionServant
 from cellprofiler_omero.emulator.store import Session, User
 
-#: The real server's guest user (``Roles.getGuestName``; id 1, as the seed makes it).
+#: The real server's guest user (``Roles.getGuestName``/``getGuestId``; the seed's too).
 GUEST_NAME = "guest"
+GUEST_ID = 1
 
 if TYPE_CHECKING:
     from cellprofiler_omero.emulator.server import Context

@@ -24,6 +24,7 @@ from cellprofiler_omero.emulator.icebase import (
 )
 from cellprofiler_omero.emulator.services import roi as rois
 from cellprofiler_omero.emulator.services.common import Caller, SessionServant
+from cellprofiler_omero.emulator.services.sessions import GUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,10 @@ class UpdateI(SessionServant):
     def _save(self, caller: Caller, obj: Any) -> tuple[str, int]:
         kind = kind_of(obj)
         store = self.ctx.store
+        if caller.user.id == GUEST_ID and (obj.id is None or unwrap(obj.id) is None):
+            # A real server's guest creates nothing (BasicACLVoter.allowCreation), and the
+            # refusal names the new object as its toString does (throwCreationViolation).
+            raise security_violation(f"not permitted to create {kind}:Hash_{hash(obj)}")
         if kind in modelmap.LINK_ENDS:
             pkind, pid = self._ref(caller, obj.parent)
             _ckind, cid = self._ref(caller, obj.child)
