@@ -489,7 +489,7 @@ EMPTY_CLASSES = {"PlaneInfo", "Thumbnail", "Fileset", "FilesetEntry",
                  "BooleanAnnotation", "LongAnnotation", "DoubleAnnotation",
                  "TimestampAnnotation", "TermAnnotation", "XmlAnnotation", "ListAnnotation",
                  "Folder", "Share", "ImagingEnvironment", "StageLabel", "ObjectiveSettings",
-                 "LogicalChannel", "Reagent", "Experiment", "ShareMember"}
+                 "LogicalChannel", "Reagent", "Experiment", "ShareMember", "PixelsOriginalFileMap"}
 
 
 class Graph:
