@@ -20,7 +20,6 @@ import omero.cmd
 import omero.model
 import pytest
 from omero.gateway import FileAnnotationWrapper, MapAnnotationWrapper
-from omero.rtypes import rstring
 
 from cellprofiler_omero.emulator import Emulator
 
@@ -116,7 +115,7 @@ def test_load_annotations_gives_each_images_annotations_with_their_files_loaded(
 
 def test_specified_annotations_select_by_class_and_namespace(
         probe: tuple[Any, Any, int, int]) -> None:
-    conn, _image_, kv_id, file_ann_id = probe
+    conn, _, kv_id, file_ann_id = probe
     meta = conn.getMetadataService()
     params = omero.sys.ParametersI()
     tables = {a.id.val for a in meta.loadSpecifiedAnnotations("FileAnnotation", [TABLE_NS],
