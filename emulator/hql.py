@@ -1426,7 +1426,12 @@ class Result:
 
 def execute(graph: Graph, text: str, params: dict[str, Any]) -> Result:
     """Parse and run ``text``."""
-    query = parse(text)
+    tokens = tokenize(text)
+    query = Parser(tokens).query()
+    # Hibernate binds every named parameter before the query runs (StringQuery).
+    for tok in tokens:
+        if tok.kind == "param" and params.get(tok.text[1:]) is None:
+            raise MissingParameter(tok.text[1:])
     evaluator = Evaluator(graph, params)
     rows = evaluator.run(query, top=True)
     return Result(query, rows, evaluator.fetched, evaluator.collection_fetch, graph)
