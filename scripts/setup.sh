@@ -23,8 +23,8 @@ if ! "$PY" -c "import Ice, sys; sys.exit(Ice.stringVersion() != '3.6.5')" 2>/dev
   pip_install --no-deps "$wheel"
 fi
 
-echo "[setup] installing cellprofiler-omero (editable) with CellProfiler 5 and test tools"
-pip_install -c constraints.txt -e ".[cellprofiler,test,bench]"
+echo "[setup] installing cellprofiler-omero (editable) with CellProfiler 5, test tools and OMERO.web"
+pip_install -c constraints.txt -e ".[cellprofiler,test,bench,web]"
 
 # CellProfiler's processing modules and command line. cellprofiler-nightly hard-requires
 # wxPython (no Linux wheel on PyPI) and mysqlclient (needs MySQL headers; only for
