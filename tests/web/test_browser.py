@@ -1,0 +1,263 @@
+"""The real OMERO.web and OMERO.iviewer in front of the emulator, seen in a headless Chromium.
+
+A person's first look after a run: log in, browse to the demo dataset, see its thumbnails,
+open an image with its channels and nuclei ROIs in OMERO.iviewer, open the label image,
+read the table; another user must not see demo's private data. Each test asserts on what
+the page shows (tree entries, pixels that are not all one colour, the ROI count, table
+rows) and saves a screenshot of every step under ``test-artifacts/web/``. Each test also
+reads the server side's logs for the time it ran: the emulator must log no unimplemented
+operation and no HQL it cannot parse, and OMERO.web must answer no request with a 5xx.
+
+Skipped only when ``scripts/setup_browser.sh`` says the browser cannot be set up here
+(exit 3), as the GUI tests are.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+
+from cellprofiler_omero.commands.web import OmeroWeb
+from tests.web.browser import Browser, chromium, setup_browser
+from tests.web.conftest import WebEmulator, WebIds
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+DEMO_PROJECT = "CellProfiler demo"
+DEMO_DATASET = "Nuclei and cytoplasm"
+OTHER_PROJECT = "Other's project"
+OTHER_DATASET = "Other's dataset"
+
+#: What the emulator logs for a gap (emulator/icebase.py, emulator/services/query.py), and
+#: any traceback it logs.
+EMULATOR_GAP = re.compile(r"not implemented by the emulator|HQL not supported by the emulator"
+                          r"|unsupported HQL|Traceback")
+#: gunicorn's access-log line: ... "GET /path HTTP/1.1" STATUS ...
+ACCESS_STATUS = re.compile(r'"(?P<request>[A-Z]+ \S+ [^"]*)" (?P<status>\d{3}) ')
+
+
+class ServerLogs:
+    """The emulator's, gunicorn's and OMERO.web's logs, read from where a test began."""
+
+    def __init__(self, emulator_log: Path, access_log: Path, web_log: Path) -> None:
+        self.paths = {"emulator": emulator_log, "access": access_log, "web": web_log}
+        self.start = {name: self._size(path) for name, path in self.paths.items()}
+
+    @staticmethod
+    def _size(path: Path) -> int:
+        return path.stat().st_size if path.exists() else 0
+
+    def new_lines(self, name: str) -> list[str]:
+        path = self.paths[name]
+        if not path.exists():
+            return []
+        with path.open("rb") as log:
+            log.seek(self.start[name])
+            return log.read().decode(errors="replace").splitlines()
+
+    def problems(self) -> list[str]:
+        """Every gap, traceback or 5xx logged since the test began (one line each)."""
+        found = [f"emulator: {line.strip()}" for line in self.new_lines("emulator")
+                 if EMULATOR_GAP.search(line)]
+        for line in self.new_lines("access"):
+            match = ACCESS_STATUS.search(line)
+            if match and match["status"].startswith("5"):
+                found.append(f"OMERO.web answered {match['status']}: {match['request']}")
+        found += [f"OMERO.web log: {line.strip()}" for line in self.new_lines("web")
+                  if " ERROR " in line or line.startswith("Traceback")]
+        return found
+
+    def assert_clean(self) -> None:
+        problems = self.problems()
+        assert not problems, ("the server side logged problems while the page was used:\n"
+                              + "\n".join(problems))
+
+
+@pytest.fixture(scope="module")
+def browser(omero_web: OmeroWeb) -> Iterator[Browser]:
+    """One headless Chromium for the module (a fresh login per test)."""
+    result = setup_browser()
+    if result.impossible:
+        pytest.skip(f"browser set-up impossible here: {result.reason}")
+    if result.code != 0:
+        pytest.fail(f"scripts/setup_browser.sh failed (exit {result.code}):\n"
+                    f"{result.output[-4000:]}")
+    with chromium(omero_web.url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def logs(web_emulator: WebEmulator, omero_web: OmeroWeb) -> ServerLogs:
+    return ServerLogs(web_emulator.emulator.data_dir / "emulator.log",
+                      omero_web.home / "var" / "log" / "access.log", omero_web.log_path)
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Browser]:
+    """The browser, logged out again after the test (the next test logs in itself)."""
+    yield browser
+    browser.logout()
+
+
+def channel_labels(web_emulator: WebEmulator, image_id: int) -> list[str]:
+    """The image's channel names as the server has them (BlitzGateway, not OMERO.web)."""
+    from omero.gateway import BlitzGateway
+
+    emu = web_emulator.emulator
+    conn = BlitzGateway("demo", "demo", host=emu.host, port=emu.port)
+    assert conn.connect(), conn.getLastError()
+    try:
+        return [str(label) for label in conn.getObject("Image", image_id).getChannelLabels()]
+    finally:
+        conn.close()
+
+
+# -- the webclient -------------------------------------------------------------------------
+
+
+#: The text of a tree node's own label: OMERO.web's jstree puts the child count in a
+#: ``<span class="children_count">`` inside the anchor, which is not the name.
+OWN_TEXT = ("return Array.from(arguments[0].childNodes).filter(n => n.nodeType === 3)"
+            ".map(n => n.textContent).join('').trim()")
+
+
+def tree_anchors(page: Browser) -> list[tuple[str, WebElement]]:
+    """The tree's visible node labels: (name, anchor element)."""
+    return [(str(page.js(OWN_TEXT, anchor)), anchor)
+            for anchor in page.visible("#dataTree .jstree-anchor")]
+
+
+def tree_texts(page: Browser) -> list[str]:
+    """The names the webclient's tree shows."""
+    return [name for name, _anchor in tree_anchors(page) if name]
+
+
+def tree_node(page: Browser, name: str) -> WebElement:
+    """The tree's ``<li>`` whose own anchor shows ``name``."""
+    for text, anchor in tree_anchors(page):
+        if text == name:
+            node: WebElement = anchor.find_element(By.XPATH, "./..")
+            return node
+    raise LookupError(name)
+
+
+def open_tree(page: Browser, user: str, expected: str) -> list[str]:
+    """The webclient tree's names once it shows ``expected`` (loaded for ``user``)."""
+    page.wait_visible("#dataTree", "the webclient's tree")
+    return page.wait(lambda: (names := tree_texts(page)) and expected in names and names,
+                     f"{expected!r} in {user}'s tree")
+
+
+def test_demo_logs_in_through_the_form_and_sees_the_dataset_thumbnails(
+        page: Browser, logs: ServerLogs, web_ids: WebIds) -> None:
+    page.login("demo", "demo")
+    page.shot("01-webclient-demo")
+    open_tree(page, "demo", DEMO_PROJECT)
+
+    # Open the project (its triangle) and select the dataset, as a person does.
+    tree_node(page, DEMO_PROJECT).find_element(By.CSS_SELECTOR, ":scope > i.jstree-ocl").click()
+    page.wait(lambda: DEMO_DATASET in tree_texts(page), "the demo dataset under the project")
+    page.shot("02-tree-project-open")
+    tree_node(page, DEMO_DATASET).find_element(By.CSS_SELECTOR,
+                                               ":scope > .jstree-anchor").click()
+
+    icons = page.wait_visible("#dataIcons li.row", "the dataset's images in the centre panel")
+    shown = {int(icon.get_attribute("data-id") or 0) for icon in icons}
+    assert {web_ids.image, web_ids.label_image} <= shown, (
+        f"the dataset shows images {sorted(shown)}")
+    thumbs = [icon.find_element(By.CSS_SELECTOR, "img") for icon in icons]
+    page.wait(lambda: all(page.natural_size(img)[0] > 0 for img in thumbs),
+              "every thumbnail loaded")
+    page.shot("03-dataset-thumbnails")
+
+    source = page.driver.find_element(By.CSS_SELECTOR, f"#image_icon-{web_ids.image} img")
+    stats = page.element_pixels(source)
+    assert not stats.blank and stats.spread > 16, (
+        f"the image's thumbnail is all one colour: {stats}")
+    logs.assert_clean()
+
+
+def test_other_user_does_not_see_demos_private_project_or_dataset(
+        page: Browser, logs: ServerLogs) -> None:
+    page.login("other", "other")
+    open_tree(page, "other", OTHER_PROJECT)
+    tree_node(page, OTHER_PROJECT).find_element(By.CSS_SELECTOR, ":scope > i.jstree-ocl").click()
+    page.wait(lambda: OTHER_DATASET in tree_texts(page), "other's own dataset")
+    page.shot("04-webclient-other")
+    names = tree_texts(page)
+    assert DEMO_PROJECT not in names and DEMO_DATASET not in names, (
+        f"other sees demo's private data: {names}")
+    logs.assert_clean()
+
+
+# -- OMERO.iviewer ---------------------------------------------------------------------------
+
+
+def viewer_pixels_rendered(page: Browser) -> bool:
+    """True once the viewer's image canvas shows more than one colour."""
+    canvases = [c for c in page.visible(".ol-viewport canvas")
+                if c.size["width"] > 50 and c.size["height"] > 50]
+    return any(not page.element_pixels(canvas).blank for canvas in canvases)
+
+
+def open_in_iviewer(page: Browser, image_id: int, step: str) -> list[str]:
+    """Open the image in OMERO.iviewer; returns the channel names its buttons show."""
+    page.open(f"iviewer/?images={image_id}")
+    buttons = page.wait_visible("button.channel", "the channel buttons", timeout=60)
+    page.wait(lambda: viewer_pixels_rendered(page), "the image rendered in the viewer",
+              timeout=60)
+    page.shot(step)
+    return [str(button.get_attribute("title") or button.text).strip() for button in buttons]
+
+
+def roi_ids_in_table(page: Browser) -> set[str]:
+    """The ROI ids of the rows in iviewer's ROI table (a row id is roi-<roi>[:<shape>])."""
+    ids = set()
+    for row in page.driver.find_elements(By.CSS_SELECTOR, ".regions-table-row"):
+        found = re.fullmatch(r"roi-(-?\d+)(?::-?\d+)?", row.get_attribute("id") or "")
+        if found:
+            ids.add(found.group(1))
+    return ids
+
+
+def test_iviewer_renders_the_image_with_its_channels_and_nuclei_rois(
+        page: Browser, logs: ServerLogs, web_emulator: WebEmulator, web_ids: WebIds) -> None:
+    page.login("demo", "demo")
+    labels = open_in_iviewer(page, web_ids.image, "05-iviewer-image")
+    assert labels == channel_labels(web_emulator, web_ids.image)
+
+    saved = len(web_ids.rois)
+    tab = page.wait(lambda: next(iter(page.visible("#panel-tabs a[href='#rois']")), None),
+                    "the ROIs tab")
+    page.wait(lambda: f"[{saved}]" in tab.text, f"the ROIs tab counting {saved}")
+    tab.click()
+    page.wait(lambda: len(roi_ids_in_table(page)) == saved,
+              f"{saved} ROIs listed in the ROI table", timeout=60)
+    page.shot("06-iviewer-rois")
+    logs.assert_clean()
+
+
+def test_label_image_opens_in_iviewer_and_the_table_shows_its_rows(
+        page: Browser, logs: ServerLogs, web_emulator: WebEmulator, web_ids: WebIds) -> None:
+    page.login("demo", "demo")
+    labels = open_in_iviewer(page, web_ids.label_image, "07-iviewer-label-image")
+    assert labels == channel_labels(web_emulator, web_ids.label_image)
+
+    page.open(f"webclient/omero_table/{web_ids.table_file}/")
+    summary = page.wait(
+        lambda: next((found for p in page.visible("p")
+                      if (found := re.search(r"Table rows: (\d+)\.", p.text))), None),
+        "the table's row count")
+    page.shot("08-table")
+    assert int(summary.group(1)) == web_ids.table_rows
+    header = [th.text.strip() for th in page.driver.find_elements(By.CSS_SELECTOR, "table th")]
+    assert {"ObjectNumber", "Roi", "AreaShape_Area"} <= set(header), header
+    # Below the header row, one <tr> per table row (a page holds up to 200).
+    rows = page.driver.find_elements(By.CSS_SELECTOR, "table tr")
+    assert len(rows) - 1 == min(web_ids.table_rows, 200)
+    logs.assert_clean()
