@@ -86,7 +86,7 @@ class MetadataServiceI(SessionServant):
 
     def _visible_annotations(self, caller: Caller, kind: str) -> list[Obj]:
         store = self.ctx.store
-        found = []
+        found: list[Obj] = []
         for ann_kind in modelmap.ANNOTATION_KINDS:
             if not member_of(ann_kind, kind):
                 continue
