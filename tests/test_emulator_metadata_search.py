@@ -168,6 +168,15 @@ def test_search_finds_images_by_name_terms_wildcards_and_key_value_pairs(
     assert image.getId() not in ids('"nuclei p5probe"')
     assert image.getId() in ids("p5probe AND nuclei", rawQuery=False, fields=["name"])
     assert image.getId() not in ids("p5probe -nuclei")
+    # byHqlQuery: the query's objects are the results.
+    search = conn.createSearchService()
+    try:
+        search.byHqlQuery("select i from Image i where i.id = :id",
+                          omero.sys.ParametersI().addId(image.getId()))
+        assert search.hasNext() and [o.id.val for o in search.results()] == [image.getId()]
+        assert search.hasNext() is False
+    finally:
+        search.close()
     # Search runs as the caller: another user finds nothing of demo's private group.
     other = blitz("other")
     assert image.getId() not in {o.getId() for o in other.searchObjects(["Image"],

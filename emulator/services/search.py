@@ -417,7 +417,8 @@ class SearchI(StatefulServant):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.values = _Values()
-        self.actions: list[tuple[_Values, _Bool | None]] = []
+        #: Queued queries: a parsed full-text query (None: finds nothing) or HQL + params.
+        self.actions: list[tuple[_Values, _Bool | tuple[str, Any] | None]] = []
         self._batches: list[list[Any]] = []
 
     # -- queries ---------------------------------------------------------------------------
@@ -490,11 +491,24 @@ class SearchI(StatefulServant):
         self._check(query)
         self._queue(query)
 
+    def byHqlQuery(self, query: str, params: Any, current: Ice.Current) -> None:
+        """An HQL query whose objects are the results (SearchBean's ``HqlQuery`` action),
+        run by the emulator's IQuery when ``hasNext`` reaches it."""
+        self.caller(current)
+        self.actions.append((self.values.copy(), (query, params)))
+
     # -- running ---------------------------------------------------------------------------
 
-    def _run(self, caller: Caller, values: _Values, query: _Bool | None) -> list[Any]:
+    def _run(self, caller: Caller, values: _Values, query: _Bool | tuple[str, Any] | None,
+             current: Ice.Current) -> list[Any]:
         if query is None:
             return []
+        if isinstance(query, tuple):
+            from cellprofiler_omero.emulator.services.query import QueryI
+
+            text, params = query
+            runner = QueryI(self.ctx, self.session_uuid or "", None, self.factory)
+            return list(runner._objects(text, params, current))
         store = self.ctx.store
         kind = (values.only_types or [""])[0]
         if kind not in JAVA_NAMES:
@@ -519,7 +533,7 @@ class SearchI(StatefulServant):
             if not self.actions:
                 return False
             values, query = self.actions.pop(0)
-            self._batches.append(self._run(caller, values, query))
+            self._batches.append(self._run(caller, values, query, current))
 
     def next(self, current: Ice.Current) -> Any:
         if not self.hasNext(current):
