@@ -123,16 +123,16 @@ def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
     """
     from cellprofiler_omero.emulator import Emulator, SeedOptions
 
+    if web:  # say what to install before the run, not after it
+        from cellprofiler_omero.commands.web import installed_versions
+
+        installed_versions()
     report = DemoReport()
     tmp = tempfile.TemporaryDirectory(prefix="cellprofiler-omero-demo-")
     base = Path(tmp.name)
     report.data_dir = data_dir or base / "server"
     report.output_dir = output_dir or Path("demo-output").resolve()
     keep_running = keep_running or web
-    if web:  # say what to install before the run, not after it
-        from cellprofiler_omero.commands.web import installed_versions
-
-        installed_versions()
     report.kept_running = keep_running
     report.output_dir.mkdir(parents=True, exist_ok=True)
     emulator = Emulator(report.data_dir, seed="demo",
@@ -214,6 +214,7 @@ def _serve_web(report: DemoReport, emulator: Emulator, folder: Path,
                     and web.process is not None and web.process.poll() is None)
 
         wait_for_interrupt(alive)
+        say("Stopping OMERO.web and the emulator …")
     finally:
         web.stop()
 

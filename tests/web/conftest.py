@@ -83,7 +83,7 @@ def _make_results(emulator: Emulator) -> WebIds:
     runtime.run(lambda: manager.connect(user="demo", password="demo"))
     try:
         uploaded = runtime.run(lambda: upload(
-            manager, labels, name="field_01_Nuclei", dataset_id=dataset,
+            manager, labels, name="field_01_nuclei", dataset_id=dataset,
             channel_names=["Nuclei"], source_image_ids=[image]))
         rois = label_rois(labels, image, "Nuclei")
         saved = runtime.run(lambda: save_rois(manager, [rois[n] for n in numbers]))

@@ -160,3 +160,9 @@ def test_the_web_command_says_in_one_line_what_is_wrong(
     assert main(["web", "--server", f"{emu.host}:{emu.port}", "--home", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'cellprofiler-omero[web]'" in err
+    # demo --web says so before it runs anything (no emulator, no CellProfiler).
+    assert main(["demo", "--web", "--data", str(tmp_path / "demo"),
+                 "--output", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "pip install 'cellprofiler-omero[web]'" in captured.err
+    assert captured.out == "" and not (tmp_path / "demo").exists()
