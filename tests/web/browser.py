@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from PIL import Image
+from PIL import Image, ImageChops
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
@@ -81,9 +81,22 @@ class PixelStats:
         return self.colours <= 1
 
 
+def decode_png(png: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+def changed_fraction(before: Image.Image, after: Image.Image) -> float:
+    """The fraction of pixels whose colour differs between two same-sized screenshots."""
+    if before.size != after.size:
+        return 1.0
+    diff = ImageChops.difference(before, after).convert("L")
+    histogram = diff.histogram()
+    return 1.0 - histogram[0] / (before.width * before.height)
+
+
 def pixel_stats(png: bytes) -> PixelStats:
     """Distinct colours and value spread of a PNG (a screenshot of an element)."""
-    image = Image.open(io.BytesIO(png)).convert("RGB")
+    image = decode_png(png)
     colours = image.getcolors(maxcolors=1 << 24) or []
     spread = max(high - low for low, high in image.getextrema())  # type: ignore[operator]
     return PixelStats(image.width, image.height, len(colours), int(spread))
@@ -199,6 +212,10 @@ class Browser:
         """Pixel statistics of what the element shows on screen (a crop of a screenshot)."""
         self.js("arguments[0].scrollIntoView({block: 'center'})", element)
         return pixel_stats(element.screenshot_as_png)
+
+    def element_image(self, element: WebElement) -> Image.Image:
+        """What the element shows on screen, as an RGB image."""
+        return decode_png(element.screenshot_as_png)
 
     def natural_size(self, img: WebElement) -> tuple[int, int]:
         """An ``<img>``'s decoded size: (0, 0) until it has loaded, or when it failed to."""

@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
 from cellprofiler_omero.commands.web import OmeroWeb
-from tests.web.browser import Browser, chromium, setup_browser
+from tests.web.browser import Browser, changed_fraction, chromium, setup_browser
 from tests.web.conftest import WebEmulator, WebIds
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -44,8 +44,10 @@ ACCESS_STATUS = re.compile(r'"(?P<request>[A-Z]+ \S+ [^"]*)" (?P<status>\d{3}) '
 class ServerLogs:
     """The emulator's, gunicorn's and OMERO.web's logs, read from where a test began."""
 
-    def __init__(self, emulator_log: Path, access_log: Path, web_log: Path) -> None:
-        self.paths = {"emulator": emulator_log, "access": access_log, "web": web_log}
+    def __init__(self, emulator_log: Path, access_log: Path, web_log: Path,
+                 gunicorn_log: Path) -> None:
+        self.paths = {"emulator": emulator_log, "access": access_log, "web": web_log,
+                      "gunicorn": gunicorn_log}
         self.start = {name: self._size(path) for name, path in self.paths.items()}
 
     @staticmethod
@@ -70,6 +72,8 @@ class ServerLogs:
                 found.append(f"OMERO.web answered {match['status']}: {match['request']}")
         found += [f"OMERO.web log: {line.strip()}" for line in self.new_lines("web")
                   if " ERROR " in line or line.startswith("Traceback")]
+        found += [f"gunicorn: {line.strip()}" for line in self.new_lines("gunicorn")
+                  if "[ERROR]" in line or line.startswith("Traceback")]
         return found
 
     def assert_clean(self) -> None:
@@ -94,7 +98,8 @@ def browser(omero_web: OmeroWeb) -> Iterator[Browser]:
 @pytest.fixture
 def logs(web_emulator: WebEmulator, omero_web: OmeroWeb) -> ServerLogs:
     return ServerLogs(web_emulator.emulator.data_dir / "emulator.log",
-                      omero_web.home / "var" / "log" / "access.log", omero_web.log_path)
+                      omero_web.home / "var" / "log" / "access.log", omero_web.log_path,
+                      omero_web.gunicorn_log)
 
 
 @pytest.fixture
@@ -112,7 +117,8 @@ def channel_labels(web_emulator: WebEmulator, image_id: int) -> list[str]:
     conn = BlitzGateway("demo", "demo", host=emu.host, port=emu.port)
     assert conn.connect(), conn.getLastError()
     try:
-        return [str(label) for label in conn.getObject("Image", image_id).getChannelLabels()]
+        image = conn.getObject("Image", image_id)
+        return [str(channel.getLabel()) for channel in image.getChannels(noRE=True)]
     finally:
         conn.close()
 
@@ -153,6 +159,14 @@ def open_tree(page: Browser, user: str, expected: str) -> list[str]:
                      f"{expected!r} in {user}'s tree")
 
 
+def expand(page: Browser, name: str, child: str) -> None:
+    """Open the tree node ``name`` (its triangle, as a person does) until ``child`` shows."""
+    node = tree_node(page, name)
+    if "jstree-closed" in (node.get_attribute("class") or ""):
+        node.find_element(By.CSS_SELECTOR, ":scope > i.jstree-ocl").click()
+    page.wait(lambda: child in tree_texts(page), f"{child!r} under {name!r}")
+
+
 def test_demo_logs_in_through_the_form_and_sees_the_dataset_thumbnails(
         page: Browser, logs: ServerLogs, web_ids: WebIds) -> None:
     page.login("demo", "demo")
@@ -160,8 +174,7 @@ def test_demo_logs_in_through_the_form_and_sees_the_dataset_thumbnails(
     open_tree(page, "demo", DEMO_PROJECT)
 
     # Open the project (its triangle) and select the dataset, as a person does.
-    tree_node(page, DEMO_PROJECT).find_element(By.CSS_SELECTOR, ":scope > i.jstree-ocl").click()
-    page.wait(lambda: DEMO_DATASET in tree_texts(page), "the demo dataset under the project")
+    expand(page, DEMO_PROJECT, DEMO_DATASET)
     page.shot("02-tree-project-open")
     tree_node(page, DEMO_DATASET).find_element(By.CSS_SELECTOR,
                                                ":scope > .jstree-anchor").click()
@@ -182,16 +195,29 @@ def test_demo_logs_in_through_the_form_and_sees_the_dataset_thumbnails(
     logs.assert_clean()
 
 
-def test_other_user_does_not_see_demos_private_project_or_dataset(
-        page: Browser, logs: ServerLogs) -> None:
+def test_other_user_does_not_see_demos_private_project_dataset_or_image(
+        page: Browser, logs: ServerLogs, web_ids: WebIds) -> None:
     page.login("other", "other")
     open_tree(page, "other", OTHER_PROJECT)
-    tree_node(page, OTHER_PROJECT).find_element(By.CSS_SELECTOR, ":scope > i.jstree-ocl").click()
-    page.wait(lambda: OTHER_DATASET in tree_texts(page), "other's own dataset")
+    expand(page, OTHER_PROJECT, OTHER_DATASET)
     page.shot("04-webclient-other")
     names = tree_texts(page)
     assert DEMO_PROJECT not in names and DEMO_DATASET not in names, (
         f"other sees demo's private data: {names}")
+
+    # A link straight to demo's dataset shows other nothing of it either.
+    page.open(f"webclient/?show=dataset-{web_ids.dataset}")
+    open_tree(page, "other", OTHER_PROJECT)
+    page.shot("04b-webclient-other-link-to-demo-dataset")
+    names = tree_texts(page)
+    assert DEMO_PROJECT not in names and DEMO_DATASET not in names, names
+
+    # OMERO.iviewer: demo's image is "not found" for other, and nothing is rendered.
+    page.open(f"iviewer/?images={web_ids.image}")
+    page.wait(lambda: any("Image not found" in m.text for m in page.visible(".modal")),
+              "iviewer's 'Image not found'")
+    page.shot("04c-iviewer-other-demo-image")
+    assert not viewer_pixels_rendered(page)
     logs.assert_clean()
 
 
@@ -239,6 +265,15 @@ def test_iviewer_renders_the_image_with_its_channels_and_nuclei_rois(
     page.wait(lambda: len(roi_ids_in_table(page)) == saved,
               f"{saved} ROIs listed in the ROI table", timeout=60)
     page.shot("06-iviewer-rois")
+
+    # The ROIs are drawn over the image: hiding them all changes what the viewer shows
+    # (the masks cover a few percent of this field).
+    viewer = page.visible(".ol-viewport")[0]
+    shown = page.element_image(viewer)
+    page.driver.find_element(By.ID, "shapes_visibility_toggler").click()
+    page.wait(lambda: changed_fraction(shown, page.element_image(viewer)) > 0.005,
+              "the viewer without the ROIs drawn")
+    page.shot("06b-iviewer-rois-hidden")
     logs.assert_clean()
 
 
@@ -261,3 +296,23 @@ def test_label_image_opens_in_iviewer_and_the_table_shows_its_rows(
     rows = page.driver.find_elements(By.CSS_SELECTOR, "table tr")
     assert len(rows) - 1 == min(web_ids.table_rows, 200)
     logs.assert_clean()
+
+
+def test_the_log_check_reports_a_query_the_emulator_cannot_parse(
+        logs: ServerLogs, web_emulator: WebEmulator) -> None:
+    """The check every test above ends with does fire (on the emulator's real log line)."""
+    import omero
+    from omero.gateway import BlitzGateway
+
+    emu = web_emulator.emulator
+    conn = BlitzGateway("demo", "demo", host=emu.host, port=emu.port)
+    assert conn.connect(), conn.getLastError()
+    try:
+        with pytest.raises(omero.QueryException):
+            conn.c.sf.getQueryService().projection("select x from NoSuchClass x where ((", None)
+    finally:
+        conn.close()
+    problems = logs.problems()
+    assert any("NoSuchClass" in line for line in problems), problems
+    with pytest.raises(AssertionError, match="NoSuchClass"):
+        logs.assert_clean()
