@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -366,11 +367,25 @@ def _parse_server(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def wait_for_interrupt(alive: Callable[[], bool] = lambda: True) -> None:
-    """Sleep until Ctrl-C (or until ``alive()`` turns false)."""
-    with contextlib.suppress(KeyboardInterrupt):
-        while alive():
-            time.sleep(0.5)
+    """Sleep until Ctrl-C or SIGTERM (or until ``alive()`` turns false).
+
+    SIGTERM is taken as Ctrl-C while waiting, so that a ``kill`` also stops OMERO.web
+    (it runs in a session of its own and would outlive us otherwise).
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            while alive():
+                time.sleep(0.5)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def demo_links(web: OmeroWeb, host: str, port: int) -> list[str]:
