@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
 from cellprofiler_omero.commands.web import OmeroWeb
-from tests.web.browser import Browser, changed_fraction, chromium, setup_browser
+from tests.web.browser import ARTIFACTS, Browser, changed_fraction, chromium, setup_browser
 from tests.web.conftest import WebEmulator, WebIds
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -91,6 +91,9 @@ def browser(omero_web: OmeroWeb) -> Iterator[Browser]:
     if result.code != 0:
         pytest.fail(f"scripts/setup_browser.sh failed (exit {result.code}):\n"
                     f"{result.output[-4000:]}")
+    # This run's screenshots only (a stale "timeout-…" one would mislead).
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
     with chromium(omero_web.url) as opened:
         yield opened
 
