@@ -28,6 +28,12 @@ def test_demo_logs_in_to_omero_web_and_sees_the_demo_results(
     assert {web_ids.image, web_ids.label_image} <= {i["@id"] for i in images}
     me = session.get(omero_web.url + "api/v0/m/experimenters/", timeout=60)
     assert me.status_code == 200
+    # OMERO.iviewer is the viewer and an "Open with" entry, its static files are served
+    # by OMERO.web's own process (WhiteNoise over the collected files).
+    viewers = session.get(omero_web.url + "webgateway/open_with/", timeout=60).json()
+    assert "omero_iviewer" in {v["id"] for v in viewers["open_with_options"]}
+    script = session.get(omero_web.url + "static/omero_iviewer/openwith.js", timeout=60)
+    assert script.status_code == 200 and script.content
     # Django's secret key is private; the OMERODIR is ours alone.
     key = omero_web.home / "var" / "django_secret_key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
