@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from PIL import Image, ImageChops
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chromium.webdriver import ChromiumDriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +98,9 @@ def pixel_stats(png: bytes) -> PixelStats:
     """Distinct colours and value spread of a PNG (a screenshot of an element)."""
     image = decode_png(png)
     colours = image.getcolors(maxcolors=1 << 24) or []
-    spread = max(high - low for low, high in image.getextrema())  # type: ignore[operator]
+    # An RGB image's extrema are one (low, high) pair per band.
+    bands = cast("tuple[tuple[int, int], ...]", image.getextrema())
+    spread = max(high - low for low, high in bands)
     return PixelStats(image.width, image.height, len(colours), int(spread))
 
 
@@ -117,7 +119,7 @@ class BrowserTimeout(AssertionError):
 class Browser:
     """One headless Chromium: navigation, waits that fail with a screenshot, pixel checks."""
 
-    def __init__(self, driver: WebDriver, base_url: str, artifacts: Path = ARTIFACTS) -> None:
+    def __init__(self, driver: ChromiumDriver, base_url: str, artifacts: Path = ARTIFACTS) -> None:
         self.driver = driver
         self.base_url = base_url.rstrip("/") + "/"
         self.artifacts = artifacts
@@ -151,8 +153,8 @@ class Browser:
 
     # -- waiting --------------------------------------------------------------------------
 
-    def wait(self, condition: Callable[[], T | None], what: str, timeout: float = 30.0,
-             poll: float = 0.25) -> T:
+    def wait(self, condition: Callable[[], T | Literal[False] | None], what: str,
+             timeout: float = 30.0, poll: float = 0.25) -> T:
         """Poll ``condition`` until it returns something truthy and return that.
 
         Exceptions while polling (an element not there yet, a stale one) count as "not yet";
