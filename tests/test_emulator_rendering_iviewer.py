@@ -231,3 +231,26 @@ def test_a_plain_image_has_one_level_and_refuses_others(conns: dict[str, Any],
         assert fresh.getChannelWindowStart(0) == stored.getChannelBinding(0).inputStart.val
     finally:
         fresh.close()
+
+
+def test_settings_paste_onto_compatible_images_and_reset(conns: dict[str, Any],
+                                                         image_id: int) -> None:
+    demo = conns["demo"]
+    twin = int(demo.createImageFromNumpySeq(iter(_planes()), "twin", sizeC=2).getId())
+    single = int(demo.createImageFromNumpySeq(iter(_planes()[:1]), "single").getId())
+    source = demo.getObject("Image", image_id)
+    source.set_active_channels([1, 2], windows=[[5, 60], [0, 255]],
+                               colors=["FF00FF", "00FFFF"], invertMaps=[False, False])
+    source.saveDefaults()
+
+    # What webgateway's copy/paste (and iviewer's "Save to All") asks for.
+    pasted = demo.applySettingsToSet(image_id, "Image", [twin, single])
+    assert pasted[True] == [twin] and pasted[False] == [single]
+    first = demo.getObject("Image", twin).getChannels()[0]
+    assert (first.getWindowStart(), first.getWindowEnd()) == (5, 60)
+    assert first.getColor().getHtml() == "FF00FF"
+
+    reset = demo.getRenderingSettingsService().resetDefaultsInSet("Image", [twin])
+    assert reset == [twin]
+    first = demo.getObject("Image", twin).getChannels()[0]
+    assert (first.getWindowStart(), first.getWindowEnd()) == (0, 254)

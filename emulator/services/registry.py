@@ -39,6 +39,7 @@ def _load() -> None:
         "RawFileStore": files.RawFileStoreI,
         "RenderingEngine": rendering.RenderingEngineI,
         "ThumbnailStore": rendering.ThumbnailStoreI,
+        "IRenderingSettings": rendering.RenderingSettingsI,
         "SharedResources": tables.SharedResourcesI,
         "ITypes": enums_scripts.TypesI,
         "IScript": enums_scripts.ScriptI,

@@ -35,7 +35,7 @@ from PIL import Image
 from cellprofiler_omero.emulator import modelmap
 from cellprofiler_omero.emulator.icebase import api_usage, servant, validation
 from cellprofiler_omero.emulator.pixels import PixelsShape
-from cellprofiler_omero.emulator.services.common import Caller, StatefulServant
+from cellprofiler_omero.emulator.services.common import Caller, SessionServant, StatefulServant
 from cellprofiler_omero.emulator.services.enums_scripts import ENUMS, enum_entry, lut_table
 from cellprofiler_omero.emulator.services.pixels import (
     ROMIO_MAX_BUFFER,
@@ -756,3 +756,184 @@ class ThumbnailStoreI(_ImageBound):
     def createThumbnailsByLongestSideSet(self, size: Any, ids: list[int],
                                          current: Ice.Current) -> None:
         return None
+
+
+# -- IRenderingSettings ------------------------------------------------------------------------
+
+_CONTAINERS = ("Project", "Dataset", "Image", "Plate", "Screen", "Pixels", "PlateAcquisition")
+
+
+def _compatible(source: Obj, target: Obj) -> bool:
+    """``RenderingSettingsImpl.sanityCheckPixels``: same pixel type, same number of
+    channels, and every emission wavelength of the source found among the target's."""
+    if source.data["pixelsType"] != target.data["pixelsType"]:
+        return False
+    if source.data["sizeC"] != target.data["sizeC"]:
+        return False
+    waves = [ch.get("emission") for ch in target.data["channels"]]
+    return all(ch.get("emission") in waves for ch in source.data["channels"])
+
+
+def _copy_onto(source: dict[str, Any], target: Obj) -> dict[str, Any]:
+    """``RenderingSettingsImpl.applySettings``: z and t where the target has them, the
+    model, quantization and every channel binding."""
+    settings = default_settings(target)
+    shape = shape_of(target)
+    if int(source["z"]) < shape.size_z:
+        settings["z"] = int(source["z"])
+    if int(source["t"]) < shape.size_t:
+        settings["t"] = int(source["t"])
+    for key in ("model", "cdStart", "cdEnd", "bitResolution", "compression"):
+        settings[key] = source[key]
+    settings["channels"] = [dict(ch) for ch in source["channels"]]
+    return settings
+
+
+@servant(omero.api.IRenderingSettings)
+class RenderingSettingsI(SessionServant):
+    """IRenderingSettings: copy, reset and look up rendering settings over sets of images
+    (webgateway's copy/paste and iviewer's "Save to All")."""
+
+    def _images(self, caller: Caller, kind: str, ids: list[int]) -> list[Obj]:
+        """The readable images in (or named by) the objects ``kind:ids``."""
+        short = kind.rsplit(".", 1)[-1].removesuffix("I")
+        if short not in _CONTAINERS:
+            raise omero.ApiUsageException(
+                serverStackTrace="", serverExceptionClass="java.lang.IllegalArgumentException",
+                message="Class parameter for changing settings must be in {Project, "
+                        "Dataset, Image, Plate, Screen, PlateAcquisition, Pixels}.")
+        store = self.ctx.store
+        image_ids: list[int] = []
+        if short == "Pixels":
+            image_ids = [modelmap.image_id_of_pixels(i) for i in ids]
+        elif short == "Image":
+            image_ids = list(ids)
+        elif short in ("Project", "Dataset"):
+            datasets = list(ids) if short == "Dataset" else [
+                link.child_id for link in store.links_from("ProjectDatasetLink", ids)]
+            image_ids = [link.child_id for link in store.links_from("DatasetImageLink",
+                                                                   datasets)]
+        else:
+            plates = list(ids)
+            if short == "Screen":
+                plates = [link.child_id for link in store.links_from("ScreenPlateLink", ids)]
+            if short == "PlateAcquisition":
+                wells = [w.id for w in store.all("Well")]
+                samples = [s for s in store.by_parents(["WellSample"], wells)
+                           if s.data.get("acquisition") in ids]
+            else:
+                wells = [w.id for w in store.by_parents(["Well"], plates)]
+                samples = store.by_parents(["WellSample"], wells)
+            image_ids = [int(s.data["image"]) for s in samples]
+        images = store.get_many(image_ids, "Image")
+        return [i for i in images if self.visible(caller, i)]
+
+    def _settings_of(self, caller: Caller, image: Obj, anyone: bool = False
+                     ) -> dict[str, Any] | None:
+        own = user_rdefs(self.ctx, image, caller.user.id)
+        if not own and anyone:
+            own = user_rdefs(self.ctx, image, None)
+        return _channel_settings(image, own[0].data) if own else None
+
+    def _write(self, caller: Caller, image: Obj, settings: dict[str, Any]) -> None:
+        own = user_rdefs(self.ctx, image, caller.user.id)
+        if own:
+            settings = dict(settings, version=own[0].data.get("version", 0))
+        store_settings(self.ctx, image, caller.user.id, settings, own[0].id if own else None)
+
+    def applySettingsToSet(self, from_pixels: int, kind: str, ids: list[int],
+                           current: Ice.Current) -> dict[bool, list[int]]:
+        caller = self.caller(current)
+        targets = self._images(caller, kind, ids)
+        source = self.ctx.store.get(modelmap.image_id_of_pixels(from_pixels), "Image")
+        if source is None or not self.visible(caller, source):
+            raise validation(f"No pixels set with ID: {from_pixels}")
+        settings = self._settings_of(caller, source, anyone=True)
+        done: list[int] = []
+        failed: list[int] = []
+        if any(t.id == source.id for t in targets):
+            done.append(source.id)
+        for target in targets:
+            if target.id == source.id:
+                continue
+            if settings is None or not _compatible(source, target):
+                failed.append(target.id)
+                continue
+            self._write(caller, target, _copy_onto(settings, target))
+            done.append(target.id)
+        return {True: done, False: failed}
+
+    def applySettingsToImages(self, from_pixels: int, ids: list[int], current: Ice.Current
+                              ) -> dict[bool, list[int]]:
+        return self.applySettingsToSet(from_pixels, "Image", ids, current)
+
+    def applySettingsToDataset(self, from_pixels: int, dataset_id: int, current: Ice.Current
+                               ) -> dict[bool, list[int]]:
+        return self.applySettingsToSet(from_pixels, "Dataset", [dataset_id], current)
+
+    def applySettingsToProject(self, from_pixels: int, project_id: int, current: Ice.Current
+                               ) -> dict[bool, list[int]]:
+        return self.applySettingsToSet(from_pixels, "Project", [project_id], current)
+
+    def applySettingsToImage(self, from_pixels: int, image_id: int, current: Ice.Current
+                             ) -> bool:
+        return image_id in self.applySettingsToSet(from_pixels, "Image", [image_id],
+                                                   current)[True]
+
+    def applySettingsToPixels(self, from_pixels: int, to_pixels: int, current: Ice.Current
+                              ) -> bool:
+        done = self.applySettingsToSet(from_pixels, "Pixels", [to_pixels], current)[True]
+        return modelmap.image_id_of_pixels(to_pixels) in done
+
+    def _reset(self, caller: Caller, kind: str, ids: list[int], by_owner: bool) -> list[int]:
+        out = []
+        for image in self._images(caller, kind, ids):
+            settings = None
+            if by_owner:
+                owners = user_rdefs(self.ctx, image, image.owner_id)
+                settings = _channel_settings(image, owners[0].data) if owners else None
+            self._write(caller, image, settings or default_settings(image))
+            out.append(image.id)
+        return out
+
+    def resetDefaultsInSet(self, kind: str, ids: list[int], current: Ice.Current
+                           ) -> list[int]:
+        return self._reset(self.caller(current), kind, ids, by_owner=False)
+
+    def setOriginalSettingsInSet(self, kind: str, ids: list[int], current: Ice.Current
+                                 ) -> list[int]:
+        return self._reset(self.caller(current), kind, ids, by_owner=False)
+
+    def resetDefaultsByOwnerInSet(self, kind: str, ids: list[int], current: Ice.Current
+                                  ) -> list[int]:
+        return self._reset(self.caller(current), kind, ids, by_owner=True)
+
+    def resetDefaultsInImage(self, image_id: int, current: Ice.Current) -> None:
+        self.resetDefaultsInSet("Image", [image_id], current)
+
+    def resetDefaultsInDataset(self, dataset_id: int, current: Ice.Current) -> list[int]:
+        return self.resetDefaultsInSet("Dataset", [dataset_id], current)
+
+    def setOriginalSettingsInImage(self, image_id: int, current: Ice.Current) -> None:
+        self.setOriginalSettingsInSet("Image", [image_id], current)
+
+    def setOriginalSettingsInDataset(self, dataset_id: int, current: Ice.Current
+                                     ) -> list[int]:
+        return self.setOriginalSettingsInSet("Dataset", [dataset_id], current)
+
+    def getRenderingSettings(self, pixels_id: int, current: Ice.Current) -> Any:
+        caller = self.caller(current)
+        image = self.ctx.store.get(modelmap.image_id_of_pixels(pixels_id), "Image")
+        if image is None or not self.visible(caller, image):
+            return None
+        own = user_rdefs(self.ctx, image, caller.user.id)
+        return rdef_model(self.ctx, caller.user, own[0]) if own else None
+
+    def sanityCheckPixels(self, source: Any, target: Any, current: Ice.Current) -> bool:
+        caller = self.caller(current)
+        images = [self.ctx.store.get(modelmap.image_id_of_pixels(
+            int(omero.rtypes.unwrap(p.id))), "Image") if p is not None else None
+            for p in (source, target)]
+        if any(i is None or not self.visible(caller, i) for i in images):
+            return False
+        return _compatible(images[0], images[1])  # type: ignore[arg-type]
