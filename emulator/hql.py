@@ -312,8 +312,8 @@ class Parser:
             if tok is not None and tok.kind == "param":
                 # ``in :ids`` without parentheses, as Hibernate accepts a list parameter.
                 self.take()
-                node = ("in", left, [("param", tok.text[1:])])
-                return ("not", node) if negate else node
+                listed: Any = ("in", left, [("param", tok.text[1:])])
+                return ("not", listed) if negate else listed
             self.take("(")
             if self.at("select"):
                 sub = self.query(nested=True)
@@ -808,11 +808,23 @@ class Graph:
         def channel_model(index: int) -> Callable[[], Any]:
             return lambda: model().getChannel(index)
 
-        for index, _ch in enumerate(d.get("channels", [])):
+        for index, ch in enumerate(d.get("channels", [])):
+            # As modelmap.channel: the name, the emission wavelength (nm) and the colour
+            # are stored; the rest of a LogicalChannel is unset (null).
+            emission = ch.get("emission")
+            logical = View("LogicalChannel", {
+                "id": image.id * 1000 + index, "name": ch.get("name", f"C{index}"),
+                "emissionWave": None if emission is None else View(
+                    "Length", {"id": None, "value": float(emission), "unit": "NANOMETER"}),
+                **dict.fromkeys(("excitationWave", "pinHoleSize", "fluor", "ndFilter",
+                                 "contrastMethod", "illumination", "mode",
+                                 "photometricInterpretation", "pockelCellSetting",
+                                 "samplesPerPixel"))})
+            red, green, blue, alpha = ch.get("color") or [255, 255, 255, 255]
             channels.append(View("Channel", {"id": image.id * 1000 + index, "pixels": view,
-                                             "logicalChannel": View("LogicalChannel", {
-                                                 "id": image.id * 1000 + index}),
-                                             "statsInfo": None},
+                                             "logicalChannel": logical, "red": red,
+                                             "green": green, "blue": blue, "alpha": alpha,
+                                             "lookupTable": None, "statsInfo": None},
                                  model=channel_model(index)))
         view.fields["channels"] = channels
         return view
