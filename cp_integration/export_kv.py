@@ -41,7 +41,7 @@ from cellprofiler_omero.core.errors import UnsupportedData
 from cellprofiler_omero.core.session import SessionManager
 from cellprofiler_omero.core.tables import run_key
 from cellprofiler_omero.cp_integration import session
-from cellprofiler_omero.cp_integration.export_table import IMAGE, IMAGE_SET_SOURCES
+from cellprofiler_omero.cp_integration.export_table import IMAGE, pipeline_run_key_parts
 from cellprofiler_omero.cp_integration.save_images import source_images
 
 log = logging.getLogger(__name__)
@@ -57,24 +57,8 @@ def identity(key: str) -> str:
 
 
 def run_key_parts(workspace: Any) -> list[str]:
-    """What identifies a run: every module's name, revision, enabled state and settings,
-    then every image set's sources by image number (as ExportToOMEROTable's key)."""
-    parts = [RUN_KEY_VERSION]
-    for module in workspace.pipeline.modules():
-        own = getattr(module, "run_key_settings", None)
-        values = own() if callable(own) else [str(s.unicode_value) for s in module.settings()]
-        parts += [f"module {module.module_num} {module.module_name} "
-                  f"v{module.variable_revision_number} enabled={module.enabled}",
-                  str(len(values)), *values]
-    m = workspace.measurements
-    numbers = list(m.get_image_numbers())
-    parts.append(f"image sets {len(numbers)}")
-    features = sorted(f for f in m.get_feature_names(IMAGE)
-                      if f.split("_", 1)[0] in IMAGE_SET_SOURCES)
-    for feature in features:
-        values = m.get_measurement(IMAGE, feature, numbers) if numbers else []
-        parts += [feature, *(str(v) for v in values)]
-    return parts
+    """What identifies a run (as ExportToOMEROTable's key, under this module's version)."""
+    return pipeline_run_key_parts(workspace, RUN_KEY_VERSION)
 
 
 def text_of(value: Any) -> str:

@@ -111,6 +111,29 @@ IMAGE_SET_SOURCES = (C_URL, C_OBJECTS_URL, C_SERIES, C_FRAME, C_C, C_Z, C_T,
                      "ObjectsTimepoint")
 
 
+def pipeline_run_key_parts(workspace: Any, version: str) -> list[str]:
+    """What identifies a run, for the modules that write once per run (the tables, the
+    key-value pairs): ``version``, every module's name, revision, enabled state and
+    settings (or its own ``run_key_settings()``), then every image set's sources by image
+    number. Same pipeline over the same images: same parts, so a rerun finds its writes."""
+    parts = [version]
+    for module in workspace.pipeline.modules():
+        own = getattr(module, "run_key_settings", None)
+        values = own() if callable(own) else [str(s.unicode_value) for s in module.settings()]
+        parts += [f"module {module.module_num} {module.module_name} "
+                  f"v{module.variable_revision_number} enabled={module.enabled}",
+                  str(len(values)), *values]
+    m = workspace.measurements
+    numbers = list(m.get_image_numbers())
+    parts.append(f"image sets {len(numbers)}")
+    features = sorted(f for f in m.get_feature_names(IMAGE)
+                      if f.split("_", 1)[0] in IMAGE_SET_SOURCES)
+    for feature in features:
+        values = m.get_measurement(IMAGE, feature, numbers) if numbers else []
+        parts += [feature, *(str(v) for v in values)]
+    return parts
+
+
 @dataclass(frozen=True)
 class TablePlan:
     """One table: its schema, its key columns, and where each column's values come from."""
@@ -384,24 +407,8 @@ then gets tables of its own), or delete the old tables in OMERO before rerunning
 
     def run_key_parts(self, workspace: Any) -> list[str]:
         """What identifies this run (documented in the module's help and ARCHITECTURE.md):
-        every module's name, revision, enabled state and settings, then every image set's
-        sources by image number."""
-        parts = [RUN_KEY_VERSION]
-        for module in workspace.pipeline.modules():
-            own = getattr(module, "run_key_settings", None)
-            values = own() if callable(own) else [str(s.unicode_value)
-                                                  for s in module.settings()]
-            parts += [f"module {module.module_num} {module.module_name} "
-                      f"v{module.variable_revision_number} enabled={module.enabled}",
-                      str(len(values)), *values]
-        m = workspace.measurements
-        numbers = list(m.get_image_numbers())
-        parts.append(f"image sets {len(numbers)}")
-        features = sorted(f for f in m.get_feature_names(IMAGE)
-                          if f.split("_", 1)[0] in IMAGE_SET_SOURCES)
-        for feature in features:
-            values = m.get_measurement(IMAGE, feature, numbers) if numbers else []
-            parts += [feature, *(str(v) for v in values)]
+        see :func:`pipeline_run_key_parts`; a fresh-tables run adds a random part."""
+        parts = pipeline_run_key_parts(workspace, RUN_KEY_VERSION)
         if self.fresh_tables.value:
             parts.append(f"fresh {uuid.uuid4().hex}")
         return parts
