@@ -103,6 +103,9 @@ def test_load_annotations_gives_each_images_annotations_with_their_files_loaded(
     with pytest.raises(omero.ApiUsageException) as not_annotated:
         meta.loadAnnotations("Pixels", [1], None, None, None)
     assert "must be a subclass of ome.model.IAnnotated" in not_annotated.value.message
+    # The webclient's avatar asks for the user's own annotations: none, but the user is there.
+    me = conn.getUserId()
+    assert meta.loadAnnotations("Experimenter", [me], None, None, None) == {me: []}
     # Another user's private image is not there at all (the security filter).
     other = conn.__class__("other", "other", host=conn.host, port=conn.port)
     assert other.connect()
