@@ -6,13 +6,18 @@ It understands the shape BlitzGateway, OMERO.web, omero2pandas and this project 
         {[left [outer] | inner] join [fetch] <path> [as] <alias>}
         [where <condition>] [group by …] [order by <expr> [asc|desc], …]
 
-with ``and``/``or``/``not``, comparisons, ``in (:list)``, ``in (select …)``,
-``exists (select …)`` (correlated), scalar subqueries, ``is [not] null``, ``like``,
-``||`` and arithmetic, ``lower()``/``upper()``/``concat()``, ``index(alias)`` of a
-joined ordered collection, the aggregates ``count([distinct] x)``, ``min``, ``max``,
-``sum``, ``avg``, ``minIndex``, ``maxIndex`` (per ``group by`` group), and properties
-without an alias (``select max(row) from Well where plate.id = :id``), as Hibernate
-accepts them.
+with ``and``/``or``/``not``, comparisons, ``in (:list)`` and ``in :list``,
+``in (select …)``, ``exists (select …)`` (correlated), scalar subqueries (also in the
+select list, with ``coalesce``), ``is [not] null``, ``like``, ``||`` and arithmetic,
+``case when … then … else … end``, ``lower()``/``upper()``/``concat()``,
+``extract(epoch from …)``, ``x.class`` and ``type(x)`` against an entity name,
+``index(alias)`` of a joined ordered collection, the aggregates ``count([distinct] x)``,
+``min``, ``max``, ``sum``, ``avg``, ``minIndex``, ``maxIndex`` (per ``group by`` group),
+``select [distinct] new map(expr as alias, …)`` (one map per row), ``order by`` a select
+alias, and properties without an alias (``select max(row) from Well where plate.id =
+:id``), as Hibernate accepts them. ``x.details.permissions`` is a ``Perms`` value (the
+group's ``perm`` string); an entity the caller selects under a key ending
+``_details_permissions`` becomes the caller's rights (``Graph.permissions_of``).
 
 Rows follow Hibernate's (SQL's) rules, not a kinder set: a join gives one row per
 matching element, so an entity joined to a collection comes back once per element —
@@ -20,7 +25,8 @@ as the same object, which is why ``findByQuery`` still finds it unique — unles
 query says ``distinct`` or pages a collection fetch. ``join fetch`` of a collection
 returns that collection loaded with the elements that matched; other collections
 come back unloaded. Anything else raises ``HqlError`` naming the construct, which
-the IQuery servant answers as ``ApiUsageException`` — it never guesses.
+the IQuery servant answers as a real server answers HQL it cannot parse
+(``omero.QueryException``, "Illegal query:…") and logs at INFO — it never guesses.
 """
 
 from __future__ import annotations
