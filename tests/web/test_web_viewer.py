@@ -65,6 +65,9 @@ def test_iviewer_renders_windows_reverse_luts_and_tiles_through_omero_web(
     luts = session.get(f"{url}webgateway/luts/", timeout=60).json()["luts"]
     fire = next(lut for lut in luts if lut["name"] == "fire.lut")
     assert fire["path"] == "/luts/" and fire["png_index"] >= 0
+    # The LUT menu's picture: one 10-pixel strip per LUT the server lists, plus one.
+    strips = _png(session.get(f"{url}webgateway/luts_png/", timeout=60))
+    assert strips.shape[0] == 10 * (len(luts) + 1)
 
     plane, (lo, hi) = _plane(web_emulator, zid, 0)
     base = f"{url}webgateway/render_image/{zid}/{Z}/0/"
@@ -129,3 +132,13 @@ def test_saved_rendering_settings_come_back_through_omero_web(
     plain = _png(session.get(base, timeout=60))
     explicit = _png(session.get(base, params={"c": channels, "maps": maps}, timeout=60))
     assert np.abs(plain - explicit).mean() < 1 and plain[..., 1].mean() > 10
+
+    # Nothing the viewer asked of the rendering services was left unimplemented.
+    log = (web_emulator.emulator.data_dir / "emulator.log").read_text(errors="replace")
+    gaps = [line for line in log.splitlines() if "not implemented by the emulator" in line
+            and any(f" {s}." in line for s in _RENDERING_SERVICES)]
+    assert gaps == []
+
+
+_RENDERING_SERVICES = ("RenderingEngine", "ThumbnailStore", "IPixels", "RawPixelsStore",
+                       "ITypes", "IScript", "IRenderingSettings")
