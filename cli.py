@@ -51,11 +51,18 @@ def _cmd_plugins_dir(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cellprofiler_omero.cp_integration.demo import report_json, run_demo
 
+    def say(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    then = None
+    if args.web:
+        from cellprofiler_omero.commands.web import installed_versions, serve_demo_results
+
+        installed_versions()  # says what to install before the run, not after it
+        then = serve_demo_results(say)
     report = run_demo(args.data, args.output, fields=args.fields, field_size=args.field_size,
                       large_size=args.large_size, keep_running=args.keep_running,
-                      web=args.web,
-                      say=lambda line: print(line, file=sys.stderr if args.json else sys.stdout,
-                                             flush=True))
+                      then=then, say=say)
     if args.json:
         print(report_json(report))
     return 0

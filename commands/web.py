@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from cellprofiler_omero.core.errors import CannotReachServer, OmeroError
 
 if TYPE_CHECKING:
+    from cellprofiler_omero.cp_integration.demo import AfterDemo, DemoReport
     from cellprofiler_omero.emulator import Emulator
 
 log = logging.getLogger(__name__)
@@ -418,6 +419,42 @@ def demo_links(web: OmeroWeb, host: str, port: int) -> list[str]:
     finally:
         conn.close()
     return lines
+
+
+def serve_demo_results(say: Callable[[str], None]) -> AfterDemo:
+    """What ``demo --web`` does after the run (``run_demo(then=…)``): OMERO.web in front of
+    the demo's emulator, links to the results, until Ctrl-C or SIGTERM."""
+
+    def serve(report: DemoReport, emulator: Emulator, folder: Path) -> None:
+        home = folder / f"{report.data_dir.name}-web"
+        say("[demo] start OMERO.web…")
+        started = time.monotonic()
+        web = OmeroWeb(emulator.host, emulator.port, home=home).start()
+        report.phases.append(("start OMERO.web", time.monotonic() - started))
+        try:
+            lines = ["", f"OMERO.web is running on {web.url} — log in as demo / demo:",
+                     f"  log in        {web.login_url}",
+                     f"  dataset       {web.webclient_url('dataset', report.dataset_id)}"]
+            lines += [f"  image + ROIs  {web.iviewer_url(image_id)}  ({rois} nuclei ROIs)"
+                      for image_id, rois in sorted(report.rois.items())[:3]]
+            lines += [f"  label image   {web.iviewer_url(image_id)}  ({name})"
+                      for image_id, name in report.uploaded[:3]]
+            lines += [f"  table         {web.table_url(file_id)}  ({name}, {rows} rows)"
+                      for name, file_id, rows in report.tables]
+            lines.append(f"The emulator runs on {report.server} (data in "
+                         f"{report.data_dir}); press Ctrl-C to stop both.")
+            say("\n".join(lines))
+
+            def alive() -> bool:
+                return (emulator.process is not None and emulator.process.poll() is None
+                        and web.process is not None and web.process.poll() is None)
+
+            wait_for_interrupt(alive)
+            say("Stopping OMERO.web and the emulator …")
+        finally:
+            web.stop()
+
+    return serve
 
 
 @contextlib.contextmanager

@@ -103,6 +103,10 @@ class DemoReport:
         return "\n".join(lines)
 
 
+#: What ``run_demo(then=…)`` calls after a successful run: (report, emulator, folder).
+AfterDemo = Callable[["DemoReport", "Emulator", Path], None]
+
+
 @contextmanager
 def _phase(report: DemoReport, name: str, say: Callable[[str], None]) -> Iterator[None]:
     say(f"[demo] {name}…")
@@ -114,25 +118,23 @@ def _phase(report: DemoReport, name: str, say: Callable[[str], None]) -> Iterato
 def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
              fields: int = 8, field_size: int = 1024, large_size: int = 8192,
              keep_running: bool = False, progress: bool | None = None,
-             web: bool = False, say: Callable[[str], None] = log.info) -> DemoReport:
+             then: AfterDemo | None = None,
+             say: Callable[[str], None] = log.info) -> DemoReport:
     """Run the whole demo and return its report (raises ``OmeroError`` on failure).
 
-    ``say`` receives the progress lines and the summary (the CLI prints them). ``web``:
-    afterwards serve OMERO.web (``commands.web.OmeroWeb``) in front of the emulator and
-    print the links to the results until Ctrl-C (implies ``keep_running``).
+    ``say`` receives the progress lines and the summary (the CLI prints them). ``then``:
+    called with the report, the still-running emulator and a folder for its own files
+    once the run has succeeded (``cellprofiler-omero demo --web`` serves OMERO.web there
+    until Ctrl-C); it implies ``keep_running``.
     """
     from cellprofiler_omero.emulator import Emulator, SeedOptions
 
-    if web:  # say what to install before the run, not after it
-        from cellprofiler_omero.commands.web import installed_versions
-
-        installed_versions()
     report = DemoReport()
     tmp = tempfile.TemporaryDirectory(prefix="cellprofiler-omero-demo-")
     base = Path(tmp.name)
     report.data_dir = data_dir or base / "server"
     report.output_dir = output_dir or Path("demo-output").resolve()
-    keep_running = keep_running or web
+    keep_running = keep_running or then is not None
     report.kept_running = keep_running
     report.output_dir.mkdir(parents=True, exist_ok=True)
     emulator = Emulator(report.data_dir, seed="demo",
@@ -170,8 +172,8 @@ def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
             raise OmeroError(f"CellProfiler failed (exit {report.exit_code}).",
                              hint=f"See {report.output_dir / 'cellprofiler.log'}.")
         say(report.summary())
-        if web:
-            _serve_web(report, emulator, base if data_dir is None else data_dir.parent, say)
+        if then is not None:
+            then(report, emulator, base if data_dir is None else data_dir.parent)
         elif keep_running:
             say(f"\nThe emulator keeps running on {report.server} (data in "
                 f"{report.data_dir}); press Ctrl-C to stop it.")
@@ -185,38 +187,6 @@ def run_demo(data_dir: Path | None = None, output_dir: Path | None = None, *,
         emulator.stop()
         if data_dir is None and not keep_running:
             tmp.cleanup()
-
-
-def _serve_web(report: DemoReport, emulator: Emulator, folder: Path,
-               say: Callable[[str], None]) -> None:
-    """OMERO.web in front of the demo's emulator, with links to the results, until Ctrl-C."""
-    from cellprofiler_omero.commands.web import OmeroWeb, wait_for_interrupt
-
-    home = folder / f"{report.data_dir.name}-web"
-    with _phase(report, "start OMERO.web", say):
-        web = OmeroWeb(emulator.host, emulator.port, home=home).start()
-    try:
-        lines = ["", f"OMERO.web is running on {web.url} — log in as demo / demo:",
-                 f"  log in        {web.login_url}",
-                 f"  dataset       {web.webclient_url('dataset', report.dataset_id)}"]
-        lines += [f"  image + ROIs  {web.iviewer_url(image_id)}  ({rois} nuclei ROIs)"
-                  for image_id, rois in sorted(report.rois.items())[:3]]
-        lines += [f"  label image   {web.iviewer_url(image_id)}  ({name})"
-                  for image_id, name in report.uploaded[:3]]
-        lines += [f"  table         {web.table_url(file_id)}  ({name}, {rows} rows)"
-                  for name, file_id, rows in report.tables]
-        lines.append(f"The emulator runs on {report.server} (data in {report.data_dir}); "
-                     "press Ctrl-C to stop both.")
-        say("\n".join(lines))
-
-        def alive() -> bool:
-            return (emulator.process is not None and emulator.process.poll() is None
-                    and web.process is not None and web.process.poll() is None)
-
-        wait_for_interrupt(alive)
-        say("Stopping OMERO.web and the emulator …")
-    finally:
-        web.stop()
 
 
 def _file_list(manager: SessionManager, dataset_id: int) -> tuple[list[str], int]:
