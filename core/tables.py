@@ -127,13 +127,14 @@ def _fit(text: str, size: int) -> str:
 
 
 def normalise_column(col: ColumnSpec, values: Sequence[Any] | np.ndarray, *, first_row: int,
-                     long_strings: str) -> list[Any]:
-    """Python values ready for the wire; refuses (before sending) what cannot be stored."""
+                     long_strings: str) -> np.ndarray | list[Any]:
+    """Values ready for the wire (numbers as a new numpy array, Bool and String columns as
+    Python values); refuses (before sending) what cannot be stored."""
     out: list[Any] = []
     if col.kind is ColumnKind.DOUBLE:
-        arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64) \
-            if not isinstance(values, np.ndarray) else values.astype(np.float64, copy=False)
-        return arr.tolist()  # Python floats already: a float64 array's tolist makes them
+        if isinstance(values, np.ndarray):
+            return np.array(values, dtype=np.float64)  # a copy: later changes stay out
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     if col.kind in _INTEGER_KINDS or col.kind is ColumnKind.BOOL:
         for offset, v in enumerate(values):
             missing = v is None or (isinstance(v, float) and math.isnan(v))
@@ -142,7 +143,7 @@ def normalise_column(col: ColumnSpec, values: Sequence[Any] | np.ndarray, *, fir
                     f"Row {first_row + offset} has no value in {col.kind.value} column "
                     f"{col.name!r}, which cannot hold missing values; declare it Double.")
             out.append(bool(v) if col.kind is ColumnKind.BOOL else int(v))
-        return out
+        return out if col.kind is ColumnKind.BOOL else np.array(out, dtype=np.int64)
     if col.kind is ColumnKind.STRING:
         truncated = 0
         for offset, v in enumerate(values):
@@ -162,72 +163,94 @@ def normalise_column(col: ColumnSpec, values: Sequence[Any] | np.ndarray, *, fir
     raise UnsupportedData(f"Unknown column kind {col.kind}")
 
 
-class _ColumnBuffer:
-    """One column's buffered rows, kept as the parts they came in (numpy arrays stay
-    arrays: turning a CellProfiler image set's 10 values into Python objects one column
-    at a time costs more than the rest of an append). ``head`` makes the wire values."""
+class _Block:
+    """Up to ``capacity`` rows of every column (one batch), preallocated: numbers in one
+    2D array per type with a row per column, so that each column's values lie contiguous
+    and go to Ice as they are (it marshals a numpy array from its buffer, with no Python
+    object per value); Bool and String values in lists. Rows are copied in with one
+    slice assignment per column, whatever the number of image sets a batch holds."""
 
-    def __init__(self) -> None:
-        self.parts: deque[np.ndarray | list[Any]] = deque()
+    def __init__(self, schema: TableSchema, capacity: int) -> None:
+        self.capacity = capacity
+        self.rows = 0
+        kinds = [c.kind for c in schema.columns]
+        self.doubles = np.empty((kinds.count(ColumnKind.DOUBLE), capacity), np.float64)
+        self.longs = np.empty((sum(k in _INTEGER_KINDS for k in kinds), capacity), np.int64)
+        self.bools = np.empty((kinds.count(ColumnKind.BOOL), capacity), np.bool_)
+        self.strings: list[list[Any]] = [[""] * capacity
+                                         for _ in range(kinds.count(ColumnKind.STRING))]
+        #: Each column's place, in the schema's order (array rows are views).
+        self.targets: list[Any] = [self.store(slot.kind)[slot.index]
+                                   for slot in _slots(schema)]
 
-    def add(self, part: np.ndarray | list[Any]) -> None:
-        if len(part):
-            self.parts.append(part)
+    def store(self, kind: ColumnKind) -> np.ndarray | list[list[Any]]:
+        """Where columns of ``kind`` are kept (indexed by ``_Slot.index``)."""
+        if kind is ColumnKind.DOUBLE:
+            return self.doubles
+        if kind is ColumnKind.BOOL:
+            return self.bools
+        if kind is ColumnKind.STRING:
+            return self.strings
+        return self.longs
 
-    def head(self, n: int) -> list[Any]:
-        """The first ``n`` values as Python values (nothing removed)."""
-        out: list[Any] = []
-        arrays: list[np.ndarray] = []
-        need = n
-        for part in self.parts:
-            if need <= 0:
-                break
-            piece = part[:need]
-            need -= len(piece)
-            if isinstance(piece, np.ndarray):
-                arrays.append(piece)
-                continue
-            if arrays:
-                out.extend(np.concatenate(arrays).tolist())
-                arrays = []
-            out.extend(piece)
-        if arrays:
-            out.extend(np.concatenate(arrays).tolist())
+    def columns(self, slots: Sequence[_Slot]) -> dict[str, np.ndarray | list[Any]]:
+        """The held rows as wire values: numbers as array views (no copy), Bool and
+        String values as lists."""
+        n = self.rows
+        out: dict[str, np.ndarray | list[Any]] = {}
+        for slot in slots:
+            if slot.kind is ColumnKind.STRING:
+                out[slot.name] = self.strings[slot.index][:n]
+            elif slot.kind is ColumnKind.BOOL:
+                out[slot.name] = self.bools[slot.index][:n].tolist()
+            else:
+                out[slot.name] = self.store(slot.kind)[slot.index][:n]
         return out
 
-    def take(self, n: int) -> _ColumnBuffer:
-        """Remove the first ``n`` values; a buffer holding them."""
-        taken = _ColumnBuffer()
-        while n > 0 and self.parts:
-            part = self.parts[0]
-            if len(part) <= n:
-                taken.parts.append(self.parts.popleft())
-                n -= len(part)
-            else:
-                taken.parts.append(part[:n])
-                self.parts[0] = part[n:]
-                n = 0
-        return taken
+
+class _Slot:
+    """A column's place in a ``_Block``: its kind's store and its row there."""
+
+    __slots__ = ("index", "kind", "name", "numeric", "spec")
+
+    def __init__(self, spec: ColumnSpec, index: int) -> None:
+        self.spec, self.name, self.kind, self.index = spec, spec.name, spec.kind, index
+        #: numpy dtype kinds copied into the block as they are (``_ready`` checks the rest).
+        self.numeric = "biuf" if spec.kind is ColumnKind.DOUBLE else (
+            "biu" if spec.kind is not ColumnKind.STRING else "")
 
 
-def _fast_part(col: ColumnSpec, values: Any, first_row: int) -> np.ndarray | None:
-    """A numeric numpy column as an array ready to buffer (copied, so later changes by
-    the caller do not reach the table), checked as ``normalise_column`` checks; ``None``
-    when it needs the general path."""
-    if not isinstance(values, np.ndarray) or values.ndim != 1 or values.dtype.kind not in "biuf":
-        return None
-    if col.kind is ColumnKind.DOUBLE:
-        return values.astype(np.float64)
-    if col.kind in _INTEGER_KINDS or col.kind is ColumnKind.BOOL:
-        if values.dtype.kind == "f":
+def _slots(schema: TableSchema) -> list[_Slot]:
+    counts: dict[str, int] = {}
+    out = []
+    for spec in schema.columns:
+        group = ("long" if spec.kind in _INTEGER_KINDS else spec.kind.value)
+        out.append(_Slot(spec, counts.get(group, 0)))
+        counts[group] = counts.get(group, 0) + 1
+    return out
+
+
+def _ready(col: ColumnSpec, values: Any, first_row: int, long_strings: str
+           ) -> np.ndarray | list[Any]:
+    """``values`` ready to copy into a block: a 1-D numeric numpy array as it is (the
+    copy into the block converts it), checked as ``normalise_column`` checks; anything
+    else through ``normalise_column``."""
+    if (isinstance(values, np.ndarray) and values.ndim == 1
+            and values.dtype.kind in "biuf" and col.kind is not ColumnKind.STRING):
+        if values.dtype.kind == "f" and col.kind is not ColumnKind.DOUBLE:
             missing = np.flatnonzero(np.isnan(values))
             if missing.size:
                 raise ValueError(
                     f"Row {first_row + int(missing[0])} has no value in {col.kind.value} "
                     f"column {col.name!r}, which cannot hold missing values; declare it "
                     "Double.")
-        return values.astype(bool if col.kind is ColumnKind.BOOL else np.int64)
-    return None
+        return values
+    return normalise_column(col, values, first_row=first_row, long_strings=long_strings)
+
+
+def _python(values: np.ndarray | list[Any]) -> list[Any]:
+    """Wire values as Python values (keys compared with those the server sends back)."""
+    return values.tolist() if isinstance(values, np.ndarray) else values
 
 
 def _row_bytes(schema: TableSchema) -> int:
@@ -255,10 +278,17 @@ class TableWriter:
         for name in self.key_columns:
             if name not in schema.names:
                 raise ValueError(f"Key column {name!r} is not a column of {schema.name!r}.")
-        self._buffer: dict[str, _ColumnBuffer] = {c.name: _ColumnBuffer()
-                                                  for c in schema.columns}
+        self._slots = _slots(schema)
+        self._names = frozenset(schema.names)
+        #: Buffered rows: full blocks waiting, then the block being filled.
+        self._blocks: deque[_Block] = deque()
         self._buffered = 0
         self.rows_written = 0
+        #: True while ``rows_written`` is known to be the server's row count (the table
+        #: was just made or counted, and every append since was answered): the next
+        #: batch need not count the rows first. False after any append whose answer did
+        #: not arrive, so that a resend counts and never writes a batch twice.
+        self._in_step = False
 
     @property
     def file_id(self) -> int | None:
@@ -276,6 +306,7 @@ class TableWriter:
         info = await sink.info()
         self._file_id = info.file_id
         self._sink, self._sink_conn = sink, conn
+        self._in_step = info.rows == self.rows_written
         return sink
 
     async def open(self) -> TableInfo:
@@ -289,23 +320,45 @@ class TableWriter:
     def add_rows(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
         """Buffer rows (every schema column, equal lengths); nothing is sent yet."""
         lengths = {len(v) for v in columns.values()}
-        missing = set(self._buffer) - set(columns)
-        extra = set(columns) - set(self._buffer)
-        if missing or extra:
+        if columns.keys() != self._names:
+            missing, extra = self._names - set(columns), set(columns) - self._names
             raise ValueError(f"Rows must have exactly the table's columns "
                              f"(missing {sorted(missing)}, unknown {sorted(extra)}).")
         if len(lengths) > 1:
             raise ValueError(f"All columns need the same number of rows, got {sorted(lengths)}.")
         n = lengths.pop() if lengths else 0
         first_row = self.rows_written + self._buffered
-        prepared: dict[str, np.ndarray | list[Any]] = {}
-        for col in self.schema.columns:  # every column checked before any is buffered
-            values = columns[col.name]
-            fast = _fast_part(col, values, first_row)
-            prepared[col.name] = fast if fast is not None else normalise_column(
-                col, values, first_row=first_row, long_strings=self.long_strings)
-        for name, part in prepared.items():
-            self._buffer[name].add(part)
+        # Where the rows go: the rest of the last block, then new blocks. Nothing counts
+        # as buffered until every column is in, so a refused column leaves no trace.
+        last = self._blocks[-1] if self._blocks else None
+        segments: list[tuple[_Block, int, int, int]] = []  # block, its row, source row, n
+        fresh: list[_Block] = []
+        block, at, done = last, last.rows if last is not None else 0, 0
+        while done < n:
+            if block is None or at == block.capacity:
+                block, at = _Block(self.schema, self.batch_rows), 0
+                fresh.append(block)
+            count = min(n - done, block.capacity - at)
+            segments.append((block, at, done, count))
+            at, done = at + count, done + count
+        # The common case, one image set inside one block, kept to the fewest steps per
+        # column: a numpy column of a fitting type is copied (and converted) into the
+        # block by one slice assignment; anything else is checked and converted first.
+        whole = len(segments) == 1
+        for index, slot in enumerate(self._slots):
+            values = columns[slot.name]
+            if not (type(values) is np.ndarray and values.dtype.kind in slot.numeric
+                    and values.ndim == 1):
+                values = _ready(slot.spec, values, first_row, self.long_strings)
+            if whole:
+                block, at, _, count = segments[0]
+                block.targets[index][at:at + count] = values
+                continue
+            for block, at, start, count in segments:
+                block.targets[index][at:at + count] = values[start:start + count]
+        for block, at, _, count in segments:
+            block.rows = at + count
+        self._blocks.extend(fresh)
         self._buffered += n
 
     async def append(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
@@ -317,41 +370,53 @@ class TableWriter:
     async def flush(self, *, full_batches_only: bool = False) -> int:
         """Send buffered rows; returns the server's row count afterwards."""
         while self._buffered and (not full_batches_only or self._buffered >= self.batch_rows):
-            n = min(self._buffered, self.batch_rows)
-            batch = {name: values.head(n) for name, values in self._buffer.items()}
-            await self._send(batch, n)
-            for values in self._buffer.values():
-                values.take(n)
-            self._buffered -= n
+            block = self._blocks[0]
+            await self._send(block.columns(self._slots), block.rows)
+            self._blocks.popleft()  # only once sent: a failed batch stays buffered
+            self._buffered -= block.rows
         return self.rows_written
 
-    def _take_batch(self) -> tuple[dict[str, _ColumnBuffer], int]:
+    def _take_batch(self) -> tuple[_Block, int]:
         """Remove the next batch (at most ``batch_rows`` rows) from the buffer, as it
-        was buffered (``_ColumnBuffer.head`` makes its wire values)."""
-        n = min(self._buffered, self.batch_rows)
-        batch = {name: values.take(n) for name, values in self._buffer.items()}
-        self._buffered -= n
-        return batch, n
+        was buffered (``wire_batch`` makes its wire values)."""
+        block = self._blocks.popleft()
+        self._buffered -= block.rows
+        return block, block.rows
 
-    async def _send(self, batch: dict[str, list[Any]], n: int) -> None:
+    def wire_batch(self, block: _Block) -> dict[str, np.ndarray | list[Any]]:
+        """A taken batch's columns as wire values."""
+        return block.columns(self._slots)
+
+    async def _send(self, batch: dict[str, np.ndarray | list[Any]], n: int) -> None:
         if self.key_columns:
             await self._send_keyed(batch, n)
             return
         expected_before = self.rows_written
+        attempts = 0
 
         async def op(conn: Connection) -> int:
+            nonlocal attempts
+            attempts += 1
             sink = await self._open(conn)
-            count = await sink.row_count()
-            if count == expected_before + n:
-                log.info("batch of %d rows already on the server (a retry); not resending", n)
-                return count
-            if count != expected_before:
-                raise OmeroError(
-                    f"Table {self._file_id} has {count} rows where {expected_before} were "
-                    "expected; another writer changed it.",
-                    hint="Write each table from one process (workers send rows to the main "
-                         "process).")
+            # Counted only when this writer cannot know the count: a retry, or after an
+            # append whose answer was lost (its rows may be on the server). In step, a
+            # count would cost a round trip per batch and say what is already known.
+            if attempts > 1 or not self._in_step:
+                count = await sink.row_count()
+                if count == expected_before + n:
+                    log.info("batch of %d rows already on the server (a retry); not "
+                             "resending", n)
+                    self._in_step = True
+                    return count
+                if count != expected_before:
+                    raise OmeroError(
+                        f"Table {self._file_id} has {count} rows where {expected_before} "
+                        "were expected; another writer changed it.",
+                        hint="Write each table from one process (workers send rows to the "
+                             "main process).")
+            self._in_step = False  # until the server answers this append
             await sink.append(batch)
+            self._in_step = True
             return expected_before + n
 
         self.rows_written = await self.manager.call(op)
@@ -360,8 +425,8 @@ class TableWriter:
             self.manager.registry.hook.omero_table_written(
                 session=info, table=await self._sink.info(), rows_added=n)
 
-    async def _send_keyed(self, batch: dict[str, list[Any]], n: int) -> None:
-        keys = list(zip(*(batch[name] for name in self.key_columns), strict=True))
+    async def _send_keyed(self, batch: dict[str, np.ndarray | list[Any]], n: int) -> None:
+        keys = list(zip(*(_python(batch[name]) for name in self.key_columns), strict=True))
         ranged = [int(k[0]) for k in keys]
         low, high = min(ranged), max(ranged)
 
@@ -373,8 +438,11 @@ class TableWriter:
             if len(keep) < n:
                 log.info("%d of %d rows already on the server; sending the rest",
                          n - len(keep), n)
-            if keep:
-                await sink.append({name: [values[i] for i in keep]
+            if len(keep) == n:
+                await sink.append(batch)
+            elif keep:
+                await sink.append({name: values[keep] if isinstance(values, np.ndarray)
+                                   else [values[i] for i in keep]
                                    for name, values in batch.items()})
             return len(keep)
 
@@ -442,7 +510,7 @@ class BackgroundAppends:
         self.depth = depth
         self._cond = threading.Condition()
         #: Batches to send: as buffered, made into wire values by the thread.
-        self._batches: deque[tuple[dict[str, Any], int]] = deque()
+        self._batches: deque[tuple[_Block | dict[str, Any], int]] = deque()
         self._failure: TableAppendFailed | None = None
         self._paused = False  # after a failure, until the caller has seen it
         self._closed = False
@@ -520,16 +588,15 @@ class BackgroundAppends:
                     return
                 raw, n = self._batches[0]
             # Wire values made here, off the caller's thread (kept for a resend).
-            batch: dict[str, list[Any]] = {
-                name: values.head(n) if isinstance(values, _ColumnBuffer) else values
-                for name, values in raw.items()}
+            batch = self.writer.wire_batch(raw) if isinstance(raw, _Block) else raw
             with self._cond:
                 self._batches[0] = (batch, n)
             try:
                 runtime.run(self.writer._send, batch, n)
             except BaseException as exc:  # kept for the caller's thread to raise
                 numbers = batch.get("ImageNumber")
-                first = min((int(v) for v in numbers), default=None) if numbers else None
+                first = (min((int(v) for v in numbers), default=None)
+                         if numbers is not None else None)
                 log.error("appending %d rows to table %r failed: %s", n,
                           self.writer.schema.name, exc)
                 with self._cond:

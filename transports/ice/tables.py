@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import omero
 import omero.grid
 import omero.model
@@ -35,7 +36,22 @@ _COLUMNS = {
     ColumnKind.ROI: omero.grid.RoiColumn, ColumnKind.WELL: omero.grid.WellColumn,
     ColumnKind.PLATE: omero.grid.PlateColumn,
 }
+_LONG_KINDS = (ColumnKind.LONG, ColumnKind.IMAGE, ColumnKind.ROI, ColumnKind.WELL,
+               ColumnKind.PLATE)
 _TARGETS = ("Project", "Dataset", "Screen", "Plate", "Well", "Image")
+
+
+def wire_values(kind: ColumnKind, values: Sequence[Any] | np.ndarray) -> Any:
+    """A column's values as Ice takes them: numbers as a contiguous little-endian numpy
+    array of the column's type (Ice marshals it from its buffer, with no Python object
+    per value), Bool and String columns as a list."""
+    if isinstance(values, np.ndarray):
+        if kind is ColumnKind.DOUBLE:
+            return np.ascontiguousarray(values, dtype="<f8")
+        if kind in _LONG_KINDS:
+            return np.ascontiguousarray(values, dtype="<i8")
+        return values.tolist()
+    return list(values)
 
 
 def grid_columns(schema: TableSchema) -> list[Any]:
@@ -67,6 +83,10 @@ class IceTableSink(AsyncClosing):
         self._table: Any = None
         self._ctx: dict[str, str] = {}
         self._reused = False
+        #: The table's row count as this sink knows it (0 once it made the table, then
+        #: what its answered appends added); ``None`` until asked: ``info`` then costs no
+        #: call. ``row_count`` always asks the server (it makes retries exactly-once).
+        self._rows: int | None = None
 
     def _group(self) -> int:
         rows = self.conn.sf.getQueryService().projection(
@@ -119,6 +139,7 @@ class IceTableSink(AsyncClosing):
         saved = sf.getUpdateService().saveAndReturnObject(link, self._ctx)
         self._annotation_id = int(unwrap(saved.getChild().getId()))
         self._table = table
+        self._rows = 0
         if self.schema.identity:
             # Looked for again: another process preparing the same run may have made one
             # at the same moment. Everyone keeps the oldest, so there is one table.
@@ -171,6 +192,7 @@ class IceTableSink(AsyncClosing):
                 hint="Delete that table, or choose 'Start new tables on every run'.")
         self._file_id, self._annotation_id, self._table = file_id, annotation_id, table
         self._reused = True
+        self._rows = None
         log.info("continuing table %s (file %s) on %s %s", self.schema.name, file_id,
                  self.target.kind, self.target.id)
         return table
@@ -189,23 +211,33 @@ class IceTableSink(AsyncClosing):
     async def info(self) -> TableInfo:
         def run() -> TableInfo:
             table = self._ensure()
-            return TableInfo(int(self._file_id or 0), self._annotation_id,
-                             int(table.getNumberOfRows(self._ctx)), self.schema.name,
-                             reused=self._reused)
+            if self._rows is None:
+                self._rows = int(table.getNumberOfRows(self._ctx))
+            return TableInfo(int(self._file_id or 0), self._annotation_id, self._rows,
+                             self.schema.name, reused=self._reused)
 
         return await self.conn.call(run, what=f"opening table {self.schema.name!r}")
 
     async def row_count(self) -> int:
-        return await self.conn.call(lambda: int(self._ensure().getNumberOfRows(self._ctx)),
-                                    what=f"counting rows of table {self.schema.name!r}")
+        def run() -> int:
+            self._rows = int(self._ensure().getNumberOfRows(self._ctx))
+            return self._rows
 
-    async def append(self, columns: Mapping[str, Sequence[Any]]) -> None:
+        return await self.conn.call(run, what=f"counting rows of table {self.schema.name!r}")
+
+    async def append(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
         def run() -> None:
             table = self._ensure()
             cols = grid_columns(self.schema)
-            for col in cols:
-                col.values = list(columns[col.name])
+            n = 0
+            for col, spec in zip(cols, self.schema.columns, strict=True):
+                col.values = wire_values(spec.kind, columns[col.name])
+                n = len(col.values)
+            # Unknown until the server answers: a lost reply may or may not have added.
+            known, self._rows = self._rows, None
             table.addData(cols, self._ctx)
+            if known is not None:
+                self._rows = known + n
 
         await self.conn.call(run, what=f"adding rows to table {self.schema.name!r}")
 
