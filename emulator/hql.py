@@ -145,6 +145,8 @@ class Query:
     #: ``expr as alias`` of the select list (``new map(…)`` included), which ``order by``
     #: may name.
     aliases: dict[str, Any] = field(default_factory=dict)
+    #: The condition on each ``group by`` group (over aggregates), or None.
+    having: Any = None
 
 
 #: Functions over all the rows of a group (or of the whole result without ``group by``).
@@ -244,8 +246,7 @@ class Parser:
             group.append(self.operand())
             while self.accept(","):
                 group.append(self.operand())
-            if self.at("having"):
-                raise HqlError("'having' is not supported by the emulator")
+        having = self.expr() if self.accept("having") else None
         order: list[tuple[Any, bool]] = []
         if self.accept("order"):
             self.take("by")
@@ -268,7 +269,8 @@ class Parser:
         taken = {alias, *(j.alias for j in joins)}
         order = [(aliases[item[1]] if item[0] == "path" and item[1] in aliases
                   and item[1] not in taken else item, desc) for item, desc in order]
-        return Query(select, distinct, cls, alias, joins, where, order, group, aliases)
+        return Query(select, distinct, cls, alias, joins, where, order, group, aliases,
+                     having)
 
     def select_item(self, aliases: dict[str, Any]) -> tuple[str | None, Any]:
         """``expr [as alias]``."""
@@ -1138,7 +1140,7 @@ class Evaluator:
         if top:
             self._record_fetches(query, matches)
         aggregated = any(_has_aggregate(item) for item in query.select)
-        if query.group or aggregated:
+        if query.group or aggregated or query.having is not None:
             return self._grouped(query, matches)
         if query.order:
             for item, desc in reversed(query.order):
@@ -1180,11 +1182,32 @@ class Evaluator:
                     raise HqlError("mixing aggregates and plain values needs group by")
             groups[()] = matches
         members = list(groups.values())
+        if query.having is not None:
+            members = [envs for envs in members if self.test_group(query.having, envs)]
         if query.order:
             for item, desc in reversed(query.order):
                 members.sort(key=self._group_sorter(item), reverse=desc)
         rows = [[self.aggregate(item, envs) for item in query.select] for envs in members]
         return _distinct(rows) if query.distinct else rows
+
+    def test_group(self, node: Any, envs: list[Env]) -> bool:
+        """A ``having`` condition on one group: comparisons over its aggregates."""
+        kind = node[0]
+        if kind == "and":
+            return self.test_group(node[1], envs) and self.test_group(node[2], envs)
+        if kind == "or":
+            return self.test_group(node[1], envs) or self.test_group(node[2], envs)
+        if kind == "not":
+            return not self.test_group(node[1], envs)
+        if kind == "cmp":
+            return _compare(node[1], self.aggregate(node[2], envs),
+                            self.aggregate(node[3], envs))
+        if kind == "in":
+            left = self.aggregate(node[1], envs)
+            return any(_compare("=", left, self.aggregate(item, envs)) for item in node[2])
+        if not envs:
+            return False
+        return self.test(node, envs[0])
 
     def aggregate(self, node: Any, envs: list[Env]) -> Any:
         """``node`` over a group of rows: aggregates over all, anything else on the first."""

@@ -205,6 +205,17 @@ def test_sum_of_case_per_group(query: Any, seeded: dict[str, Any]) -> None:
     assert unwrap(rows) == [[0, 2, 3], [1, 2, 3]]
 
 
+def test_having_keeps_the_groups_whose_aggregates_match(query: Any,
+                                                        seeded: dict[str, Any]) -> None:
+    # The shape of OMERO.web's chgrp/delete dialog (views.getAllObjects: filesets
+    # shared by more than one image).
+    hql = ("select w.id from Well w where w.id in (select w2.id from Well w2 "
+           "join w2.wellSamples ws where w2.plate.id = :id group by w2.id "
+           "having count(ws.id) > :n)")
+    assert len(query.projection(hql, params(id=seeded["plate"], n=1), ALL)) == 6
+    assert query.projection(hql, params(id=seeded["plate"], n=2), ALL) == []
+
+
 def test_order_by_a_select_alias(query: Any, seeded: dict[str, Any]) -> None:
     # Hibernate 3.5 resolves a result variable in order by (HHH-892).
     rows = query.projection(
