@@ -24,7 +24,7 @@ from selenium.webdriver.remote.webelement import WebElement
 
 from cellprofiler_omero.commands.web import OmeroWeb
 from tests.web.browser import ARTIFACTS, Browser, changed_fraction, chromium, setup_browser
-from tests.web.conftest import WebEmulator, WebIds
+from tests.web.conftest import TABLE_NAME, WebEmulator, WebIds
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -212,6 +212,18 @@ def test_demo_logs_in_through_the_form_and_sees_the_dataset_thumbnails(
     stats = page.element_pixels(source)
     assert not stats.blank and stats.spread > 16, (
         f"the image's thumbnail is all one colour: {stats}")
+
+    # The right panel lists the dataset's table among its attachments, with a link to
+    # OMERO.web's table page, and counts it (IQuery's type(an.class) per annotation).
+    page.wait_visible("#fileannsPane h1", "the dataset's Attachments section")[0].click()
+    entry = page.wait(
+        lambda: next((li for li in page.visible("#fileanns_container li.file_ann_wrapper")
+                      if TABLE_NAME in li.text), None), f"{TABLE_NAME} among the attachments")
+    page.shot("03b-dataset-attachments")
+    view = entry.find_element(By.CSS_SELECTOR, "a.btn_view").get_attribute("href") or ""
+    assert view.endswith(f"/webclient/omero_table/{web_ids.table_file}/"), view
+    count = page.driver.find_element(By.CSS_SELECTOR, "#fileannsPane .annotationCount").text
+    assert count.strip() == "1", f"the Attachments section counts {count!r}"
     assert_console_clean(page)
     logs.assert_clean()
 
