@@ -197,9 +197,10 @@ def _quantize(plane: np.ndarray, ch: dict[str, Any], cd_start: int, cd_end: int
 
 
 def render_array(ctx: Any, image: Obj, settings: dict[str, Any], z: int, t: int,
-                 level0: int, region: tuple[int, int, int, int] | None, stride: int = 1
-                 ) -> np.ndarray:
-    """The RGB (uint8) rendering of a region of one plane at storage level ``level0``."""
+                 level0: int, region: tuple[int, int, int, int] | None, stride: int = 1,
+                 planes: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """The RGB (uint8) rendering of a region of one plane at storage level ``level0``
+    (or of the given per-channel ``planes``, e.g. projections)."""
     shape = shape_of(image)
     levels = levels_of(image)
     arr = ctx.pixels.array(image.id, shape, level0, levels)
@@ -215,7 +216,8 @@ def render_array(ctx: Any, image: Obj, settings: dict[str, Any], z: int, t: int,
         active = active[:1]
     for c in active:
         ch = channels[c]
-        plane = np.asarray(arr[t, c, z, y:y + h:step, x:x + w:step], dtype=np.float32)
+        source = planes[c] if planes is not None else arr[t, c, z]
+        plane = np.asarray(source[y:y + h:step, x:x + w:step], dtype=np.float32)
         q = _quantize(plane, ch, cd_start, cd_end)
         if settings["model"] == "greyscale":
             rgb += q[..., None]
@@ -635,9 +637,75 @@ class RenderingEngineI(_ImageBound):
         return jpeg(Image.fromarray(rgb, "RGB"), self.compression)
 
     def renderAsPackedInt(self, plane_def: Any, current: Ice.Current) -> list[int]:
-        rgb = self._render(plane_def).astype(np.uint32)
-        packed = (0xFF << 24) | (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        return [int(v) for v in packed.astype(np.int32).ravel()]
+        return _packed(self._render(plane_def))
+
+    def _project(self, projection: Any, t: int, stepping: int, start: int, end: int
+                 ) -> np.ndarray:
+        """``RenderingBean.renderProjected*``: each active channel's stack projected as
+        ``ProjectionBean.projectStack`` does it, then rendered as one plane."""
+        # A ProjectionType enumerator: MAXIMUMINTENSITY, MEANINTENSITY, SUMINTENSITY.
+        algorithm = int(getattr(projection, "value", projection))
+        settings = self._ready()
+        image = self._image()
+        shape = shape_of(image)
+        if start < 0 or end < 0:
+            raise validation("Z interval value cannot be negative.")
+        if start >= shape.size_z or end >= shape.size_z:
+            raise validation(f"Z interval value cannot be >= {shape.size_z}")
+        if stepping <= 0:
+            raise validation(f"stepping: {stepping} <= 0")
+        if t < 0:
+            raise validation(f"timepoint: {t} < 0")
+        if t >= shape.size_t:
+            raise validation(f"timepoint must be <{shape.size_t}")
+        if algorithm not in (0, 1, 2):
+            raise omero.InternalException(
+                serverStackTrace="", serverExceptionClass="java.lang.IllegalArgumentException",
+                message=f"Unknown algorithm: {algorithm}")
+        levels = levels_of(image)
+        if len(levels) > 1:
+            raise unsupported("Not supported.")  # BfPyramidPixelBuffer.getStack
+        arr = self.ctx.pixels.array(image.id, shape, 0, levels)
+        type_max = _type_range(shape)[1]
+        planes: dict[int, np.ndarray] = {}
+        for c, ch in enumerate(settings["channels"]):
+            if not ch["active"]:
+                continue
+            if algorithm == 0:
+                # Maximum over start..end inclusive, starting from 0.
+                stack = np.asarray(arr[t, c, start:end + 1:stepping], dtype=np.float64)
+                projected = np.maximum(stack.max(axis=0), 0.0)
+            else:
+                # Mean and sum run z from start while z < end (the last section is left
+                # out), clipped to the pixel type's maximum.
+                stack = np.asarray(arr[t, c, start:end:stepping], dtype=np.float64)
+                if stack.shape[0] == 0:
+                    projected = np.zeros(levels[0][::-1], dtype=np.float64)
+                else:
+                    projected = stack.sum(axis=0)
+                    if algorithm == 1:
+                        projected = projected / stack.shape[0]
+                projected = np.minimum(projected, type_max)
+            if shape.dtype.kind in "iu":
+                projected = np.trunc(projected)
+            planes[c] = projected
+        return render_array(self.ctx, image, settings, 0, t, 0, None, planes=planes)
+
+    def renderProjectedCompressed(self, algorithm: Any, t: int, stepping: int, start: int,
+                                  end: int, current: Ice.Current) -> bytes:
+        rgb = self._project(algorithm, t, stepping, start, end)
+        return jpeg(Image.fromarray(rgb, "RGB"), self.compression)
+
+    def renderProjectedAsPackedInt(self, algorithm: Any, t: int, stepping: int, start: int,
+                                   end: int, current: Ice.Current) -> list[int]:
+        return _packed(self._project(algorithm, t, stepping, start, end))
+
+
+def _packed(rgb: np.ndarray) -> list[int]:
+    """RGB as the ARGB ints ``renderAsPackedInt`` answers (opaque)."""
+    v = rgb.astype(np.uint32)
+    packed = (0xFF << 24) | (v[..., 0] << 16) | (v[..., 1] << 8) | v[..., 2]
+    return [int(x) for x in packed.astype(np.int32).ravel()]
 
 
 @servant(omero.api.ThumbnailStore)
@@ -725,6 +793,12 @@ class ThumbnailStoreI(_ImageBound):
 
     def getThumbnailByLongestSideDirect(self, size: Any, current: Ice.Current) -> bytes:
         return self.getThumbnailByLongestSide(size, current)
+
+    def getThumbnailForSectionByLongestSideDirect(self, z: int, t: int, size: Any,
+                                                  current: Ice.Current) -> bytes:
+        longest = omero.rtypes.unwrap(size) or 96
+        return self.getThumbnailForSectionDirect(z, t, omero.rtypes.rint(longest),
+                                                 omero.rtypes.rint(longest), current)
 
     def _set(self, longest: int, ids: list[int], current: Ice.Current) -> dict[int, bytes]:
         caller = self.caller(current)

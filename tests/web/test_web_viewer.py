@@ -49,6 +49,21 @@ def _plane(web_emulator: WebEmulator, image_id: int, c: int) -> tuple[np.ndarray
         conn.close()
 
 
+def _stack(web_emulator: WebEmulator, image_id: int, c: int) -> np.ndarray:
+    """Every section of channel ``c`` (as floats), read over Ice."""
+    from omero.gateway import BlitzGateway
+
+    emu = web_emulator.emulator
+    conn = BlitzGateway("demo", "demo", host=emu.host, port=emu.port)
+    assert conn.connect()
+    try:
+        pixels = conn.getObject("Image", image_id).getPrimaryPixels()
+        return np.array([pixels.getPlane(z, c, 0) for z in range(pixels.getSizeZ())],
+                        dtype=np.float64)
+    finally:
+        conn.close()
+
+
 def test_iviewer_renders_windows_reverse_luts_and_tiles_through_omero_web(
         omero_web: OmeroWeb, web_session: WebSession, web_emulator: WebEmulator) -> None:
     session = web_session("demo", "demo")
@@ -88,6 +103,14 @@ def test_iviewer_renders_windows_reverse_luts_and_tiles_through_omero_web(
                            timeout=60))
     want = LUTS["fire.lut"][1][np.clip(expected, 0, 255).astype(np.int64)]
     assert np.abs(lut - want).mean() < 4
+
+    # A maximum-intensity projection over every section (OMERO's end is inclusive here).
+    stack = _stack(web_emulator, zid, 0)
+    projected = _png(session.get(base, params={
+        "c": f"1|{lo:g}:{hi:g}$FF0000,-2,-3", "p": f"intmax|0:{len(stack) - 1}"}, timeout=60))
+    want_max = np.clip((stack.max(axis=0) - lo) / (hi - lo), 0, 1) * 255
+    assert np.abs(projected[..., 0] - want_max).mean() < 3
+    assert projected[..., 0].mean() > red[..., 0].mean() + 1  # brighter than one section
 
     # A tile of a plain image (level 0) is its region of the plane.
     tile = _png(session.get(f"{url}webgateway/render_image_region/{zid}/{Z}/0/", params={
