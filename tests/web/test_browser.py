@@ -297,9 +297,10 @@ def test_iviewer_renders_the_image_with_its_channels_and_nuclei_rois(
     assert labels == channel_labels(web_emulator, web_ids.image)
 
     saved = len(web_ids.rois)
-    tab = page.wait(lambda: next(iter(page.visible("#panel-tabs a[href='#rois']")), None),
-                    "the ROIs tab")
-    page.wait(lambda: f"[{saved}]" in tab.text, f"the ROIs tab counting {saved}")
+    # Found afresh on every poll: iviewer re-renders the tab as the image's data arrive.
+    tab = page.wait(lambda: next((a for a in page.visible("#panel-tabs a[href='#rois']")
+                                  if f"[{saved}]" in a.text), None),
+                    f"the ROIs tab counting {saved}")
     tab.click()
     page.wait(lambda: len(roi_ids_in_table(page)) == saved,
               f"{saved} ROIs listed in the ROI table", timeout=60)
