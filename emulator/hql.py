@@ -517,6 +517,7 @@ class Graph:
         self._shapes: dict[int, list[Obj]] = {}
         self._pending_rois: list[int] = []
         self._details: Any = None
+        self._rights: dict[tuple[int, int], Perms] = {}
 
     # -- visibility ----------------------------------------------------------------------
 
@@ -857,11 +858,17 @@ class Graph:
             raise HqlError(f"{view.kind} has no permissions in the emulator")
         owner_id = _scalar(details.get("owner"))
         group_id = _scalar(details.get("group"))
+        # The same for every object of one owner and group (a page of images).
+        cached = self._rights.get((owner_id, group_id))
+        if cached is not None:
+            return cached
         perms = _modelmap().object_permissions(self.store, self.user, owner_id, group_id)
-        return Perms(str(perms), {"canAnnotate": perms.canAnnotate(),
+        rights = Perms(str(perms), {"canAnnotate": perms.canAnnotate(),
                                   "canDelete": perms.canDelete(), "canEdit": perms.canEdit(),
                                   "canLink": perms.canLink(), "canChgrp": perms.canChgrp(),
                                   "canChown": perms.canChown()})
+        self._rights[(owner_id, group_id)] = rights
+        return rights
 
     def user_view(self, user_id: int) -> View:
         cached = self._people.get(("Experimenter", user_id))
