@@ -156,6 +156,9 @@ def _delete2(factory: _ServiceFactory, caller: Caller, request: Any) -> Any:
     if request.dryRun:
         return omero.cmd.Delete2Response(deletedObjects=deleted)
     store.delete_many([o.id for o in (*on_images, *their_shapes)])
+    # Every user's rendering settings of the image go with its pixels.
+    store.delete_many([r.id for r in store.by_parents(["RenderingDef"],
+                                                      [i.id for i in images])])
     for image in images:
         # Annotations only this image used go with it, as the default graph policy does.
         orphans = [link.child_id for link in store.links_from("ImageAnnotationLink",
