@@ -196,6 +196,10 @@ def test_pyramid_tiles_are_tiles_of_their_resolution_level(
         assert raw.std() > 0
         assert np.abs(tile[..., 0] - expected).mean() < 3
 
+        # The histogram of a pyramid counts the largest level within the plane limits
+        # (the 2048 threshold): the half-size level here.
+        assert sum(image.getHistogram([0], 8)[0]) == sizes[1][0] * sizes[1][1]
+
         # An edge tile is cut to the level; a level Bio-Formats does not have is refused.
         w, h = sizes[1]
         edge = _pixels(image.renderJpegRegion(0, 0, w - 100, h - 60, 256, 256,
