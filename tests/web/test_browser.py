@@ -30,6 +30,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 DEMO_PROJECT = "CellProfiler demo"
 DEMO_DATASET = "Nuclei and cytoplasm"
+DEMO_SCREEN = "Demo screen"
+DEMO_PLATE = "Plate 1"
 OTHER_PROJECT = "Other's project"
 OTHER_DATASET = "Other's dataset"
 
@@ -125,6 +127,7 @@ def assert_console_clean(page: Browser) -> None:
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Browser]:
     """The browser, logged out again after the test (the next test logs in itself)."""
+    browser.console_errors()  # what an earlier test left there is not this test's
     yield browser
     browser.logout()
 
@@ -224,6 +227,29 @@ def test_demo_logs_in_through_the_form_and_sees_the_dataset_thumbnails(
     assert view.endswith(f"/webclient/omero_table/{web_ids.table_file}/"), view
     count = page.driver.find_element(By.CSS_SELECTOR, "#fileannsPane .annotationCount").text
     assert count.strip() == "1", f"the Attachments section counts {count!r}"
+    assert_console_clean(page)
+    logs.assert_clean()
+
+
+def test_demo_opens_the_plate_and_sees_a_thumbnail_in_every_well(
+        page: Browser, logs: ServerLogs, web_ids: WebIds) -> None:
+    page.login("demo", "demo")
+    open_tree(page, "demo", DEMO_SCREEN)
+    expand(page, DEMO_SCREEN, DEMO_PLATE)
+    tree_node(page, DEMO_PLATE).find_element(By.CSS_SELECTOR, ":scope > .jstree-anchor").click()
+
+    wells = web_ids.seeded["wells"]
+    assert isinstance(wells, dict)
+    cells = page.wait(lambda: len(found := page.visible("td.well")) == len(wells) and found,
+                      f"the plate's {len(wells)} wells in its grid")
+    assert {cell.get_attribute("id") for cell in cells} == {f"well-{w}" for w in wells.values()}
+    images = [cell.find_element(By.CSS_SELECTOR, "img[id^='image-']") for cell in cells]
+    page.wait(lambda: all(page.natural_size(img)[0] > 0 for img in images),
+              "every well's thumbnail loaded")
+    page.shot("03c-plate-grid")
+    for img in images:
+        stats = page.element_pixels(img)
+        assert not stats.blank, f"well image {img.get_attribute('id')} is all one colour"
     assert_console_clean(page)
     logs.assert_clean()
 
