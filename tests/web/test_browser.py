@@ -190,7 +190,7 @@ def expand(page: Browser, name: str, child: str) -> None:
     page.wait(lambda: child in tree_texts(page), f"{child!r} under {name!r}")
 
 
-def test_demo_logs_in_through_the_form_and_sees_the_dataset_thumbnails(
+def test_demo_logs_in_through_the_form_and_sees_the_dataset_thumbnails_and_its_table(
         page: Browser, logs: ServerLogs, web_ids: WebIds) -> None:
     page.login("demo", "demo")
     page.shot("01-webclient-demo")
