@@ -72,7 +72,7 @@ def test_demo_browses_projects_datasets_images_screens_plates_tags_and_people(
     assert {web_ids.image, web_ids.label_image} <= set(ids)
     assert [i["name"] for i in images] == sorted((i["name"] for i in images), key=str.lower)
     label = next(i for i in images if i["id"] == web_ids.label_image)
-    assert label["name"] == "field_01_Nuclei" and label["sizeZ"] == 1
+    assert label["name"].startswith("field_01_") and label["sizeZ"] == 1
     assert label["date"].startswith("20")  # an ISO date from an rtime in milliseconds
     # Orphaned datasets: demo's "Shared data" is in no project; no orphaned images.
     assert seeded["shared_dataset"] in {d["id"] for d in tree["datasets"]}
