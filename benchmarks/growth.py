@@ -55,6 +55,9 @@ class GrowthWorkload:
     table_columns: int = 100
     rows_per_image_set: int = 10
     table_repetitions: int = 2
+    #: The largest plane's upload in a fresh process (its peak memory does not depend on
+    #: the network: the harness measures it under the first profile only).
+    upload: bool = True
 
 
 def plane(size: int) -> np.ndarray:
@@ -153,7 +156,8 @@ def run(target: Target, parent: TableTarget, workload: GrowthWorkload) -> dict[s
             for transport in transports:
                 points.append(read_point(target, ids[size], size, transport, handoff))
         largest = max(workload.sizes)
-        uploads = [read_point(target, 0, largest, "ice", handoff, action="upload")]
+        uploads = ([read_point(target, 0, largest, "ice", handoff, action="upload")]
+                   if workload.upload else [])
     tables = []
     with target.session() as manager:
         for sets in workload.image_sets:

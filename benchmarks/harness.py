@@ -65,6 +65,17 @@ OWN_SERVER_SECTIONS = ("read", "ceilings")
 #: Sections run once, whatever the network profiles: those that never talk to the server,
 #: and the Dask run (its goal is about compute on this machine's cores).
 NETWORK_FREE_SECTIONS = ("ceilings", "run")
+#: Sections whose figures only goals restricted to some profiles judge: they run under
+#: those profiles of a run (under its first profile when none of them is in the run).
+SECTION_GOALS: dict[str, tuple[str, ...]] = {
+    "upload": ("upload_2d_vs_blitz", "upload_zstack_vs_blitz"),
+    "tables": ("tables_vs_per_image_set", "tables_vs_single_add"),
+    "e2e": ("save_omero_vs_local_disk", "e2e_io_omero_vs_local", "e2e_omero_vs_local"),
+    "rois": (),  # no goal: a figure to watch, measured once
+}
+#: Read paths (a) and (e) and the warm passes serve these goals only; the cold paths (b),
+#: (c), (d) serve goals judged under every profile and always run.
+READ_COMMON_GOALS = ("read_ice_vs_common", "read_cpreader_vs_common")
 DEFAULT_OUTPUT = Path("benchmarks") / "results"
 #: 2: ``profiles`` holds the sections of every network profile after the first (whose
 #: sections stay at the top level, as in 1) and ``meta.networks`` lists them in order.
@@ -219,6 +230,45 @@ def network_profiles(args: argparse.Namespace, own: bool) -> list[NetworkProfile
     return chosen + ([custom] if custom is not None else [])
 
 
+def judged_under(goal_ids: Sequence[str], profiles: Sequence[NetworkProfile]) -> list[str]:
+    """The profiles of this run (names, in order) where any of the goals is judged;
+    the first profile when none is (so every figure is measured once)."""
+    names = [p.name for p in profiles]
+    judged = [name for name in names
+              if any(report.GOALS[g].profiles and name in report.GOALS[g].profiles
+                     for g in goal_ids)]
+    return judged or names[:1]
+
+
+def plan_for(plan: Plan, profile: NetworkProfile, profiles: Sequence[NetworkProfile]
+             ) -> tuple[Plan, dict[str, Any]]:
+    """What runs under ``profile``: the plan with the figures no goal judges there left
+    out or made cheaper, and the sections left out (as skipped, with the reason).
+
+    Every goal is measured under every profile where it is judged. Under the others:
+    upload, tables, end to end and ROIs do not run (unless no profile of the run judges
+    them: then they run under the first); read leaves out the common way (a), the
+    CellProfiler reader (e) and the warm passes; growth reads only the largest plane (its
+    peak memory is judged everywhere), and the size curve, the largest plane's upload and
+    the TableWriter curve come from the first profile.
+    """
+    skipped: dict[str, Any] = {}
+    for section, goals in SECTION_GOALS.items():
+        where = judged_under(goals, profiles)
+        if profile.name not in where:
+            skipped[section] = {
+                "status": "skipped",
+                "reason": f"its figures are judged under {', '.join(where)} only; left out "
+                          "here to keep the run short"}
+    first = profile.name == profiles[0].name
+    read = plan.read
+    if profile.name not in judged_under(READ_COMMON_GOALS, profiles):
+        read = replace(read, common=False, cpreader=False, warm=False)
+    grown = plan.growth if first else replace(
+        plan.growth, sizes=(max(plan.growth.sizes),), image_sets=(), upload=False)
+    return replace(plan, read=read, growth=grown), skipped
+
+
 def progress(message: str) -> None:
     """A progress line on stderr (the table goes to stdout)."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)
@@ -266,24 +316,30 @@ def run(plan: Plan, sections: Sequence[str], args: argparse.Namespace,
     try:
         if target.emulator is not None:
             timing.round_trip_counter = target.emulator.call_counts
-        steps: dict[str, Callable[[], dict[str, Any]]] = {
-            "read": lambda: _read(target, plan, own_refs),
-            "upload": lambda: paths_upload.run(target, plan.upload),
-            "tables": lambda: paths_tables.run(target, parent(), plan.tables),
-            "e2e": lambda: _e2e(target, plan),
-            "ceilings": lambda: ceilings.run(plan.ceilings),
-            "growth": lambda: growth.run(target, parent(), plan.growth),
-            "run": lambda: paths_run.run(target, parent(), plan.run),
-            "rois": lambda: paths_rois.run(target, plan.rois),
-        }
+        def steps_for(plan: Plan) -> dict[str, Callable[[], dict[str, Any]]]:
+            return {
+                "read": lambda: _read(target, plan, own_refs),
+                "upload": lambda: paths_upload.run(target, plan.upload),
+                "tables": lambda: paths_tables.run(target, parent(), plan.tables),
+                "e2e": lambda: _e2e(target, plan),
+                "ceilings": lambda: ceilings.run(plan.ceilings),
+                "growth": lambda: growth.run(target, parent(), plan.growth),
+                "run": lambda: paths_run.run(target, parent(), plan.run),
+                "rois": lambda: paths_rois.run(target, plan.rois),
+            }
+
         free = [name for name in sections if name in NETWORK_FREE_SECTIONS]
         networked = [name for name in sections if name not in NETWORK_FREE_SECTIONS]
-        results["sections"] = _run_sections(free, steps, dict(skipped), target)
+        results["sections"] = _run_sections(free, steps_for(plan), dict(skipped), target)
         for index, profile in enumerate(profiles):
             target.set_network(profile)
             if len(profiles) > 1:
                 progress(f"network {profile.label}")
-            out = _run_sections(networked, steps, dict(skipped), target)
+            here, left_out = (plan_for(plan, profile, profiles) if own_refs is None
+                              else (plan, {}))
+            left_out = {k: v for k, v in left_out.items() if k in networked}
+            out = _run_sections(networked, steps_for(here), {**left_out, **skipped},
+                                target)
             if index == 0:
                 results["sections"].update(out)
                 results["goals"] = report.evaluate_goals(results, profile.name)
@@ -338,9 +394,15 @@ def _read(target: Target, plan: Plan, own_refs: list[ObjectRef] | None) -> dict[
     if own_refs is not None:
         workload = replace(plan.read, images=len(own_refs), channels=0, size=0)
         return paths_read.run(target, own_refs, workload)
-    with target.session() as manager:
-        ids = paths_read.upload_images(manager, plan.read)
-    return paths_read.run(target, paths_read.image_refs(ids), plan.read)
+    key = (id(target), plan.read.images, plan.read.channels, plan.read.size)
+    if key not in _read_images:  # uploaded once per run: every profile reads them
+        with target.session() as manager:
+            _read_images[key] = paths_read.upload_images(manager, plan.read)
+    return paths_read.run(target, paths_read.image_refs(_read_images[key]), plan.read)
+
+
+#: The read section's images, by target and workload (see ``_read``).
+_read_images: dict[tuple[int, int, int, int], list[int]] = {}
 
 
 def _e2e(target: Target, plan: Plan) -> dict[str, Any]:

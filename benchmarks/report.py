@@ -690,9 +690,38 @@ def network_label(network: Mapping[str, Any]) -> str:
     return f"{name} ({latency:g} ms per call, {bw})"
 
 
+def time_budget(results: Mapping[str, Any]) -> list[str]:
+    """Where the run's time went: seconds per section, per network profile, and in all
+    (so the full run's budget is visible)."""
+    runs = network_runs(results)
+    lines = ["", "Time per section (seconds; skipped sections take none)", "-" * 40]
+    total = 0.0
+    seen: set[int] = set()
+    for network, sections in runs:
+        spent = {name: float(section["section_seconds"]) for name, section in sections.items()
+                 if isinstance(section, dict) and section.get("section_seconds") is not None
+                 and id(section) not in seen}
+        seen.update(id(section) for section in sections.values())
+        if not spent:
+            continue
+        total += sum(spent.values())
+        where = network.get("name", "?") if len(runs) > 1 else "sections"
+        lines.append(f"  {where:<9} {sum(spent.values()):7.0f} s: " + ", ".join(
+            f"{name} {seconds:.0f}" for name, seconds in spent.items()))
+    duration = results.get("meta", {}).get("duration_s")
+    lines.append(f"  {'all':<9} {total:7.0f} s in sections"
+                 + (f", {fmt_seconds(float(duration))} in all" if duration else ""))
+    return lines
+
+
 def summary(results: Mapping[str, Any]) -> str:
     """The header, every section (per network profile), then the goals with their
-    verdicts (one column per profile when there are several)."""
+    verdicts (one column per profile when there are several), and the time per
+    section."""
+    return _summary(results) + "\n" + "\n".join(time_budget(results))
+
+
+def _summary(results: Mapping[str, Any]) -> str:
     runs = network_runs(results)
     text = header(results)
     for network, sections in runs:

@@ -114,14 +114,28 @@ def measure(path: PathFactory, *,
         return {"error": describe(exc)}
 
 
+def adaptive_rounds(most: int, round_seconds: float, budget_s: float | None,
+                    least: int = 3) -> int:
+    """Timed rounds: ``most``, fewer when one round is long (``budget_s`` split over
+    rounds), never fewer than ``least`` (a median of three at the very least)."""
+    if budget_s is None or round_seconds <= 0:
+        return most
+    return max(min(least, most), min(most, int(budget_s // round_seconds)))
+
+
 def measure_interleaved(paths: Mapping[str, PathFactory], *, repetitions: int,
-                        warmup: int = 1, unit: str = "MB/s") -> dict[str, dict[str, Any]]:
+                        warmup: int = 1, unit: str = "MB/s",
+                        budget_s: float | None = None) -> dict[str, dict[str, Any]]:
     """Time several paths round-robin: pass 1 of each, then pass 2 of each, …
 
     Paths compared closely (a framework against the bare client) then share whatever
     else the machine was doing at the time — on two cores, shared with the server and
     with other people's work, that drift is larger than the differences measured. A
     path that fails is recorded with its error and leaves the rotation.
+
+    With ``budget_s``, the first round (the warm-up's, else the first timed one) sets
+    how many timed rounds follow: ``repetitions`` at most, fewer when a round is long
+    (``adaptive_rounds``), never fewer than three.
     """
     results: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
@@ -133,7 +147,10 @@ def measure_interleaved(paths: Mapping[str, PathFactory], *, repetitions: int,
                 log.debug("path %s failed to open:\n%s", name, traceback.format_exc())
                 results[name] = {"error": describe(exc)}
         timings = {name: Timing(0.0, unit) for name in passes}
-        for round_number in range(warmup + repetitions):
+        rounds = warmup + repetitions
+        round_number = 0
+        while round_number < rounds:
+            round_started = time.perf_counter()
             for name in list(passes):
                 try:
                     before = _calls_now()
@@ -151,6 +168,10 @@ def measure_interleaved(paths: Mapping[str, PathFactory], *, repetitions: int,
                     timings[name].seconds.append(elapsed)
                     if calls is not None:
                         timings[name].round_trips = calls
+            if round_number == 0:
+                rounds = warmup + adaptive_rounds(
+                    repetitions, time.perf_counter() - round_started, budget_s)
+            round_number += 1
         for name in passes:
             results[name] = timings[name].to_json()
             results[name]["interleaved_with"] = sorted(set(passes) - {name})
