@@ -58,7 +58,33 @@ class Time(int):
 
 
 class EntityClass(str):
-    """An entity's class as HQL names it (``x.class``, ``type(x)``, a bare ``TagAnnotation``)."""
+    """An entity's class as HQL names it (``x.class``, ``type(x)``, a bare ``TagAnnotation``).
+
+    Compared by its short name; selected, it comes back as the Java class's full name
+    (``ome.model.annotations.TagAnnotation``), which BlitzGateway.countAnnotations
+    compares against."""
+
+    @property
+    def java_name(self) -> str:
+        name = str(self)
+        package = "annotations" if name.endswith(("Annotation", "AnnotationLink")) \
+            else _PACKAGES.get(name, "core")
+        return f"ome.model.{package}.{name}"
+
+
+#: omero-model's packages of the classes the emulator serves (``core`` otherwise).
+_PACKAGES = {
+    **dict.fromkeys(("Project", "Dataset", "ProjectDatasetLink", "DatasetImageLink",
+                     "Folder"), "containers"),
+    **dict.fromkeys(("Screen", "Plate", "Well", "WellSample", "PlateAcquisition",
+                     "ScreenPlateLink", "Reagent"), "screen"),
+    **dict.fromkeys(("Roi", "Shape", "Mask", "Polygon", "Polyline", "Rectangle", "Ellipse",
+                     "Point", "Line", "Label"), "roi"),
+    **dict.fromkeys(("Experimenter", "ExperimenterGroup", "GroupExperimenterMap",
+                     "Session", "Share", "Event"), "meta"),
+    **dict.fromkeys(("Instrument", "Objective", "LightPath"), "acquisition"),
+    **dict.fromkeys(("PixelsType", "DimensionOrder"), "enums"),
+}
 
 
 @dataclass(frozen=True)
@@ -1013,8 +1039,13 @@ class Evaluator:
             if name == "index" and len(args) == 1:
                 return self.index(args[0], env)
             if name == "type" and len(args) == 1:
+                # ``type(x)`` and ``type(x.class)`` (BlitzGateway.countAnnotations).
                 entity = self.value(args[0], env)
-                return EntityClass(entity.kind) if isinstance(entity, View) else None
+                if isinstance(entity, EntityClass) or entity is None:
+                    return entity
+                if isinstance(entity, View):
+                    return EntityClass(entity.kind)
+                raise HqlError("type() needs an entity")
             if name == "abs" and len(args) == 1:
                 value = _scalar(self.value(args[0], env))
                 return None if value is None else abs(value)

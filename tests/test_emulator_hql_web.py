@@ -195,6 +195,13 @@ def test_tags_by_class_discriminator_and_type_with_their_image_counts(
         assert unwrap(rows) == [[tag.getId()]], test
     assert q.projection("select a.id from Annotation a where a.id = :id "
                         "and a.class = FileAnnotation", params(id=tag.getId()), ALL) == []
+    # Selected, type() is the Java class's full name: BlitzGateway.countAnnotations
+    # (sum(case …) per an.class) counts the tag by it.
+    (kind,), = q.projection("select type(a) from Annotation a where a.id = :id",
+                            params(id=tag.getId()), ALL)
+    assert unwrap(kind) == "ome.model.annotations.TagAnnotation"
+    counts = conn.countAnnotations("Image", [image.getId()])
+    assert counts["TagAnnotation"] == 1 and sum(counts.values()) == 1
 
 
 def test_sum_of_case_per_group(query: Any, seeded: dict[str, Any]) -> None:

@@ -42,6 +42,8 @@ def _rtype(value: Any) -> Any:
         return None
     if isinstance(value, hql.Time):
         return rtime(int(value))
+    if isinstance(value, hql.EntityClass):
+        return rstring(value.java_name)
     if isinstance(value, hql.Perms):
         return rmap({k: _rtype(v) for k, v in value.as_map().items()})
     if isinstance(value, dict):
