@@ -256,10 +256,10 @@ def plan_for(plan: Plan, profile: NetworkProfile, profiles: Sequence[NetworkProf
     for section, goals in SECTION_GOALS.items():
         where = judged_under(goals, profiles)
         if profile.name not in where:
-            skipped[section] = {
-                "status": "skipped",
-                "reason": f"its figures are judged under {', '.join(where)} only; left out "
-                          "here to keep the run short"}
+            why = (f"its figures are judged under {', '.join(where)} only" if goals else
+                   f"no goal judges it: measured once, under {where[0]}")
+            skipped[section] = {"status": "skipped",
+                                "reason": f"{why}; left out here to keep the run short"}
     first = profile.name == profiles[0].name
     read = plan.read
     if profile.name not in judged_under(READ_COMMON_GOALS, profiles):

@@ -226,6 +226,64 @@ def test_interleaved_paths_take_turns_and_a_failure_leaves_the_rotation() -> Non
     assert out["b"] == {"error": "RuntimeError: dropped"}
 
 
+def test_long_rounds_get_fewer_repetitions_but_never_fewer_than_three() -> None:
+    assert timing.adaptive_rounds(7, round_seconds=0.5, budget_s=25) == 7
+    assert timing.adaptive_rounds(7, round_seconds=5.0, budget_s=25) == 5
+    assert timing.adaptive_rounds(7, round_seconds=10.0, budget_s=25) == 3
+    assert timing.adaptive_rounds(7, round_seconds=10.0, budget_s=None) == 7
+    assert timing.adaptive_rounds(2, round_seconds=10.0, budget_s=25) == 2  # asked for 2
+    # No budget left at all: the first round still leaves three timed ones.
+    out = timing.measure_interleaved({"a": _counting_path()}, repetitions=7, warmup=1,
+                                     budget_s=0.0)
+    assert len(out["a"]["seconds"]) == 3
+
+
+def _counting_path() -> Any:
+    import contextlib
+
+    @contextlib.contextmanager
+    def opened() -> Any:
+        yield lambda: 1.0
+
+    return opened
+
+
+def test_each_profile_runs_what_a_goal_judges_there() -> None:
+    from cellprofiler_omero.benchmarks.target import PROFILES
+
+    profiles = list(PROFILES.values())  # loopback, lan, campus, wan
+    plans = {p.name: harness.plan_for(harness.FULL, p, profiles) for p in profiles}
+    skipped = {name: set(left_out) for name, (_, left_out) in plans.items()}
+    assert skipped == {"loopback": {"upload", "tables", "e2e"},
+                       "lan": {"upload", "tables", "e2e", "rois"},
+                       "campus": {"rois"},
+                       "wan": {"upload", "tables", "rois"}}
+    for name, (plan, _) in plans.items():
+        judged = name in ("loopback", "campus")  # the read goals against the common way
+        assert (plan.read.common, plan.read.cpreader, plan.read.warm) == (judged,) * 3
+        # The largest plane's peak memory is judged everywhere; the curve comes once.
+        assert max(plan.growth.sizes) == max(harness.FULL.growth.sizes)
+        assert (len(plan.growth.sizes) > 1) == plan.growth.upload == (name == "loopback")
+    # A run under one profile that judges none of them still measures every figure.
+    lan = [PROFILES["lan"]]
+    plan, left_out = harness.plan_for(harness.FULL, lan[0], lan)
+    assert left_out == {} and plan.read.common and plan.growth == harness.FULL.growth
+
+
+def test_the_table_ends_with_the_time_each_section_took() -> None:
+    results = {"meta": {"duration_s": 130.0,
+                        "networks": [{"name": "loopback"}, {"name": "wan"}]},
+               "sections": {"read": {"status": "ok", "section_seconds": 17.0},
+                            "e2e": {"status": "skipped", "reason": "not here"}},
+               "profiles": {"wan": {"sections": {
+                   "read": {"status": "ok", "section_seconds": 45.0},
+                   "e2e": {"status": "ok", "section_seconds": 60.0}}}}}
+    lines = report.time_budget(results)
+    assert any(line.split()[:4] == ["loopback", "17", "s:", "read"] for line in lines)
+    assert any(line.split()[:2] == ["wan", "105"] and "e2e 60" in line for line in lines)
+    assert "122 s in sections, 2 min 10 s in all" in lines[-1]
+
+
 # -- CellProfiler log following ----------------------------------------------------------------
 
 
