@@ -721,6 +721,12 @@ class Graph:
                                            if self.visible(o)]
         elif obj.kind == "WellSample":
             lazy["well"] = lambda: self._one(obj.parent_id)
+            # Hibernate hands a name it cannot map to SQL unchanged, and ``well_index``
+            # is WellSample's list-index column there (Well.wellSamples is an ordered
+            # list): iviewer's well_images orders by it.
+            lazy["well_index"] = lambda: next(
+                (i for i, o in enumerate(store.by_parent("WellSample", obj.parent_id))
+                 if o.id == obj.id), None)
             lazy["image"] = lambda: self._one(d.get("image"))
             lazy["plateAcquisition"] = lambda: self._one(d.get("acquisition"))
         elif obj.kind == "PlateAcquisition":
@@ -1138,6 +1144,11 @@ class Evaluator:
         elements = value if isinstance(value, list) else ([] if value is None else [value])
         owner, prop = self._collection_of(join.path, env) if isinstance(value, list) \
             else (None, None)
+        if join.fetch and isinstance(value, View):
+            # A fetched many-to-one (``join fetch s.roi``) comes back loaded in its owner.
+            ref_owner, ref_prop = self._collection_of(join.path, env)
+            if ref_owner is not None and ref_prop is not None:
+                env = {**env, f"#ref:{join.alias}": (ref_owner, REF + ref_prop)}
         if not elements:
             if join.outer:
                 # An empty collection fetched by an outer join still comes back loaded.
@@ -1192,6 +1203,9 @@ class Evaluator:
         fetch_aliases = [j.alias for j in query.joins if j.fetch]
         for env in matches:
             for alias in fetch_aliases:
+                ref = env.get(f"#ref:{alias}")
+                if ref is not None:
+                    self.fetched.setdefault(ref[0].key, {})[ref[1]] = [env[alias]]
                 where = env.get(f"#fetch:{alias}")
                 if where is None:
                     continue
@@ -1516,6 +1530,9 @@ def execute(graph: Graph, text: str, params: dict[str, Any]) -> Result:
     return Result(query, rows, evaluator.fetched, evaluator.collection_fetch, graph)
 
 
+#: Marks a fetched many-to-one in ``Result.fetched`` (property → [the one object]).
+REF = "="
+
 #: Collections a model of these classes comes with loaded (and empty) from ``modelmap``
 #: but a real server sends unloaded unless the query fetched them.
 UNLOADED_UNLESS_FETCHED = ("Well", "Experimenter", "ExperimenterGroup")
@@ -1545,6 +1562,11 @@ class Models:
 
             modelmap.unload_collections(m)
         for prop, elements in self.fetched.get(key, {}).items():
+            if prop.startswith(REF):
+                name = f"_{prop[len(REF):]}"
+                if hasattr(m, name) and elements and elements[0].model is not None:
+                    setattr(m, name, self.of(elements[0]))
+                continue
             if not hasattr(m, f"_{prop}Loaded"):
                 continue  # an embedded list (mapValue) is always part of its object
             setattr(m, f"_{prop}Seq", [self.of(e) for e in elements if e.model is not None])

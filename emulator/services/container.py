@@ -94,6 +94,15 @@ class ContainerI(SessionServant):
         return [modelmap.to_model(store, caller.user, o)
                 for o in store.get_many(sorted(datasets)) if self.visible(caller, o)]
 
+    def getImagesBySplitFilesets(self, included: dict[str, list[int]], options: Any,
+                                 current: Ice.Current) -> dict[int, dict[bool, list[int]]]:
+        """The filesets the selection would split (fileset id → {True: selected images,
+        False: the rest}), as omero-server's PojosImpl answers the webclient's delete and
+        move dialogs. The emulator's images have no fileset (none imported from files),
+        so no selection splits one: the answer is always empty."""
+        self.caller(current)
+        return {}
+
     def getCollectionCount(self, type_name: str, prop: str, ids: list[int], options: Any,
                            current: Ice.Current) -> dict[int, int]:
         caller = self.caller(current)

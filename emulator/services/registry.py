@@ -21,6 +21,7 @@ def _load() -> None:
         search,
         sessions,
         tables,
+        timeline,
         update,
     )
 
@@ -43,6 +44,7 @@ def _load() -> None:
         "SharedResources": tables.SharedResourcesI,
         "ITypes": enums_scripts.TypesI,
         "IScript": enums_scripts.ScriptI,
+        "ITimeline": timeline.TimelineI,
     })
 
 
