@@ -79,11 +79,17 @@ def decode(data: bytes, pixel_type: PixelType, w: int, h: int) -> np.ndarray:
     return out
 
 
-def encode(plane: np.ndarray, pixel_type: PixelType) -> bytes:
-    """Big-endian bytes of a native plane, as OMERO stores them."""
+def encode(plane: np.ndarray, pixel_type: PixelType) -> np.ndarray:
+    """A plane's pixels as OMERO stores them: a C-contiguous big-endian array.
+
+    Ice sends any buffer as a byte sequence (as omero-py's ``createImageFromNumpySeq``
+    does with its arrays), so this is the only copy made: the byte swap itself, or none
+    when the plane already is contiguous and big-endian. ``bytes(...)`` of it gives the
+    bytes where a ``bytes`` object is needed.
+    """
     if pixel_type is PixelType.BIT:
-        return np.ascontiguousarray(plane, dtype=np.uint8).tobytes()
-    return np.ascontiguousarray(plane, dtype=pixel_type.wire_dtype).tobytes()
+        return np.ascontiguousarray(plane, dtype=np.uint8)
+    return np.ascontiguousarray(plane, dtype=pixel_type.wire_dtype)
 
 
 def iter_strips(height: int, width: int, bytes_per_pixel: int, max_bytes: int

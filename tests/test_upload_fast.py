@@ -255,3 +255,15 @@ def test_a_staged_upload_whose_completing_reply_was_lost_completes_once(
     assert counts.get("IQuery.projection") == 1 and counts["IUpdate.saveArray"] == 1
     assert done.id == pending.image.id and not done.reused
     assert images_with_key(manager, key) == [done.id]
+
+
+def test_big_planes_get_a_store_each_and_small_ones_share_few() -> None:
+    plane_2048 = 2048 * 2048 * 2
+    # Three 8 MiB planes: one store each, so one is stored while the next travels.
+    assert stores_for(3, 4, nbytes=3 * plane_2048) == 3
+    # Never more stores than pieces or than ice.stores_per_image.
+    assert stores_for(2, 4, nbytes=10 * plane_2048) == 2
+    assert stores_for(64, 4, nbytes=64 * plane_2048) == 4
+    # Small planes: one store per PIECES_PER_STORE pieces, at least one.
+    assert stores_for(3, 4, nbytes=3 * 64 * 48 * 2) == 1
+    assert stores_for(16, 4, nbytes=16 * 64 * 48 * 2) == 2
