@@ -403,8 +403,12 @@ def _rate(timing: Mapping[str, Any] | None, key: str = "median_rate") -> float |
 
 def _read_section(data: dict[str, Any]) -> Section:
     w = data["workload"]
+    # Passes actually timed (fewer than asked when a round is long; see adaptive_rounds).
+    timed = [len(t.get("seconds", [])) for t in data.get("paths", {}).values()
+             if isinstance(t, dict) and t.get("seconds")]
+    passes = max(timed) if timed else w["repetitions"]
     title = (f"Read: {w['images']} image(s), every channel of plane z=0 t=0, "
-             f"{fmt_bytes(w['bytes_per_pass'])} per pass (median of {w['repetitions']})")
+             f"{fmt_bytes(w['bytes_per_pass'])} per pass (median of {passes})")
     section = Section(title)
     paths = data["paths"]
     ratios = data["ratios"]

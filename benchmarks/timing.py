@@ -133,9 +133,9 @@ def measure_interleaved(paths: Mapping[str, PathFactory], *, repetitions: int,
     with other people's work, that drift is larger than the differences measured. A
     path that fails is recorded with its error and leaves the rotation.
 
-    With ``budget_s``, the first round (the warm-up's, else the first timed one) sets
-    how many timed rounds follow: ``repetitions`` at most, fewer when a round is long
-    (``adaptive_rounds``), never fewer than three.
+    With ``budget_s``, the first timed round (after the warm-up, which pays one-time
+    costs) sets how many timed rounds there are: ``repetitions`` at most, fewer when a
+    round is long (``adaptive_rounds``), never fewer than three.
     """
     results: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
@@ -168,7 +168,7 @@ def measure_interleaved(paths: Mapping[str, PathFactory], *, repetitions: int,
                     timings[name].seconds.append(elapsed)
                     if calls is not None:
                         timings[name].round_trips = calls
-            if round_number == 0:
+            if round_number == warmup:  # the first timed round: the warm-up's is slower
                 rounds = warmup + adaptive_rounds(
                     repetitions, time.perf_counter() - round_started, budget_s)
             round_number += 1
