@@ -7,11 +7,11 @@ package against the way people do the same job without it. A failing section or 
 is recorded as an error and the run goes on; the exit status is 1 when anything
 failed, 0 otherwise (a MISS is a finding, not a failure).
 
-Against the emulator every section that talks to the server runs once per network
-profile (``--network``: loopback, lan, campus, wan, or a custom latency/bandwidth), all
-in one run on the same emulator, so each comparison is side by side under the same
-network; each timed pass records its round trips (Ice calls, HTTP requests) by
-operation from the emulator's counter.
+Against the emulator the sections that talk to the server run under the network
+profiles (``--network``: loopback, lan, campus, wan, or a custom latency/bandwidth)
+where a goal judges their figures (``plan_for``), all in one run on the same emulator,
+so each comparison is side by side under the same network; each timed pass records
+its round trips (Ice calls, HTTP requests) by operation from the emulator's counter.
 
 With ``--host``/``--user`` or ``--images`` it runs against the user's own OMERO
 server instead (password or saved token) and then only reads the images named with
