@@ -493,7 +493,11 @@ class BackgroundAppends:
     ``add_rows`` buffers (no server call) and hands every full batch to the thread;
     ``flush`` hands over the partial batch too, without waiting. At most ``depth``
     batches wait or are being sent: handing over one more blocks until one is written,
-    so memory stays bounded (``depth + 1`` batches of ``writer.batch_rows`` rows). A
+    so memory stays bounded (``depth + 1`` batches of ``writer.batch_rows`` rows). When
+    the thread is idle, a partial batch of ``early_rows`` or more goes at once instead of
+    waiting to be full, so that sending overlaps the caller's work from the start of a
+    run (by default a quarter of a batch, and at least ``EARLY_ROWS_MIN`` rows so that
+    a round trip always carries many rows). A
     batch that fails stops the sending — it and the batches behind it stay queued, in
     order — and the failure is raised by the next ``add_rows``, ``flush``, ``drain`` or
     ``close`` (``TableAppendFailed``); after that, the next ``flush``/``drain``/``close``
@@ -503,11 +507,17 @@ class BackgroundAppends:
     Only one thread may call this object (CellProfiler's pipeline thread).
     """
 
-    def __init__(self, writer: TableWriter, depth: int = 2) -> None:
+    #: The smallest partial batch handed to an idle thread (see the class docstring).
+    EARLY_ROWS_MIN = 1000
+
+    def __init__(self, writer: TableWriter, depth: int = 2,
+                 early_rows: int | None = None) -> None:
         if depth < 1:
             raise ValueError("Background appends hold at least one batch.")
         self.writer = writer
         self.depth = depth
+        self.early_rows = (early_rows if early_rows is not None
+                           else max(writer.batch_rows // 4, self.EARLY_ROWS_MIN))
         self._cond = threading.Condition()
         #: Batches to send: as buffered, made into wire values by the thread.
         self._batches: deque[tuple[_Block | dict[str, Any], int]] = deque()
@@ -564,6 +574,13 @@ class BackgroundAppends:
             with self._cond:
                 while len(self._batches) >= self.depth and not self._paused:
                     self._cond.wait()
+                self._batches.append((batch, n))
+                self._cond.notify_all()
+        if full_batches_only and self.early_rows <= writer._buffered < writer.batch_rows:
+            with self._cond:
+                if self._batches or self._paused:
+                    return  # the thread is busy: the batch grows meanwhile
+                batch, n = writer._take_batch()
                 self._batches.append((batch, n))
                 self._cond.notify_all()
 

@@ -147,3 +147,19 @@ def test_a_missing_value_in_a_numpy_long_column_is_refused_on_arrival(
         writer.add_rows(bad)
     batch, n = writer._take_batch()  # nothing of the refused image set was buffered
     assert n == ROWS_PER_SET and list(writer.wire_batch(batch)["ImageNumber"]) == [2, 2, 2]
+
+
+def test_an_idle_sender_takes_a_partial_batch_without_waiting_for_a_full_one(
+        small_batches: SessionManager, seeded: dict[str, Any], blitz: Any) -> None:
+    writer = TableWriter(small_batches, TableTarget("Dataset", seeded["dataset"]), SCHEMA)
+    run(writer.open)
+    # By default a partial batch goes early from 1,000 rows (many rows per call); here
+    # from 6, with batches of 10 rows.
+    appender = BackgroundAppends(writer, early_rows=6)
+    appender.add_rows(image_set(1))  # 3 rows: fewer than early_rows, kept
+    assert writer._buffered == 3 and appender.pending_batches == 0
+    appender.add_rows(image_set(2))  # 6 rows and nothing being sent: handed over now
+    assert writer._buffered == 0
+    info = appender.close()
+    assert info.rows == 6
+    assert table_rows(blitz, info.file_id) == expected(2)
