@@ -12,6 +12,7 @@ def _load() -> None:
         admin,
         container,
         enums_scripts,
+        exporter,
         files,
         metadata,
         pixels,
@@ -45,6 +46,7 @@ def _load() -> None:
         "ITypes": enums_scripts.TypesI,
         "IScript": enums_scripts.ScriptI,
         "ITimeline": timeline.TimelineI,
+        "Exporter": exporter.ExporterI,
     })
 
 

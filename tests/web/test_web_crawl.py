@@ -11,13 +11,17 @@ no unimplemented operation and no HQL it cannot parse.
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import omero
 import omero.gateway
 import pytest
+import tifffile
 
 if TYPE_CHECKING:
     from cellprofiler_omero.commands.web import OmeroWeb
@@ -113,6 +117,8 @@ def _pages(ids: WebIds, tag: int, shape: int, demo: int, group: int,
         f"webgateway/render_thumbnail/{image}/", f"webgateway/render_roi_thumbnail/{roi}/",
         f"webgateway/render_shape_thumbnail/{shape}/", f"webgateway/render_shape_mask/{shape}/",
         f"webgateway/render_birds_eye_view/{image}/",
+        f"webgateway/render_ome_tiff/i/{image}/", f"webgateway/render_ome_tiff/i/{label}/",
+        f"webgateway/render_ome_tiff/d/{dataset}/",
         f"webgateway/get_thumbnails/?id={image}", f"webgateway/get_thumbnail/{image}/",
         f"webgateway/imgData/{image}/", f"webgateway/img_detail/{image}/",
         f"webgateway/get_rois_json/{image}/", f"webgateway/get_shape_json/{roi}/{shape}/",
@@ -220,7 +226,51 @@ def test_every_page_from_the_demo_objects_answers_as_with_a_real_server_and_no_g
     csv = answers[f"webclient/omero_table/{web_ids.table_file}/csv/"].decode()
     assert len(csv.strip().splitlines()) == web_ids.table_rows + 1  # header + rows
     assert answers[f"webgateway/render_shape_thumbnail/{shape}/"][:3] == b"\xff\xd8\xff"
+    with tifffile.TiffFile(io.BytesIO(answers[f"webgateway/render_ome_tiff/i/{web_ids.image}/"])
+                           ) as tiff:
+        assert tiff.is_ome
+        assert tiff.series[0].shape == (2, 256, 256)  # the field's two channels
+        assert "DAPI" in (tiff.ome_metadata or "")
+        assert tiff.asarray().max() > 0  # the field's pixels, not an empty frame
+    with zipfile.ZipFile(io.BytesIO(answers[f"webgateway/render_ome_tiff/d/{web_ids.dataset}/"])
+                         ) as archive:  # one OME-TIFF per image of the dataset
+        assert f"{web_ids.label_image}-field_01_nuclei.ome.tiff" in archive.namelist()
     well = web_ids.seeded["wells"]["A01"]  # type: ignore[index]
     samples = json.loads(answers[f"iviewer/well_images/?id={well}"])
     assert samples["meta"]["totalCount"] == 1  # one field per well, in well_index order
     assert samples["data"][0]["Name"].startswith("A01")
+
+
+def test_exporter_refuses_as_omero_blitz_exporter_does(web_emulator: WebEmulator,
+                                                       web_ids: WebIds) -> None:
+    """ExporterI's state machine: one image per TIFF, no read before a generate method,
+    no configuring once output has begun, reads of at most 1 MiB."""
+    emu = web_emulator.emulator
+    conn = omero.gateway.BlitzGateway("demo", "demo", host=emu.host, port=emu.port)
+    assert conn.connect()
+    try:
+        two = conn.createExporter()
+        two.addImage(web_ids.image)
+        two.addImage(web_ids.label_image)
+        with pytest.raises(omero.ApiUsageException) as many:
+            two.generateTiff()
+        assert many.value.message == "Only one image supported for TIFF, not 2"
+        two.close()
+
+        one = conn.createExporter()
+        one.addImage(web_ids.image)
+        with pytest.raises(omero.ApiUsageException) as early:
+            one.read(0, 10)
+        assert early.value.message == "Call a generate method first"
+        size = one.generateTiff()
+        with pytest.raises(omero.ApiUsageException) as during:
+            one.addImage(web_ids.label_image)
+        assert during.value.message == "Cannot configure during output"
+        with pytest.raises(omero.ApiUsageException) as big:
+            one.read(0, 1024 * 1024 + 1)
+        assert big.value.message == "Max read size is: 1048576"
+        assert one.read(0, 4) in (b"II*\x00", b"MM\x00*")
+        assert len(one.read(size - 10, 100)) == 10  # a read past the end is cut short
+        one.close()
+    finally:
+        conn.close()
