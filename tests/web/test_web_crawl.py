@@ -237,6 +237,8 @@ def test_every_page_from_the_demo_objects_answers_as_with_a_real_server_and_no_g
     assert wrong == []
     assert gaps == []
     # A few answers read as a person would use them, not only their status.
+    history = answers[time.strftime("webclient/load_history/%Y/%m/%d/")].decode()
+    assert "field_01_nuclei" in history  # today's History lists what the demo made
     csv = answers[f"webclient/omero_table/{web_ids.table_file}/csv/"].decode()
     assert len(csv.strip().splitlines()) == web_ids.table_rows + 1  # header + rows
     assert answers[f"webgateway/render_shape_thumbnail/{shape}/"][:3] == b"\xff\xd8\xff"
