@@ -34,9 +34,10 @@ UPLOADER_LOG = "cellprofiler_omero.transports.ice.uploader"
 
 def documented_calls(pieces: int, stores: int) -> int:
     """ARCHITECTURE.md ▸ "Writes: exactly once": a new image on a connection that has
-    uploaded before: 2 look-ups, createImage, the image fetched, per store
-    createRawPixelsStore + setPixelsId + close, one call per piece, one saveArray."""
-    return 5 + 3 * stores + pieces
+    uploaded before: 2 look-ups, createImage, the Pixels id, the image fetched (while
+    the planes travel), per store createRawPixelsStore + setPixelsId + close, one call
+    per piece, one saveArray."""
+    return 6 + 3 * stores + pieces
 
 
 def session_calls(emulator: Emulator, key: str) -> dict[str, int]:
@@ -251,8 +252,9 @@ def test_a_staged_upload_whose_completing_reply_was_lost_completes_once(
     done = run(pending.finish)
     faults.clear_faults()
     counts = emulator.call_counts(session)
-    # The retry found the completed image (one look-up) instead of failing or writing again.
-    assert counts.get("IQuery.projection") == 1 and counts["IUpdate.saveArray"] == 1
+    # The retry found the completed image (one look-up, after the first attempt's Pixels
+    # id) instead of failing or writing again.
+    assert counts.get("IQuery.projection") == 2 and counts["IUpdate.saveArray"] == 1
     assert done.id == pending.image.id and not done.reused
     assert images_with_key(manager, key) == [done.id]
 

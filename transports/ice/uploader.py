@@ -378,6 +378,15 @@ class IceImageSink(AsyncClosing):
             raise ServerError(f"Image {image_id} has no pixels on the server.")
         return image
 
+    def _pixels_id(self, image_id: int) -> int:
+        """The new image's Pixels id (a projection: cheap, unlike the loaded image)."""
+        rows = self.conn.sf.getQueryService().projection(
+            "select p.id from Pixels p where p.image.id = :id order by p.id",
+            params(id=image_id), ALL_GROUPS)
+        if not rows:
+            raise ServerError(f"Image {image_id} has no pixels on the server.")
+        return int(unwrap(rows[0][0]))
+
     def _new_store(self, ctx: dict[str, str]) -> Any:
         return self.conn.sf.createRawPixelsStore(ctx)
 
@@ -406,21 +415,28 @@ class IceImageSink(AsyncClosing):
         async def fetch() -> None:
             got["image"] = await self.conn.call(self._fetch, started.image_id, what=what)
 
+        async def find_pixels() -> None:
+            got["pixels_id"] = await self.conn.call(self._pixels_id, started.image_id,
+                                                    what=what)
+
         async def new_store() -> None:
             stores.append(await self.conn.call(self._new_store, ctx, what=what))
 
         try:
-            # The image and the stores at once; then every store is bound before the
-            # first write (a store bound after the pixel file exists is read-only).
+            # The Pixels id and the stores at once; then every store is bound before
+            # the first write (a store bound after the pixel file exists is read-only).
+            # The image with its channels, which only the completing update needs, is
+            # loaded while the planes travel.
             async with task_group() as tg:
-                tg.start_soon(fetch)
+                tg.start_soon(find_pixels)
                 for _ in range(wanted):
                     tg.start_soon(new_store)
-            image = got["image"]
             async with task_group() as outer:
                 outer.start_soon(ranges)
-                await self._write_stores(stores, image, pixels, ptype, started, ctx, x, y,
-                                         maybe_pyramid, what)
+                outer.start_soon(fetch)
+                await self._write_stores(stores, got["pixels_id"], pixels, ptype, started,
+                                         ctx, x, y, maybe_pyramid, what)
+            image = got["image"]
             closing, stores = stores, []
             async with task_group() as tg:
                 for store in closing:
@@ -434,11 +450,10 @@ class IceImageSink(AsyncClosing):
         await self.conn.call(self._complete, image, got["ranges"], spec, started.group_id,
                              what=f"finishing image {started.image_id}")
 
-    async def _write_stores(self, stores: list[Any], image: Any, pixels: np.ndarray,
+    async def _write_stores(self, stores: list[Any], pixels_id: int, pixels: np.ndarray,
                             ptype: PixelType, started: Started, ctx: dict[str, str],
                             x: int, y: int, maybe_pyramid: bool, what: str) -> None:
         """Bind the stores (all before the first write) and write every plane."""
-        pixels_id = int(unwrap(image.getPrimaryPixels().getId()))
         if maybe_pyramid:
             first = stores[0]
             await self.conn.call(self._bind, first, pixels_id, ctx, what=what)
