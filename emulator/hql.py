@@ -725,7 +725,7 @@ class Graph:
             # is WellSample's list-index column there (Well.wellSamples is an ordered
             # list): iviewer's well_images orders by it.
             lazy["well_index"] = lambda: next(
-                (i for i, o in enumerate(store.by_parent("WellSample", obj.parent_id))
+                (i for i, o in enumerate(store.by_parent("WellSample", obj.parent_id or 0))
                  if o.id == obj.id), None)
             lazy["image"] = lambda: self._one(d.get("image"))
             lazy["plateAcquisition"] = lambda: self._one(d.get("acquisition"))
