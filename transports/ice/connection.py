@@ -251,7 +251,7 @@ class IceConnection:
         "i.details.group.id, index(c), c.red, c.green, c.blue, c.alpha, lc.name, "
         "lc.emissionWave.value from Image i join i.pixels p join p.pixelsType pt "
         "left outer join p.channels c left outer join c.logicalChannel lc "
-        "where i.id in (:ids) order by i.id, p.id, index(c)")
+        "where i.id in (:ids) order by i.id, p.id")
     _PIXELS_HQL = "select p from Pixels p where p.image.id in (:ids) order by p.id"
 
     def _image_meta(self, image_id: int) -> ImageMeta:
@@ -311,7 +311,8 @@ class IceConnection:
         (image_id, name, description, pixels_id, size_x, size_y, size_z, size_c, size_t,
          ptype, owner, group, group_id) = rows[0][:13]
         channels = []
-        for row in rows:
+        # Sorted here: HQL allows index() in the select list, not everywhere in ORDER BY.
+        for row in sorted(rows, key=lambda r: -1 if r[13] is None else r[13]):
             index, red, green, blue, alpha, ch_name, emission = row[13:]
             if index is None:  # an image without channels: one row of nulls
                 continue
