@@ -141,7 +141,17 @@ class _Shared:
             return reader
 
     def release(self, ref: ObjectRef, *, wait: bool = True) -> None:
-        with self.lock:
+        if runtime.in_loop_thread():
+            # CellProfiler releases images from finalisers (FileImage.__del__), which the
+            # garbage collector may run on the loop thread while another thread holds the
+            # lock and waits for the loop (start_reads): blocking here would deadlock both.
+            if not self.lock.acquire(blocking=False):
+                threading.Thread(target=self.release, args=(ref,), kwargs={"wait": False},
+                                 name="omero-reader-release", daemon=True).start()
+                return
+        else:
+            self.lock.acquire()
+        try:
             reader, count = self.images.get(ref, (None, 0))
             if reader is None:
                 return
@@ -151,6 +161,8 @@ class _Shared:
             del self.images[ref]
             for key in [k for k in self.planes if k[0] == ref]:
                 self._drop(key)
+        finally:
+            self.lock.release()
         portal = runtime.running()
         if portal is None:
             return  # nothing was ever read through the loop, so nothing is open

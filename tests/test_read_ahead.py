@@ -180,3 +180,41 @@ def test_read_ahead_stays_inside_the_memory_budget(make_manager: Any,
     stats = read_ahead_stats()
     assert stats.started == 0 and stats.skipped >= 2
     assert 0 < stats.peak_bytes <= 1024 * 1024
+
+
+def test_a_reader_released_by_a_finaliser_on_the_loop_thread_never_waits_for_the_lock(
+) -> None:
+    """CellProfiler's FileImage.__del__ closes readers wherever the garbage collector runs,
+    also on the loop thread, while a CellProfiler thread may hold the read-ahead lock and
+    wait for that loop (a deadlock a Dask worker hit): the release is handed on instead."""
+    import threading
+
+    from cellprofiler_omero.core import runtime
+    from cellprofiler_omero.core.refs import Kind, ObjectRef
+    from cellprofiler_omero.cp_integration.reader import _shared
+
+    ref = ObjectRef(Kind.IMAGE, 987654)
+    _shared.images[ref] = (object(), 2)  # type: ignore[assignment]  # held twice
+    returned = threading.Event()
+    try:
+        with _shared.lock:  # another thread's hold, as start_reads has it
+            holder_waits = threading.Event()
+
+            def on_loop() -> None:
+                _shared.release(ref)
+                returned.set()
+
+            def hold() -> None:
+                runtime.portal().call(on_loop)  # the loop runs the finaliser's release
+                holder_waits.set()
+
+            threading.Thread(target=hold, daemon=True).start()
+            assert returned.wait(30), "the release on the loop thread waited for the lock"
+            assert _shared.images[ref][1] == 2  # not yet: the lock is still held
+        for _ in range(300):  # the handed-on release runs once the lock is free
+            if _shared.images[ref][1] == 1:
+                break
+            threading.Event().wait(0.01)
+        assert _shared.images[ref][1] == 1
+    finally:
+        _shared.images.pop(ref, None)
