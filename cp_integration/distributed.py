@@ -26,6 +26,7 @@ because every write looks for itself first: table rows by their key columns
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -326,9 +327,31 @@ def run_batch(run_id: str, image_numbers: Sequence[int], grouped: bool) -> dict[
     worker = get_worker()
     plugin = worker.plugins[PLUGIN_PREFIX + run_id]
     assert isinstance(plugin, CellProfilerOmeroRun)
-    with plugin.lock:  # one batch at a time: a CellProfiler pipeline is not thread-safe
+    with plugin.lock, _garbage_collected_in_this_thread():
+        # One batch at a time: a CellProfiler pipeline is not thread-safe.
         return _run_batch(plugin, list(image_numbers), grouped,
                           f"{worker.address} pid {os.getpid()}")
+
+
+@contextlib.contextmanager
+def _garbage_collected_in_this_thread() -> Iterator[None]:
+    """While a batch runs, Python's cyclic garbage collector runs only in the batch's
+    thread, between image sets (``gc.collect(1)`` after each; a full one at the end).
+
+    CellProfiler keeps its measurements in HDF5 (h5py). Freeing an h5py object takes
+    h5py's global lock; if the collector frees one on another thread (the Dask worker's
+    event loop, which allocates all the time) while the batch's thread holds that lock
+    and waits for the GIL, the worker deadlocks (h5py/h5py#2019, dask/dask#7547: a CI run
+    hung there). So automatic collection is off for the batch's duration.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        if was_enabled:
+            gc.enable()
 
 
 def _run_batch(plugin: CellProfilerOmeroRun, image_numbers: list[int], grouped: bool, where: str
@@ -366,6 +389,7 @@ def _run_batch(plugin: CellProfilerOmeroRun, image_numbers: list[int], grouped: 
             current["n"] = n
             before = len(failures)
             last_workspace = pipeline.run_image_set(m, n, None, None, None)
+            gc.collect(1)  # here, not on another thread (_garbage_collected_in_this_thread)
             if len(failures) == before:
                 errors = [f for f in m.get_feature_names("Image") if f.startswith("ModuleError_")]
                 if any(m["Image", f, n] for f in errors):
