@@ -79,24 +79,54 @@ def operations(skeleton: type) -> dict[str, tuple[bool, int]]:
     return ops
 
 
-def api_usage(message: str) -> omero.ApiUsageException:
-    return omero.ApiUsageException(serverStackTrace="", serverExceptionClass="ApiUsageException",
-                                   message=message)
+#: What a real server puts in ``serverExceptionClass``: omero-blitz's ``IceMapper.
+#: handleException`` maps the services' ``ome.conditions.*`` (and ``ome.services.query.
+#: QueryException``) to the ``omero.*`` exception of the same name and fills the field
+#: with the Java class's name (``fillServerError``: ``t.getClass().getName()``).
+JAVA_CLASS = {
+    "ApiUsageException": "ome.conditions.ApiUsageException",
+    "SecurityViolation": "ome.conditions.SecurityViolation",
+    "GroupSecurityViolation": "ome.conditions.GroupSecurityViolation",
+    "ValidationException": "ome.conditions.ValidationException",
+    "ResourceError": "ome.conditions.ResourceError",
+    "InternalException": "ome.conditions.InternalException",
+    "RemovedSessionException": "ome.conditions.RemovedSessionException",
+    "SessionTimeoutException": "ome.conditions.SessionTimeoutException",
+    "OptimisticLockException": "ome.conditions.OptimisticLockException",
+    "OverUsageException": "ome.conditions.OverUsageException",
+    "QueryException": "ome.services.query.QueryException",
+}
 
 
-def security_violation(message: str) -> omero.SecurityViolation:
-    return omero.SecurityViolation(serverStackTrace="", serverExceptionClass="SecurityViolation",
-                                   message=message)
+def server_error(cls: type[omero.ServerError], message: str,
+                 java_class: str | None = None) -> Any:
+    """``cls`` as a real server sends it: ``serverExceptionClass`` names the Java class
+    the server threw (``JAVA_CLASS``, or ``java_class`` for another, e.g.
+    ``java.lang.IllegalArgumentException``; ``""`` for what the server's Ice layer or
+    OMERO.tables raises as ``omero.*`` itself, whose field is null)."""
+    name = JAVA_CLASS[cls.__name__] if java_class is None else java_class
+    return cls(serverStackTrace="", serverExceptionClass=name, message=message)
 
 
-def validation(message: str) -> omero.ValidationException:
-    return omero.ValidationException(serverStackTrace="",
-                                     serverExceptionClass="ValidationException", message=message)
+def api_usage(message: str, java_class: str | None = None) -> omero.ApiUsageException:
+    return server_error(omero.ApiUsageException, message, java_class)
 
 
-def internal(message: str) -> omero.InternalException:
-    return omero.InternalException(serverStackTrace="", serverExceptionClass="InternalException",
-                                   message=message)
+def security_violation(message: str, java_class: str | None = None
+                       ) -> omero.SecurityViolation:
+    return server_error(omero.SecurityViolation, message, java_class)
+
+
+def validation(message: str, java_class: str | None = None) -> omero.ValidationException:
+    return server_error(omero.ValidationException, message, java_class)
+
+
+def resource_error(message: str, java_class: str | None = None) -> omero.ResourceError:
+    return server_error(omero.ResourceError, message, java_class)
+
+
+def internal(message: str, java_class: str | None = None) -> omero.InternalException:
+    return server_error(omero.InternalException, message, java_class)
 
 
 class Servant:

@@ -12,7 +12,7 @@ import omero.model
 from omero.rtypes import rbool, rdouble, rlong, rmap, robject, rstring, rtime, unwrap
 
 from cellprofiler_omero.emulator import hql, modelmap
-from cellprofiler_omero.emulator.icebase import api_usage, servant, validation
+from cellprofiler_omero.emulator.icebase import JAVA_CLASS, api_usage, servant, validation
 from cellprofiler_omero.emulator.services.common import Caller, SessionServant
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def _rtype(value: Any) -> Any:
 def illegal_query(text: str, reason: str) -> omero.QueryException:
     """What a real server answers for HQL Hibernate cannot parse (ome.services.query.
     StringQuery: "Illegal query:<query>\n<parser message>", as omero.QueryException)."""
-    return omero.QueryException(serverStackTrace="", serverExceptionClass="QueryException",
+    return omero.QueryException(serverStackTrace="",
+                                serverExceptionClass=JAVA_CLASS["QueryException"],
                                 message=f"Illegal query:{text}\n{reason}")
 
 

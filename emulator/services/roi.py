@@ -33,6 +33,7 @@ from omero.rtypes import unwrap
 
 from cellprofiler_omero.emulator import modelmap
 from cellprofiler_omero.emulator.icebase import (
+    JAVA_CLASS,
     api_usage,
     security_violation,
     servant,
@@ -124,7 +125,7 @@ def _mixed_group(group_id: int, image: Obj) -> Any:
 
     group = "ome.model.meta.ExperimenterGroup:Id_"
     return omero.GroupSecurityViolation(
-        serverStackTrace="", serverExceptionClass="GroupSecurityViolation",
+        serverStackTrace="", serverExceptionClass=JAVA_CLASS["GroupSecurityViolation"],
         message=(f"MIXED GROUP: {JAVA_PACKAGE}.Roi:Id_null(group={group}{group_id}) and "
                  f"{_java('Image', image.id)}(group={group}{image.group_id}) cannot be "
                  "linked."))

@@ -22,7 +22,13 @@ import omero.grid
 from omero.rtypes import rint, rlong, rstring, rtime
 
 from cellprofiler_omero.emulator import modelmap
-from cellprofiler_omero.emulator.icebase import Servant, api_usage, security_violation, servant
+from cellprofiler_omero.emulator.icebase import (
+    JAVA_CLASS,
+    Servant,
+    api_usage,
+    security_violation,
+    servant,
+)
 from cellprofiler_omero.emulator.services.common import SessionServant
 from cellprofiler_omero.emulator.store import Session, User
 
@@ -345,7 +351,7 @@ class SessionServiceI(SessionServant):
         session = self.ctx.store.live_session(session_uuid, touch=False)
         if session is None:
             raise omero.RemovedSessionException(serverStackTrace="",
-                                                serverExceptionClass="RemovedSessionException",
+                                                serverExceptionClass=JAVA_CLASS["RemovedSessionException"],
                                                 message=f"No session {session_uuid[:4]}…")
         if session.user_id != caller.user.id and not caller.user.admin:
             raise security_violation("Not your session.")
@@ -384,7 +390,7 @@ class SessionServiceI(SessionServant):
         session = store.session(key)
         if session is None or session.closed:
             raise omero.RemovedSessionException(serverStackTrace="",
-                                                serverExceptionClass="RemovedSessionException",
+                                                serverExceptionClass=JAVA_CLASS["RemovedSessionException"],
                                                 message="Session already closed.")
         remaining = store.change_refcount(key, -1)
         if remaining <= 0:
