@@ -8,8 +8,9 @@
 # the package index, pinned by constraints.txt.
 #
 # Idempotent: a second run checks a stamp (a hash of the inputs) and returns at once.
-# Exits non-zero, with the reason, only when the set-up is impossible here (system
-# packages missing and no root to install them, or no Debian python3).
+# Exits 3, with the reason on its last line, only when the set-up is impossible here
+# (scripts/lib_apt.sh, shared with setup_browser.sh: system packages missing and no root
+# to install them, no apt-get, or apt-get failed). SETUP_DRY_RUN=1 installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +20,9 @@ APT_PACKAGES=(python3-wxgtk4.0 xvfb xdotool imagemagick)
 INPUTS=(pyproject.toml constraints.txt requirements-cellprofiler.txt scripts/setup_gui.sh
         scripts/zeroc_ice_wheel.py)
 
-say() { echo "[setup-gui] $*" >&2; }
-impossible() { echo "[setup-gui] IMPOSSIBLE: $*" >&2; exit 3; }
+SETUP_TAG=setup-gui
+# shellcheck source=scripts/lib_apt.sh
+source scripts/lib_apt.sh
 
 # -- system packages --------------------------------------------------------------------------
 system_ready() {
@@ -28,25 +30,8 @@ system_ready() {
     && [ -x "$SYSTEM_PYTHON" ] && "$SYSTEM_PYTHON" -c "import wx, venv, ensurepip" 2>/dev/null
 }
 
-if ! system_ready; then
-  if [ "$(id -u)" != 0 ]; then
-    impossible "need ${APT_PACKAGES[*]} (and Debian's python3 with venv) but not root;" \
-      "ask an administrator to run: apt-get install -y ${APT_PACKAGES[*]} python3-venv"
-  fi
-  if ! command -v apt-get >/dev/null; then
-    impossible "no apt-get: this set-up needs Debian's python3-wxgtk4.0 package."
-  fi
-  say "installing ${APT_PACKAGES[*]} python3-venv with apt-get"
-  apt_get=(apt-get -o DPkg::Lock::Timeout=300 -y -q)
-  # An image without package lists needs one update; try the install first (fast path).
-  if ! DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install --no-install-recommends \
-      "${APT_PACKAGES[@]}" python3-venv >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" update >/dev/null
-    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install --no-install-recommends \
-      "${APT_PACKAGES[@]}" python3-venv >/dev/null
-  fi
-  system_ready || impossible "apt-get ran but wx, Xvfb, xdotool or import is still missing."
-fi
+apt_ensure system_ready "wx in Debian's $SYSTEM_PYTHON with venv, Xvfb, xdotool, import" \
+  "${APT_PACKAGES[@]}" python3-venv
 
 # -- the venv ---------------------------------------------------------------------------------
 stamp="$VENV_GUI/.setup-done"
