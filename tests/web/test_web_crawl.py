@@ -11,9 +11,11 @@ no unimplemented operation and no HQL it cannot parse.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import io
 import json
-import time
+import sqlite3
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,9 +48,15 @@ OUT_OF_SCOPE = {
 }
 
 
-def _pages(ids: WebIds, tag: int, shape: int, demo: int, group: int,
+def _history(day: datetime.date) -> str:
+    """OMERO.web's History of one day (``load_history/YYYY/MM/DD/``)."""
+    return f"webclient/load_history/{day.year}/{day.month}/{day.day}/"
+
+
+def _pages(ids: WebIds, tag: int, shape: int, demo: int, group: int, made: datetime.date,
            ) -> list[tuple[str, int]]:
-    """(path, expected status) for every page of the crawl."""
+    """(path, expected status) for every page of the crawl; ``made`` is the day the
+    fixture's objects were created (the server's clock, not the test's)."""
     s = ids.seeded
     image, label, dataset, project = ids.image, ids.label_image, ids.dataset, ids.project
     roi = ids.rois[min(ids.rois)]
@@ -65,8 +73,8 @@ def _pages(ids: WebIds, tag: int, shape: int, demo: int, group: int,
         "webclient/activities/", "webclient/activities_json/",
         f"webclient/load_plate/plate/{plate}/", f"webclient/load_chgrp_groups/?Image={image}",
         f"webclient/load_chgrp_target/{group}/project/",
-        "webclient/load_calendar/", "webclient/load_calendar/2026/12/",
-        time.strftime("webclient/load_history/%Y/%m/%d/"),
+        "webclient/load_calendar/", f"webclient/load_calendar/{made.year}/{made.month}/",
+        _history(made),
         "webclient/load_searching/form/?query=field&dataType=images",
         f"webclient/fileset_check/delete/?Image={image}",
         f"webclient/fileset_check/chgrp/?Dataset={dataset}",
@@ -192,6 +200,30 @@ def _pages(ids: WebIds, tag: int, shape: int, demo: int, group: int,
 
 
 @pytest.fixture(scope="module")
+def made_on(web_emulator: WebEmulator, web_ids: WebIds) -> datetime.date:
+    """The day the label image was made, by the server's clock (its creation event), as
+    OMERO.web's History and calendar count days: a run crossing midnight still finds it.
+
+    The image is first moved a day back in the emulator's store, as if the fixtures had
+    run before midnight and the crawl after it: the crawl must not assume "today".
+    """
+    emu = web_emulator.emulator
+    with contextlib.closing(sqlite3.connect(Path(emu.data_dir) / "omero.sqlite",
+                                            timeout=30)) as db, db:
+        db.execute("UPDATE objects SET created = created - 86400 WHERE id = ?",
+                   (web_ids.label_image,))
+    conn = omero.gateway.BlitzGateway("demo", "demo", host=emu.host, port=emu.port)
+    assert conn.connect()
+    try:
+        made: datetime.datetime = conn.getObject("Image", web_ids.label_image
+                                                 ).creationEventDate()
+        assert made.date() < datetime.date.today()
+        return made.date()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
 def tag(web_emulator: WebEmulator, web_ids: WebIds) -> int:
     """A tag of demo's on the demo image (through omero-py, as the webclient adds one)."""
     emu = web_emulator.emulator
@@ -209,7 +241,7 @@ def tag(web_emulator: WebEmulator, web_ids: WebIds) -> int:
 
 def test_every_page_from_the_demo_objects_answers_as_with_a_real_server_and_no_gap_is_logged(
         omero_web: OmeroWeb, web_emulator: WebEmulator, web_session: WebSession,
-        web_ids: WebIds, tag: int) -> None:
+        web_ids: WebIds, tag: int, made_on: datetime.date) -> None:
     session = web_session()
     url = omero_web.url
     rois = session.get(url + f"api/v0/m/images/{web_ids.image}/rois/", timeout=60).json()
@@ -224,7 +256,7 @@ def test_every_page_from_the_demo_objects_answers_as_with_a_real_server_and_no_g
 
     wrong: list[tuple[str, int, int, str]] = []
     answers: dict[str, bytes] = {}
-    for page, expected in _pages(web_ids, tag, shape, demo, group):
+    for page, expected in _pages(web_ids, tag, shape, demo, group, made_on):
         answer = session.get(url + page, timeout=120)
         answers[page] = answer.content
         if answer.status_code != expected:
@@ -237,8 +269,8 @@ def test_every_page_from_the_demo_objects_answers_as_with_a_real_server_and_no_g
     assert wrong == []
     assert gaps == []
     # A few answers read as a person would use them, not only their status.
-    history = answers[time.strftime("webclient/load_history/%Y/%m/%d/")].decode()
-    assert "field_01_nuclei" in history  # today's History lists what the demo made
+    history = answers[_history(made_on)].decode()
+    assert "field_01_nuclei" in history  # that day's History lists what the demo made
     csv = answers[f"webclient/omero_table/{web_ids.table_file}/csv/"].decode()
     assert len(csv.strip().splitlines()) == web_ids.table_rows + 1  # header + rows
     assert answers[f"webgateway/render_shape_thumbnail/{shape}/"][:3] == b"\xff\xd8\xff"
