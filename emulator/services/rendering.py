@@ -55,8 +55,17 @@ NULL_RENDERER = ("RenderingEngine not ready: renderer is null.\nThis method can 
 
 _EPSILON = 1e-9
 
+#: ``RenderingSettingsImpl.EPSILON``: a channel whose StatsInfo range is narrower than this
+#: gets the pixel type's range as its default window.
+STATS_EPSILON = 0.00001
+
+#: ``RenderingSettingsImpl.resetChannelBindings``: only the first three channels are
+#: active by default (``channelBinding.setActive(i < 3)``).
+DEFAULT_ACTIVE = 3
+
 
 def _type_range(shape: PixelsShape) -> tuple[float, float]:
+    """The range of the pixels' dtype (what a projection clips to)."""
     if shape.pixel_type == "bit":
         return 0.0, 1.0
     dtype = shape.dtype
@@ -66,17 +75,45 @@ def _type_range(shape: PixelsShape) -> tuple[float, float]:
     return float(np.finfo(dtype).min), float(np.finfo(dtype).max)
 
 
+def pixels_type_range(shape: PixelsShape) -> tuple[float, float]:
+    """``StatsFactory.initPixelsRange`` (ome/omero-server): the rendering range of a pixel
+    type, which ``QuantumStrategy`` also reports as the type's lower and upper bound.
+
+    Integral types span their significant bits (the emulator's Pixels declare all of the
+    type's bits); float and double take Bio-Formats' ``FormatTools.defaultMinMax``, the
+    range of a Java int, since their real range cannot be rendered.
+    """
+    if shape.pixel_type == "bit":
+        return 0.0, 1.0
+    dtype = shape.dtype
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return float(info.min), float(info.max)
+    return float(-2**31), float(2**31 - 1)
+
+
 def default_settings(image: Obj) -> dict[str, Any]:
     """``RenderingSettingsImpl.resetDefaults``: middle z, first t, greyscale for one
-    channel and rgb otherwise, each window the channel's global min..max (the pixel
-    type's range when those are equal or unknown), every channel active."""
+    channel and rgb otherwise, the first three channels active, linear, no noise
+    reduction.
+
+    Each channel's window is its StatsInfo's globalMin..globalMax when it has one, else
+    the pixel type's range (``StatsFactory.initPixelsRange``: 0..255 for uint8, 0..65535
+    for uint16), and the type's range too when globalMin and globalMax lie within
+    ``STATS_EPSILON`` of each other. Computing the statistics (``computeLocationStats``)
+    gives the same window: omero-server's ``StatsFactory`` reads StatsInfo and no longer
+    bins the pixels, so noise reduction stays off.
+    """
     shape = shape_of(image)
     channels = []
-    for ch in image.data["channels"]:
+    for index, ch in enumerate(image.data["channels"]):
         lo, hi = ch.get("min"), ch.get("max")
-        if lo is None or hi is None or abs(float(lo) - float(hi)) < _EPSILON:
-            lo, hi = _type_range(shape)
-        channels.append({"active": True, "start": float(lo), "end": float(hi),
+        if lo is None or hi is None:
+            lo, hi = pixels_type_range(shape)
+        if abs(float(lo) - float(hi)) < STATS_EPSILON:
+            lo, hi = pixels_type_range(shape)
+        channels.append({"active": index < DEFAULT_ACTIVE, "start": float(lo),
+                         "end": float(hi),
                          "rgba": list(ch.get("color") or [255, 255, 255, 255]),
                          "lut": None, "reverse": False, "family": "linear",
                          "coefficient": 1.0, "noise": False})
@@ -488,16 +525,16 @@ class RenderingEngineI(_ImageBound):
     def getChannelStats(self, index: int, current: Ice.Current) -> list[float]:
         self._ch(index)
         ch = self._image().data["channels"][index]
-        lo, hi = _type_range(shape_of(self._image()))
+        lo, hi = pixels_type_range(shape_of(self._image()))
         return [float(ch.get("min", lo)), float(ch.get("max", hi))]
 
     def getPixelsTypeLowerBound(self, w: int, current: Ice.Current) -> float:
         self._ready()
-        return _type_range(shape_of(self._image()))[0]
+        return pixels_type_range(shape_of(self._image()))[0]
 
     def getPixelsTypeUpperBound(self, w: int, current: Ice.Current) -> float:
         self._ready()
-        return _type_range(shape_of(self._image()))[1]
+        return pixels_type_range(shape_of(self._image()))[1]
 
     def isPixelsTypeSigned(self, current: Ice.Current) -> bool:
         self._ready()
