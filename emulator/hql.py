@@ -16,8 +16,10 @@ select list, with ``coalesce``), ``is [not] null``, ``like``, ``||`` and arithme
 ``select [distinct] new map(expr as alias, …)`` (one map per row), ``order by`` a select
 alias, and properties without an alias (``select max(row) from Well where plate.id =
 :id``), as Hibernate accepts them. ``x.details.permissions`` is a ``Perms`` value (the
-group's ``perm`` string); an entity the caller selects under a key ending
-``_details_permissions`` becomes the caller's rights (``Graph.permissions_of``).
+group's ``perm`` string); a unit-valued property (``p.physicalSizeX``,
+``lc.emissionWave``) is a Hibernate component with ``value`` and ``unit`` paths; an
+entity the caller selects under a key ending ``_details_permissions`` becomes the
+caller's rights (``Graph.permissions_of``).
 
 Rows follow Hibernate's (SQL's) rules, not a kinder set: a join gives one row per
 matching element, so an entity joined to a collection comes back once per element —
@@ -500,6 +502,32 @@ class View:
         return isinstance(other, View) and self.key == other.key
 
 
+#: omero-model's unit classes (``ome.model.units``): ``@Embedded`` components of their
+#: owner's row, a ``value`` (double) and a ``unit`` (a Java enum such as ``UnitsLength``
+#: mapped by ``GenericEnumType``). Their views carry no id; omero-py's tables give the
+#: symbol a projection of the whole component carries.
+UNIT_KINDS = ("Length",)
+
+
+def unit_view(kind: str, value: float | None, unit: str) -> View | None:
+    """A unit component (``kind`` one of ``UNIT_KINDS``), or None when it is unset
+    (Hibernate gives null for a component whose columns are all null)."""
+    if value is None:
+        return None
+    return View(kind, {"id": None, "value": float(value), "unit": unit})
+
+
+def unit_map(view: View) -> dict[str, Any]:
+    """A unit component as ``IQuery.projection`` sends it: omero-blitz's
+    ``IceMapper.toRType`` maps an ``ome.model.units.Unit`` to a map of its value, its
+    unit's enum name and the unit's symbol (a projected ``.unit`` alone is the name)."""
+    import omero.model
+
+    unit = view.fields["unit"]
+    symbols: dict[str, str] = getattr(omero.model, f"{view.kind}I").SYMBOLS
+    return {"value": view.fields["value"], "unit": unit, "symbol": symbols.get(unit)}
+
+
 ANNOTATION_KINDS = ("FileAnnotation", "MapAnnotation", "CommentAnnotation", "TagAnnotation")
 #: HQL class names that select several stored kinds.
 CLASS_KINDS = {
@@ -840,6 +868,9 @@ class Graph:
             "id": image.id + PIXELS_ID_OFFSET, "sizeX": d["sizeX"], "sizeY": d["sizeY"],
             "sizeZ": d["sizeZ"],
             "sizeC": d["sizeC"], "sizeT": d["sizeT"], "pixelsType": pt, "image": iview,
+            # Stored in microns (as modelmap.pixels sends them).
+            **{f"physicalSize{axis}": unit_view("Length", d.get(f"phys{axis}"), "MICROMETER")
+               for axis in "XYZ"},
             "dimensionOrder": self.enum_view("DimensionOrder", 1, "XYZCT"),
             "thumbnails": [], "planeInfo": [], "settings": [],
         }, {"details": lambda: self.details_view(image.owner_id, image.group_id,
@@ -855,8 +886,7 @@ class Graph:
             emission = ch.get("emission")
             logical = View("LogicalChannel", {
                 "id": image.id * 1000 + index, "name": ch.get("name", f"C{index}"),
-                "emissionWave": None if emission is None else View(
-                    "Length", {"id": None, "value": float(emission), "unit": "NANOMETER"}),
+                "emissionWave": unit_view("Length", emission, "NANOMETER"),
                 **dict.fromkeys(("excitationWave", "pinHoleSize", "fluor", "ndFilter",
                                  "contrastMethod", "illumination", "mode",
                                  "photometricInterpretation", "pockelCellSetting",
@@ -1576,6 +1606,8 @@ class Models:
     def value(self, value: Any) -> Any:
         """A selected value as the client receives it (views as model objects)."""
         if isinstance(value, View):
+            if value.kind in UNIT_KINDS:
+                return unit_map(value)
             return self.of(value) if value.model is not None else value.fields.get("id")
         return value
 

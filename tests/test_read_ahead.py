@@ -126,10 +126,10 @@ def test_next_image_set_is_read_ahead_with_one_metadata_query_and_no_store_setup
     assert len(numbers) == 3
     run_image_set(pipeline, m, numbers[0])
     warm = ice_calls(emulator, mgr)
-    # Metadata of the file list: one batch of queries sent together (image and channel
-    # rows, the Pixels for physical sizes, plate positions) before plane extraction,
-    # never again per image or image set.
-    assert warm.get("IQuery.findAllByQuery", 0) == 1
+    # Metadata of the file list: one batch of projections sent together (image, Pixels
+    # and channel rows, plate positions) before plane extraction, never again per image
+    # or image set; no loaded objects.
+    assert warm.get("IQuery.findAllByQuery", 0) == 0
     assert warm.get("IQuery.findByQuery", 0) == 0
     assert warm.get("IQuery.projection", 0) <= 2
 
