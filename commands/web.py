@@ -390,34 +390,40 @@ def wait_for_interrupt(alive: Callable[[], bool] = lambda: True) -> None:
 
 
 def demo_links(web: OmeroWeb, host: str, port: int) -> list[str]:
-    """Links to the demo's dataset, an image with ROIs and its tables, found as demo/demo.
+    """Links to the demo's dataset, an image with ROIs, the label images and the tables,
+    found as demo/demo through the core (``core.overview``).
 
     Only a convenience: on a server without the demo user or data there are none.
     """
-    from omero.gateway import BlitzGateway, FileAnnotationWrapper
+    from cellprofiler_omero.core import runtime
+    from cellprofiler_omero.core.config import load_settings
+    from cellprofiler_omero.core.overview import datasets_named
+    from cellprofiler_omero.core.session import SessionManager
 
-    conn = BlitzGateway("demo", "demo", host=host, port=port)
     lines: list[str] = []
     try:
-        if not conn.connect():
-            return lines
-        for dataset in conn.getObjects("Dataset", attributes={"name": DEMO_DATASET}):
-            lines.append(f"  dataset       {web.webclient_url('dataset', dataset.getId())}")
-            images = list(dataset.listChildren())
-            with_rois = [image for image in images if image.getROICount()]
-            for image in (with_rois or images)[:1]:
-                lines.append(f"  image         {web.iviewer_url(image.getId())}  "
-                             f"({image.getName()}, {image.getROICount()} ROIs)")
-            for ann in dataset.listAnnotations():
-                if (isinstance(ann, FileAnnotationWrapper)
-                        and ann.getFile().getMimetype() == "OMERO.tables"):
-                    lines.append(f"  table         {web.table_url(ann.getFile().getId())}  "
-                                 f"({ann.getFile().getName()})")
-            break
-    except Exception as exc:  # the links are optional: the server is up, that is enough
+        manager = SessionManager(load_settings({"server.host": host, "server.port": port,
+                                                "auth.use_token": False}))
+    except OmeroError as exc:  # a broken settings file: the links are optional
         log.debug("no demo links: %s", exc)
+        return lines
+    try:
+        runtime.run(lambda: manager.connect(user="demo", password="demo"))
+        found = runtime.run(lambda: datasets_named(manager, DEMO_DATASET))
+    except OmeroError as exc:  # the links are optional: the server is up, that is enough
+        log.debug("no demo links: %s", exc)
+        return lines
     finally:
-        conn.close()
+        runtime.run(manager.close)
+    for dataset in found[:1]:
+        lines.append(f"  dataset       {web.webclient_url('dataset', dataset.id)}")
+        for image in (dataset.images_with_rois or dataset.images)[:1]:
+            lines.append(f"  image         {web.iviewer_url(image.id)}  "
+                         f"({image.name}, {image.roi_count} ROIs)")
+        lines += [f"  label image   {web.iviewer_url(image.id)}  ({image.name})"
+                  for image in dataset.uploaded_images[:3]]
+        lines += [f"  table         {web.table_url(table.file_id)}  ({table.name})"
+                  for table in dataset.tables]
     return lines
 
 

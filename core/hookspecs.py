@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         TableTarget,
         UploadedImage,
     )
+    from cellprofiler_omero.core.overview import OverviewSource
     from cellprofiler_omero.core.refs import ObjectRef
     from cellprofiler_omero.core.roles import (
         AnnotationSink,
@@ -205,6 +206,22 @@ def omero_open_annotation_writer(connection: Connection, settings: Settings
     Runs in a worker thread; may block. The sink's ``put_key_values`` runs on the
     event loop, must make at most one annotation per ``request.identity`` on an image
     (it is retried), and must write nothing on an image the user may not annotate.
+    """
+
+
+@hookspec(firstresult=True)
+def omero_open_overview_source(connection: Connection, settings: Settings
+                               ) -> OverviewSource | None:
+    """Return an ``OverviewSource`` that finds datasets by name with their images' ROI
+    counts, uploaded (label) images and OMERO.tables, or ``None``.
+
+    ``connection``: the live session (see ``omero_open_reader``). ``settings``: as for
+    ``omero_connect``. Asked in the order of ``transports.read`` (it only reads); called
+    for each look-up (``core.overview.datasets_named``) and closed after, so it should be
+    cheap to make.
+
+    Runs in a worker thread; may block. The source's ``datasets_named`` runs on the event
+    loop and is retried after a lapsed session.
     """
 
 

@@ -118,8 +118,11 @@ def test_the_web_command_prints_links_that_answer_and_stops_on_ctrl_c(
         url, port = running.group(1), int(running.group(2))
         assert _gunicorns_on(port)
         session = login(url, "demo", "demo")
-        # The links printed for the demo's results answer: the dataset and the table.
+        # The links printed for the demo's results answer: the dataset and the table;
+        # the image with the nuclei ROIs and the uploaded label image are named too.
         assert f"{url}webclient/?show=dataset-{ids.dataset}" in text
+        assert f"{url}iviewer/?images={ids.image}  (field_01, {len(ids.rois)} ROIs)" in text
+        assert f"{url}iviewer/?images={ids.label_image}  (field_01_nuclei)" in text
         assert f"{url}webclient/omero_table/{ids.table_file}/" in text
         table = session.get(f"{url}webclient/omero_table/{ids.table_file}/json/", timeout=120)
         assert table.status_code == 200

@@ -100,3 +100,14 @@ def omero_open_table_writer(connection: Connection, target: TableTarget, schema:
     from cellprofiler_omero.transports.ice.tables import IceTableSink
 
     return IceTableSink(connection, target, schema, settings, file_id)
+
+
+@hookimpl
+def omero_open_overview_source(connection: Connection, settings: Settings) -> object | None:
+    from cellprofiler_omero.transports.ice.connection import IceConnection
+
+    if not isinstance(connection, IceConnection):
+        return None
+    from cellprofiler_omero.transports.ice.overview import IceOverviewSource
+
+    return IceOverviewSource(connection, settings)
