@@ -38,6 +38,12 @@ def test_refusals_carry_the_java_class_name_the_real_server_sends(blitz: Any) ->
         conn.getSessionService().getSession("0" * 36)
     assert removed.value.serverExceptionClass == "ome.conditions.RemovedSessionException"
 
+    # A Java exception outside ome.conditions (IRenderingSettings' container check throws
+    # IllegalArgumentException): IceMapper's catch-all, InternalException naming it.
+    with pytest.raises(omero.InternalException) as java:
+        conn.getRenderingSettingsService().resetDefaultsInSet("Experimenter", [1])
+    assert java.value.serverExceptionClass == "java.lang.IllegalArgumentException"
+
     guest = blitz("guest", "guest")
     dataset = omero.model.DatasetI()
     dataset.setName(rstring("guest's"))

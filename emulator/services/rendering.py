@@ -33,7 +33,7 @@ from omero.rtypes import rbool, rdouble, rint, rlong, rstring
 from PIL import Image
 
 from cellprofiler_omero.emulator import modelmap
-from cellprofiler_omero.emulator.icebase import api_usage, servant, validation
+from cellprofiler_omero.emulator.icebase import api_usage, internal, servant, validation
 from cellprofiler_omero.emulator.pixels import PixelsShape
 from cellprofiler_omero.emulator.services.common import Caller, SessionServant, StatefulServant
 from cellprofiler_omero.emulator.services.enums_scripts import ENUMS, enum_entry, lut_table
@@ -909,10 +909,11 @@ class RenderingSettingsI(SessionServant):
         """The readable images in (or named by) the objects ``kind:ids``."""
         short = kind.rsplit(".", 1)[-1].removesuffix("I")
         if short not in _CONTAINERS:
-            raise omero.ApiUsageException(
-                serverStackTrace="", serverExceptionClass="java.lang.IllegalArgumentException",
-                message="Class parameter for changing settings must be in {Project, "
-                        "Dataset, Image, Plate, Screen, PlateAcquisition, Pixels}.")
+            # checkValidContainerClass throws IllegalArgumentException, which is no
+            # ome.conditions class: IceMapper hands it on as InternalException.
+            raise internal("Class parameter for changing settings must be in {Project, "
+                           "Dataset, Image, Plate, Screen, PlateAcquisition, Pixels}.",
+                           "java.lang.IllegalArgumentException")
         store = self.ctx.store
         image_ids: list[int] = []
         if short == "Pixels":
