@@ -294,6 +294,11 @@ class TableWriter:
     def file_id(self) -> int | None:
         return self._file_id
 
+    @property
+    def is_open(self) -> bool:
+        """True once the table is made or opened (``open`` or the first batch did it)."""
+        return self._sink is not None
+
     async def _open(self, conn: Connection) -> TableSink:
         if self._sink is not None and self._sink_conn is conn:
             return self._sink
@@ -460,8 +465,12 @@ class TableWriter:
         async def op(conn: Connection) -> TableInfo:
             sink = await self._open(conn)
             info = await sink.info()
-            return TableInfo(info.file_id, info.annotation_id, await sink.row_count(),
-                             info.name)
+            # In step, the writer knows the server's count (every append since the table
+            # was made or counted was answered) and only it writes: no call to ask. Keyed
+            # writers share the table, so its count is asked for.
+            rows = (self.rows_written if self._in_step and not self.key_columns
+                    else await sink.row_count())
+            return TableInfo(info.file_id, info.annotation_id, rows, info.name)
 
         info = await self.manager.call(op)
         if self._sink is not None:
@@ -497,7 +506,11 @@ class BackgroundAppends:
     the thread is idle, a partial batch of ``early_rows`` or more goes at once instead of
     waiting to be full, so that sending overlaps the caller's work from the start of a
     run (by default a quarter of a batch, and at least ``EARLY_ROWS_MIN`` rows so that
-    a round trip always carries many rows). A
+    a round trip always carries many rows). A table not open yet is made (or opened) by
+    the thread at once, while the caller's first rows are buffered: its set-up calls
+    are off the caller's path, and the first batch then carries every row buffered
+    meanwhile (the thread counts as busy while it opens). If opening fails, the first
+    batch opens it again and its failure is raised as a batch's is. A
     batch that fails stops the sending — it and the batches behind it stay queued, in
     order — and the failure is raised by the next ``add_rows``, ``flush``, ``drain`` or
     ``close`` (``TableAppendFailed``); after that, the next ``flush``/``drain``/``close``
@@ -524,6 +537,8 @@ class BackgroundAppends:
         self._failure: TableAppendFailed | None = None
         self._paused = False  # after a failure, until the caller has seen it
         self._closed = False
+        #: While the thread makes or opens the table: partial batches wait to grow.
+        self._opening = not writer.is_open
         self._thread = threading.Thread(target=self._work, daemon=True,
                                         name=f"omero-table-{writer.schema.name}")
         self._thread.start()
@@ -578,7 +593,7 @@ class BackgroundAppends:
                 self._cond.notify_all()
         if full_batches_only and self.early_rows <= writer._buffered < writer.batch_rows:
             with self._cond:
-                if self._batches or self._paused:
+                if self._batches or self._paused or self._opening:
                     return  # the thread is busy: the batch grows meanwhile
                 batch, n = writer._take_batch()
                 self._batches.append((batch, n))
@@ -594,7 +609,21 @@ class BackgroundAppends:
         if failure is not None:
             raise failure from failure.cause
 
+    def _open(self) -> None:
+        """Make or open the table before the first batch needs it (see the class)."""
+        try:
+            runtime.run(self.writer.open)
+        except Exception as exc:  # the first batch opens it again and reports it
+            log.info("opening table %r ahead of its first batch failed (%s); the first "
+                     "batch tries again", self.writer.schema.name, exc)
+        finally:
+            with self._cond:
+                self._opening = False
+                self._cond.notify_all()
+
     def _work(self) -> None:
+        if self._opening:
+            self._open()
         while True:
             with self._cond:
                 while not self._closed and (not self._batches or self._paused):

@@ -88,20 +88,23 @@ class IceTableSink(AsyncClosing):
         #: call. ``row_count`` always asks the server (it makes retries exactly-once).
         self._rows: int | None = None
 
-    def _group(self) -> int:
-        rows = self.conn.sf.getQueryService().projection(
-            f"select o.details.group.id from {self.target.kind} o where o.id = :id",
+    def _target(self) -> Any:
+        """The target object, in whichever group it is: one call gives its group (where
+        the table goes) and the caller's permissions on it."""
+        target = self.conn.sf.getQueryService().findByQuery(
+            f"select o from {self.target.kind} o where o.id = :id",
             params(id=self.target.id), ALL_GROUPS)
-        if not rows:
+        if target is None:
             raise NotFound(f"{self.target.kind} {self.target.id} does not exist, or "
                            f"{self.conn.info.user} may not read it.")
-        return int(unwrap(rows[0][0]))
+        return target
 
     def _ensure(self) -> Any:
         if self._table is not None:
             return self._table
         sf = self.conn.sf
-        self._ctx = {"omero.group": str(self._group())}
+        target = self._target()
+        self._ctx = {"omero.group": str(unwrap(target.details.group.id))}
         resources = sf.sharedResources(self._ctx)
         if self._file_id is not None:
             self._table = resources.openTable(omero.model.OriginalFileI(rlong(self._file_id),
@@ -111,10 +114,7 @@ class IceTableSink(AsyncClosing):
             found = self._find()
             if found:
                 return self._adopt(resources, *found[0])
-        target = sf.getQueryService().findByQuery(
-            f"select o from {self.target.kind} o where o.id = :id",
-            params(id=self.target.id), ALL_GROUPS)
-        if target is None or not target.details.permissions.canAnnotate():
+        if not target.details.permissions.canAnnotate():
             raise PermissionDenied(
                 f"{self.conn.info.user} may not attach a table to {self.target.kind} "
                 f"{self.target.id}.", hint="Choose an object you own or may annotate.")
