@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import operator
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -248,6 +249,29 @@ def _ready(col: ColumnSpec, values: Any, first_row: int, long_strings: str
     return normalise_column(col, values, first_row=first_row, long_strings=long_strings)
 
 
+class _Group:
+    """The Double or the integer columns of a schema, in their store's row order: an
+    image set's values for all of them are copied into a block in one assignment when
+    they make one numeric 2-D array (``TableWriter.add_rows``)."""
+
+    __slots__ = ("get", "kind", "numeric", "slots")
+
+    def __init__(self, kind: ColumnKind, slots: list[_Slot]) -> None:
+        self.kind, self.slots = kind, slots
+        self.numeric = slots[0].numeric
+        names = [slot.name for slot in slots]
+        #: The group's values from a row mapping, as a tuple (one C call).
+        self.get: Any = (operator.itemgetter(*names) if len(names) > 1
+                         else lambda columns: (columns[names[0]],))
+
+
+def _groups(slots: Sequence[_Slot]) -> list[_Group]:
+    doubles = [slot for slot in slots if slot.kind is ColumnKind.DOUBLE]
+    longs = [slot for slot in slots if slot.kind in _INTEGER_KINDS]
+    return [_Group(kind, group) for kind, group in ((ColumnKind.DOUBLE, doubles),
+                                                    (ColumnKind.LONG, longs)) if group]
+
+
 def _python(values: np.ndarray | list[Any]) -> list[Any]:
     """Wire values as Python values (keys compared with those the server sends back)."""
     return values.tolist() if isinstance(values, np.ndarray) else values
@@ -279,6 +303,10 @@ class TableWriter:
             if name not in schema.names:
                 raise ValueError(f"Key column {name!r} is not a column of {schema.name!r}.")
         self._slots = _slots(schema)
+        self._groups = _groups(self._slots)
+        #: Bool and String columns: always copied one by one.
+        self._others = [(index, slot) for index, slot in enumerate(self._slots)
+                        if slot.kind in (ColumnKind.BOOL, ColumnKind.STRING)]
         self._names = frozenset(schema.names)
         #: Buffered rows: full blocks waiting, then the block being filled.
         self._blocks: deque[_Block] = deque()
@@ -346,25 +374,51 @@ class TableWriter:
             count = min(n - done, block.capacity - at)
             segments.append((block, at, done, count))
             at, done = at + count, done + count
-        # The common case, one image set inside one block, kept to the fewest steps per
-        # column: a numpy column of a fitting type is copied (and converted) into the
-        # block by one slice assignment; anything else is checked and converted first.
-        whole = len(segments) == 1
+        if len(segments) == 1:
+            self._copy_whole(columns, *segments[0], first_row)
+        else:
+            self._copy_split(columns, segments, first_row)
+        for block, at, _, count in segments:
+            block.rows = at + count
+        self._blocks.extend(fresh)
+        self._buffered += n
+
+    def _copy_whole(self, columns: Mapping[str, Sequence[Any] | np.ndarray], block: _Block,
+                    at: int, _start: int, count: int, first_row: int) -> None:
+        """Copy rows that fit in one block, in the fewest steps: the common case (one
+        image set's rows). All Double (or integer) columns go in one 2-D assignment
+        when together they make a numeric array numpy copies as it is (Double: any
+        number; integer: no float, which could hold a NaN), which costs a fraction of
+        one assignment per column; otherwise each column of the group is checked and
+        converted (``_ready``) first."""
+        span = slice(at, at + count)
+        for group in self._groups:
+            values = group.get(columns)
+            with contextlib.suppress(ValueError, TypeError):  # not one array: per column
+                together = np.asarray(values)
+                if together.ndim == 2 and together.dtype.kind in group.numeric:
+                    block.store(group.kind)[:, span] = together
+                    continue
+            for slot, column in zip(group.slots, values, strict=True):
+                if not (type(column) is np.ndarray and column.dtype.kind in slot.numeric
+                        and column.ndim == 1):
+                    column = _ready(slot.spec, column, first_row, self.long_strings)
+                block.store(group.kind)[slot.index][span] = column
+        for index, slot in self._others:
+            block.targets[index][span] = _ready(slot.spec, columns[slot.name], first_row,
+                                                self.long_strings)
+
+    def _copy_split(self, columns: Mapping[str, Sequence[Any] | np.ndarray],
+                    segments: Sequence[tuple[_Block, int, int, int]], first_row: int) -> None:
+        """Copy rows that span blocks (once a batch), column by column: a numpy column
+        of a fitting type as it is; anything else checked and converted first."""
         for index, slot in enumerate(self._slots):
             values = columns[slot.name]
             if not (type(values) is np.ndarray and values.dtype.kind in slot.numeric
                     and values.ndim == 1):
                 values = _ready(slot.spec, values, first_row, self.long_strings)
-            if whole:
-                block, at, _, count = segments[0]
-                block.targets[index][at:at + count] = values
-                continue
             for block, at, start, count in segments:
                 block.targets[index][at:at + count] = values[start:start + count]
-        for block, at, _, count in segments:
-            block.rows = at + count
-        self._blocks.extend(fresh)
-        self._buffered += n
 
     async def append(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
         """Buffer rows and send full batches."""

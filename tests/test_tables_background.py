@@ -163,3 +163,36 @@ def test_an_idle_sender_takes_a_partial_batch_without_waiting_for_a_full_one(
     info = appender.close()
     assert info.rows == 6
     assert table_rows(blitz, info.file_id) == expected(2)
+
+
+def test_buffered_rows_keep_every_value_whatever_mix_of_types_the_image_sets_bring(
+        small_batches: SessionManager, seeded: dict[str, Any]) -> None:
+    # All Double (and all integer) columns of an image set are copied into the batch in
+    # one step when they make one numeric array, else column by column: either way each
+    # value lands in its own column and row, converted as the column's kind says.
+    schema = TableSchema("mixed.h5", (
+        ColumnSpec("ImageNumber", ColumnKind.LONG), ColumnSpec("Area", ColumnKind.DOUBLE),
+        ColumnSpec("ObjectNumber", ColumnKind.LONG), ColumnSpec("Hit", ColumnKind.BOOL),
+        ColumnSpec("Mean", ColumnKind.DOUBLE), ColumnSpec("Label", ColumnKind.STRING, size=8),
+        ColumnSpec("Count", ColumnKind.DOUBLE)))
+    writer = TableWriter(small_batches, TableTarget("Dataset", seeded["dataset"]), schema)
+    writer.add_rows({  # numpy of assorted dtypes: the grouped copy
+        "ImageNumber": np.array([1, 1], dtype=np.int32),
+        "ObjectNumber": np.array([1, 2], dtype=np.uint8),
+        "Area": np.array([1.5, 2.5], dtype=np.float32), "Mean": np.array([7, 8]),
+        "Count": np.array([True, False]), "Hit": np.array([True, False]),
+        "Label": ["a", "b"]})
+    writer.add_rows({  # lists, a missing Double and a float-typed integer column
+        "ImageNumber": [2, 2], "ObjectNumber": np.array([1.0, 2.0]),
+        "Area": [None, 3.25], "Mean": [9, float("nan")], "Count": [4, 5],
+        "Hit": [False, True], "Label": ["c", "dd"]})
+    batch, n = writer._take_batch()
+    columns = writer.wire_batch(batch)
+    assert n == 4
+    assert list(columns["ImageNumber"]) == [1, 1, 2, 2]
+    assert list(columns["ObjectNumber"]) == [1, 2, 1, 2]
+    np.testing.assert_array_equal(columns["Area"], [1.5, 2.5, np.nan, 3.25])
+    np.testing.assert_array_equal(columns["Mean"], [7.0, 8.0, 9.0, np.nan])
+    assert list(columns["Count"]) == [1.0, 0.0, 4.0, 5.0]
+    assert columns["Hit"] == [True, False, False, True]
+    assert columns["Label"] == ["a", "b", "c", "dd"]
