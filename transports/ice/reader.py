@@ -12,6 +12,9 @@ stateful service), so opening an image costs no ``createRawPixelsStore`` and no
 one ``setPixelsId`` per store it borrows. Pools are kept per group because every call
 on a store carries the image's group in its context, as BlitzGateway does. The pool's
 stores are closed with the connection.
+
+A tile's store is bound (``setPixelsId``, or opened) in the same worker thread that
+then fetches and decodes the tile: one hop off the event loop per tile, not two.
 """
 
 from __future__ import annotations
@@ -50,11 +53,16 @@ def full_level(meta: ImageMeta) -> int:
 
 @dataclass
 class PooledStore:
-    """A RawPixelsStore proxy, the Pixels it is bound to and its resolution level."""
+    """A RawPixelsStore proxy, the Pixels it is bound to and its resolution level.
+
+    ``bound`` is False while the store still has to be bound to ``pixels_id`` (by
+    ``StorePool.bind``, in a worker thread); ``proxy`` is None until a new store is opened.
+    """
 
     proxy: Any
     pixels_id: int
     level: int
+    bound: bool = True
 
 
 @dataclass
@@ -93,54 +101,66 @@ class StorePool:
                     return self._idle.pop(index)
             return self._idle.pop(0) if self._idle else None
 
-    def _open(self, meta: ImageMeta, pixels_id: int) -> PooledStore:
-        store = self.conn.sf.createRawPixelsStore(self.ctx)
-        try:
-            # A real server raises MissingPyramidException here while it builds the
-            # pyramid of a new big image; the store is then unbound and useless.
-            store.setPixelsId(pixels_id, True, self.ctx)
-        except BaseException:
-            close_quietly(store, self.ctx)
-            raise
-        return PooledStore(store, pixels_id, full_level(meta))
+    def bind(self, store: PooledStore) -> None:
+        """Bind a store from ``take`` to its Pixels (blocking: run it in a worker thread).
 
-    def _rebind(self, store: PooledStore, meta: ImageMeta, pixels_id: int) -> PooledStore:
-        store.proxy.setPixelsId(pixels_id, True, self.ctx)
-        # The new buffer starts at full resolution, whatever the old one was set to.
-        return PooledStore(store.proxy, pixels_id, full_level(meta))
+        Rebinds an idle store (``setPixelsId``) or opens a new one. If this raises, the
+        store must go back unhealthy (``give_back(store, healthy=False)``).
+        """
+        if store.bound:
+            return
+        opening = store.proxy is None
+        if opening:
+            proxy = self.conn.sf.createRawPixelsStore(self.ctx)
+            try:
+                # A real server raises MissingPyramidException here while it builds the
+                # pyramid of a new big image; the store is then unbound and useless.
+                proxy.setPixelsId(store.pixels_id, True, self.ctx)
+            except BaseException:
+                close_quietly(proxy, self.ctx)
+                raise
+            store.proxy = proxy
+        else:
+            store.proxy.setPixelsId(store.pixels_id, True, self.ctx)
+        store.bound = True
+        with self._lock:  # counted from worker threads
+            if opening:
+                self.stats.opened += 1
+            else:
+                self.stats.rebound += 1
 
-    async def borrow(self, meta: ImageMeta) -> PooledStore:
-        """A store bound to ``meta``'s Pixels (wait while ``size`` are lent out)."""
+    async def take(self, meta: ImageMeta) -> PooledStore:
+        """A store for ``meta``'s Pixels, without the call that may bind it: the caller
+        runs ``bind`` in the worker thread that then uses it (wait while ``size`` are
+        lent out)."""
         if meta.pixels_id is None:
             raise ValueError(f"image {meta.id}'s metadata has no Pixels id")
         pixels_id = int(meta.pixels_id)
         await self._slots.acquire()
         idle = self._take_idle(pixels_id)
-        what = f"opening image {meta.id}"
+        if idle is not None and idle.pixels_id == pixels_id:
+            self.stats.reused += 1
+            return idle
+        # The new buffer starts at full resolution, whatever the old one was set to.
+        return PooledStore(None if idle is None else idle.proxy, pixels_id,
+                           full_level(meta), bound=False)
+
+    async def borrow(self, meta: ImageMeta) -> PooledStore:
+        """A store bound to ``meta``'s Pixels (wait while ``size`` are lent out)."""
+        store = await self.take(meta)
         try:
-            if idle is not None and idle.pixels_id == pixels_id:
-                self.stats.reused += 1
-                return idle
-            if idle is not None:
-                try:
-                    store = await self.conn.call(self._rebind, idle, meta, pixels_id, what=what)
-                except BaseException:
-                    self._discard(idle)
-                    raise
-                self.stats.rebound += 1
-                return store
-            store = await self.conn.call(self._open, meta, pixels_id, what=what)
-            self.stats.opened += 1
-            return store
+            await self.conn.call(self.bind, store, what=f"opening image {meta.id}")
         except BaseException:
-            self._slots.release()
+            self.give_back(store, healthy=False)
             raise
+        return store
 
     def give_back(self, store: PooledStore, *, healthy: bool = True) -> None:
-        """Return a borrowed store; an unhealthy one is closed (best effort) and replaced
-        by a new one on a later ``borrow`` (reads only: writers never replace a store)."""
+        """Return a borrowed store; an unhealthy one (or one never bound) is closed (best
+        effort) and replaced by a new one on a later ``borrow`` (reads only: writers
+        never replace a store)."""
         try:
-            if healthy and not self._closed:
+            if healthy and store.bound and not self._closed:
                 with self._lock:
                     self._idle.append(store)
             else:
@@ -149,6 +169,8 @@ class StorePool:
             self._slots.release()
 
     def _discard(self, store: PooledStore) -> None:
+        if store.proxy is None:
+            return  # never opened
         # In a daemon thread: the call may wait on a dropped connection, and this
         # often runs while the task is being cancelled.
         threading.Thread(target=close_quietly, args=(store.proxy, self.ctx), daemon=True,
@@ -184,8 +206,12 @@ class IcePixelSource(AsyncClosing):
         self.settings = settings
         group = meta.group_id if meta.group_id is not None else -1
         self.pool = pool_for(conn, group, settings)
+        # Read once: a plugin section's look-up checks whether the installed plugins
+        # changed (a stat per sys.path folder).
+        ice = settings.ice
+        self._pyramid_wait = ice.pyramid_wait_seconds
         # An image uses at most this many of the pool's stores at once.
-        self._own = anyio.Semaphore(settings.ice.stores_per_image)
+        self._own = anyio.Semaphore(ice.stores_per_image)
         self.tile_size: tuple[int, int] | None = None
 
     async def metadata(self) -> ImageMeta:
@@ -193,7 +219,7 @@ class IcePixelSource(AsyncClosing):
 
     async def read(self, request: PixelRequest) -> np.ndarray:
         return await wait_for_pyramid(lambda: self._read(request), image_id=self.meta.id,
-                                      wait_seconds=self.settings.ice.pyramid_wait_seconds)
+                                      wait_seconds=self._pyramid_wait)
 
     async def _tile_size(self) -> tuple[int, int] | None:
         """The server's tile size, which only pyramids need their tiles aligned to."""
@@ -226,10 +252,11 @@ class IcePixelSource(AsyncClosing):
             z, c = request.z[zi], request.c[ci]
             r = tile.region
             async with self._own:
-                store = await self.pool.borrow(meta)
+                store = await self.pool.take(meta)
                 healthy = False
                 try:
                     def get() -> None:
+                        self.pool.bind(store)
                         if store.level != native_level:
                             store.proxy.setResolutionLevel(native_level, ctx)
                             store.level = native_level
