@@ -14,7 +14,8 @@
 
 * Images and NamesAndTypes tell the OMERO reader about the run: the file list's
   metadata is fetched in batches (``reader.prefetch_file_list``) before Images'
-  plane extraction and after NamesAndTypes' ``prepare_run``, and every image set is
+  plane extraction and after NamesAndTypes' ``prepare_run`` (which then starts reading
+  the first image set, ``reader.start_first_image_set``), and every image set is
   announced before NamesAndTypes' ``run`` (``reader.announce_image_set``) so the
   next one is read ahead. Only OMERO images are affected; these calls never raise.
 
@@ -98,6 +99,7 @@ def _patch_names_and_types() -> None:
         result = prepare_original(self, workspace)
         if result and not workspace.pipeline.test_mode:
             reader.prefetch_file_list(workspace)
+            reader.start_first_image_set(workspace)
         return result
 
     @functools.wraps(run_original)

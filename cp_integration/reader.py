@@ -44,6 +44,7 @@ import ast
 import contextlib
 import functools
 import logging
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -239,8 +240,12 @@ class _Shared:
         Planes read ahead for images not in ``current`` were a wrong guess: dropped.
         Metadata missing from the cache is fetched for ``window()``'s images at once.
         """
-        refs = {p.ref for p in current}
+        # Planes read for the upcoming image set are still a right guess (they were
+        # started early when this image set was announced as the run was prepared).
+        refs = {p.ref for p in (*current, *upcoming)}
         with self.lock:
+            if (tuple(current), tuple(upcoming)) == (self.current, self.upcoming):
+                return  # announced already (as the run was prepared): reads are under way
             for key in [k for k, ref in self.speculative.items() if ref not in refs]:
                 self._drop(key)
             self.current, self.upcoming = tuple(current), tuple(upcoming)
@@ -377,6 +382,19 @@ def _planned(image_set: dict[str, Any]) -> list[PlannedPlane]:
     return out
 
 
+def _image_set(module: Any, workspace: Any, n: int) -> list[PlannedPlane]:
+    """The OMERO planes of image set ``n`` as NamesAndTypes stored it in the measurements
+    (``ImageSet_ImageSet``), decoded as its ``get_imageset`` decodes it."""
+    from cellprofiler_core.constants.modules.namesandtypes import M_IMAGE_SET
+
+    m = workspace.measurements
+    if not m.has_measurements("Image", M_IMAGE_SET, n):
+        return []
+    raw = m.get_measurement("Image", M_IMAGE_SET, n)
+    compressed = ast.literal_eval(raw) if isinstance(raw, str) else raw
+    return _planned(module.decompress_imageset(workspace, compressed))
+
+
 def announce_image_set(module: Any, workspace: Any) -> None:
     """NamesAndTypes has started an image set: prepare reading it and the next one.
 
@@ -388,13 +406,7 @@ def announce_image_set(module: Any, workspace: Any) -> None:
         number = int(m.image_set_number)
 
         def image_set(n: int) -> list[PlannedPlane]:
-            from cellprofiler_core.constants.modules.namesandtypes import M_IMAGE_SET
-
-            if not m.has_measurements("Image", M_IMAGE_SET, n):
-                return []
-            raw = m.get_measurement("Image", M_IMAGE_SET, n)
-            compressed = ast.literal_eval(raw) if isinstance(raw, str) else raw
-            return _planned(module.decompress_imageset(workspace, compressed))
+            return _image_set(module, workspace, n)
 
         def window() -> list[ObjectRef]:
             return [p.ref for n in range(number + 2, number + METADATA_WINDOW)
@@ -409,7 +421,7 @@ def announce_image_set(module: Any, workspace: Any) -> None:
 
 def prefetch_file_list(workspace: Any) -> None:
     """Cache the metadata of the file list's OMERO images (batched queries), as
-    NamesAndTypes prepares the run. Never raises."""
+    Images and NamesAndTypes prepare the run. Never raises."""
     try:
         urls = [getattr(f, "url", f) for f in workspace.pipeline.file_list]
         wanted = [refs.parse_image(u) for u in urls
@@ -418,6 +430,50 @@ def prefetch_file_list(workspace: Any) -> None:
             prefetch(wanted)
     except Exception as exc:
         log.debug("file list metadata not prefetched: %s", exc)
+
+
+def _runs_image_sets_here() -> bool:
+    """Whether this process runs the image sets it prepares: CellProfiler's in-process
+    run (``Pipeline.run_with_yield``: headless ``cellprofiler -c -r``, the GUI's test
+    mode) prepares and runs in one call. CellProfiler's analysis workers and this
+    package's Dask workers are handed the prepared run instead, so planes read where
+    it was prepared would be read for nothing."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "run_with_yield" and "cellprofiler_core" in (
+                frame.f_code.co_filename):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def start_first_image_set(workspace: Any) -> None:
+    """The run's image sets are made (NamesAndTypes' ``prepare_run``): start reading the
+    first one's OMERO planes now, and the second's once they are in (inside
+    ``reader.cache_mib``), instead of when NamesAndTypes' ``run`` first asks for a plane.
+
+    Over a slow network the first image set can overlap nothing else, so every moment
+    between preparing the run and running its first image set counts. Only where the
+    image sets are run in this process (``_runs_image_sets_here``); a wrong guess (the
+    run starts at another image set) is dropped when that image set is announced.
+    Never raises.
+    """
+    try:
+        if not _runs_image_sets_here():
+            return
+        module = next((m for m in workspace.pipeline.modules()
+                       if m.module_name == "NamesAndTypes"), None)
+        numbers = sorted(int(n) for n in workspace.measurements.get_image_numbers())
+        if module is None or not numbers:
+            return
+        first = _image_set(module, workspace, numbers[0])
+        if not first or not session.manager().settings.reader.readahead:
+            return
+        second = _image_set(module, workspace, numbers[1]) if len(numbers) > 1 else []
+        _shared.announce(first, second, lambda: ())
+        _shared.launch(first[0].ref)
+    except Exception as exc:
+        log.debug("the first image set is read when it is asked for: %s", exc)
 
 
 def image_set_starting(current: Sequence[PlannedPlane], upcoming: Sequence[PlannedPlane]
