@@ -65,6 +65,16 @@ def _microns(length: Any) -> float | None:
         return None
 
 
+def _scalar(value: Any) -> Any:
+    """A projected scalar rtype's value (RLong, RString, RDouble…; None for null).
+
+    ``unwrap`` costs ~4 µs per value (``.val`` goes through ``__getattr__``), some 0.3 ms
+    per image of metadata rows; the slice's protected member ``_val`` is read directly.
+    Only for scalars: a collection's ``_val`` holds rtypes.
+    """
+    return None if value is None else value._val
+
+
 def _microns_of(value: float | None, unit: str | None) -> float | None:
     """A projected length (its ``.value`` and ``.unit``, the unit's enum name) in
     microns; None when unset or in a unit OMERO cannot convert (pixels, reference frame)."""
@@ -306,7 +316,7 @@ class IceConnection:
         by_image: dict[int, list[list[Any]]] = {}
         first_pixels: dict[int, Any] = {}
         for row in rows:
-            values = [unwrap(v) for v in row]
+            values = [_scalar(v) for v in row]
             image_id = int(values[0])
             # Only the image's first Pixels (what getPrimaryPixels() gives).
             if first_pixels.setdefault(image_id, values[3]) == values[3]:
