@@ -87,6 +87,9 @@ class IceTableSink(AsyncClosing):
         #: what its answered appends added); ``None`` until asked: ``info`` then costs no
         #: call. ``row_count`` always asks the server (it makes retries exactly-once).
         self._rows: int | None = None
+        #: The table's column names, once known (made or adopted here: the schema's;
+        #: opened by file id: asked once): columns never change.
+        self._headers: tuple[str, ...] | None = None
 
     def _target(self) -> Any:
         """The target object, in whichever group it is: one call gives its group (where
@@ -140,6 +143,7 @@ class IceTableSink(AsyncClosing):
         self._annotation_id = int(unwrap(saved.getChild().getId()))
         self._table = table
         self._rows = 0
+        self._headers = self.schema.names
         if self.schema.identity:
             # Looked for again: another process preparing the same run may have made one
             # at the same moment. Everyone keeps the oldest, so there is one table.
@@ -191,6 +195,7 @@ class IceTableSink(AsyncClosing):
                 "pipeline writes.",
                 hint="Delete that table, or choose 'Start new tables on every run'.")
         self._file_id, self._annotation_id, self._table = file_id, annotation_id, table
+        self._headers = names
         self._reused = True
         self._rows = None
         log.info("continuing table %s (file %s) on %s %s", self.schema.name, file_id,
@@ -244,16 +249,16 @@ class IceTableSink(AsyncClosing):
     async def existing_keys(self, key_columns: Sequence[str], range_column: str, low: int,
                             high: int) -> set[tuple[Any, ...]]:
         def run() -> set[tuple[Any, ...]]:
+            # One call when no row is in the range (an empty table too), two otherwise.
             table = self._ensure()
-            if int(table.getNumberOfRows(self._ctx)) == 0:
-                return set()
-            names = [h.name for h in table.getHeaders(self._ctx)]
+            if self._headers is None:
+                self._headers = tuple(h.name for h in table.getHeaders(self._ctx))
             rows = list(table.getWhereList(f"({range_column}>={int(low)})&"
                                            f"({range_column}<={int(high)})", {}, 0, 0, 1,
                                            self._ctx))
             if not rows:
                 return set()
-            indexes = [names.index(c) for c in key_columns]
+            indexes = [self._headers.index(c) for c in key_columns]
             data = table.slice(indexes, rows, self._ctx)  # only the key columns
             columns = [list(col.values) for col in data.columns]
             return set(zip(*columns, strict=True))
