@@ -196,3 +196,36 @@ def test_buffered_rows_keep_every_value_whatever_mix_of_types_the_image_sets_bri
     assert list(columns["Count"]) == [1.0, 0.0, 4.0, 5.0]
     assert columns["Hit"] == [True, False, False, True]
     assert columns["Label"] == ["a", "b", "c", "dd"]
+
+
+def test_a_second_keyed_writer_adds_only_the_rows_the_table_lacks_asking_little(
+        small_batches: SessionManager, seeded: dict[str, Any], emulator: Emulator,
+        blitz: Any) -> None:
+    # An analysis worker opens the run's table by its file id and writes image sets
+    # another process may have written already (a retry, a restart).
+    target = TableTarget("Dataset", seeded["dataset"])
+    first = TableWriter(small_batches, target, SCHEMA, key_columns=KEYS)
+    for number in (1, 2):
+        run(lambda number=number: first.append(image_set(number)))
+    info = run(first.close)
+    worker = TableWriter(small_batches, target, SCHEMA, file_id=info.file_id,
+                         key_columns=KEYS)
+    run(worker.open)
+
+    def batch_calls(numbers: tuple[int, ...]) -> dict[str, int]:
+        before = emulator.call_counts()
+        for number in numbers:
+            worker.add_rows(image_set(number))
+        run(worker.flush)
+        # The table's calls only (a session's keep-alive may fall in between).
+        return {op: n - before.get(op, 0) for op, n in emulator.call_counts().items()
+                if n != before.get(op, 0) and op.startswith("Table.")}
+
+    # Image set 2 is there already: its keys are found (their values read), the rest
+    # sent; the column names are asked once, with the first batch.
+    assert batch_calls((2, 3)) == {"Table.getHeaders": 1, "Table.getWhereList": 1,
+                                   "Table.slice": 1, "Table.addData": 1}
+    assert batch_calls((4,)) == {"Table.getWhereList": 1, "Table.addData": 1}
+    assert worker.rows_written == 2 * ROWS_PER_SET
+    assert run(worker.close).rows == 4 * ROWS_PER_SET
+    assert table_rows(blitz, info.file_id) == expected(4)
