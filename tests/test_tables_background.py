@@ -229,3 +229,23 @@ def test_a_second_keyed_writer_adds_only_the_rows_the_table_lacks_asking_little(
     assert worker.rows_written == 2 * ROWS_PER_SET
     assert run(worker.close).rows == 4 * ROWS_PER_SET
     assert table_rows(blitz, info.file_id) == expected(4)
+
+
+def test_the_sender_makes_the_table_at_once_and_its_first_batch_takes_what_came_meanwhile(
+        small_batches: SessionManager, seeded: dict[str, Any], faults: Emulator,
+        blitz: Any) -> None:
+    writer = TableWriter(small_batches, TableTarget("Dataset", seeded["dataset"]), SCHEMA)
+    # A slow table service: making the table takes 400 ms, all behind the caller.
+    faults.set_faults(latency_ms=400, ops=["newTable"])
+    before = faults.call_counts()
+    appender = BackgroundAppends(writer, early_rows=6)
+    for number in (1, 2, 3):  # 9 rows, past early_rows: kept while the table is made
+        appender.add_rows(image_set(number))
+    assert writer._buffered == 9 and appender.pending_batches == 0
+    info = appender.close()
+    calls = faults.call_counts()
+    assert calls["SharedResources.newTable"] - before.get("SharedResources.newTable", 0) == 1
+    # The table was made without waiting for rows; its first batch took all nine.
+    assert calls["Table.addData"] - before.get("Table.addData", 0) == 1
+    assert info.rows == 9
+    assert table_rows(blitz, info.file_id) == expected(3)
