@@ -12,8 +12,9 @@ run does. A pass creates a new table, writes every image set's rows, and closes 
   can beat.
 * **TableWriter**: ``core.tables.TableWriter`` fed the same rows image set by image
   set from synchronous code, as ``ExportToOMEROTable`` feeds it in a single-process
-  run: through ``BackgroundAppends`` (``add_rows`` per image set; full batches of
-  ``tables.batch_rows`` rows are appended by a thread behind the caller), then
+  run: through ``BackgroundAppends`` (its thread makes the table at once, while the
+  caller's first rows are buffered; ``add_rows`` per image set; batches of up to
+  ``tables.batch_rows`` rows are appended by that thread behind the caller), then
   ``close``, which waits for the last batch.
 
 The rows are generated before timing: both paths start from the same numpy arrays.
