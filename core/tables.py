@@ -394,16 +394,17 @@ class TableWriter:
         span = slice(at, at + count)
         for group in self._groups:
             values = group.get(columns)
+            store = block.doubles if group.kind is ColumnKind.DOUBLE else block.longs
             with contextlib.suppress(ValueError, TypeError):  # not one array: per column
                 together = np.asarray(values)
                 if together.ndim == 2 and together.dtype.kind in group.numeric:
-                    block.store(group.kind)[:, span] = together
+                    store[:, span] = together
                     continue
             for slot, column in zip(group.slots, values, strict=True):
                 if not (type(column) is np.ndarray and column.dtype.kind in slot.numeric
                         and column.ndim == 1):
                     column = _ready(slot.spec, column, first_row, self.long_strings)
-                block.store(group.kind)[slot.index][span] = column
+                store[slot.index][span] = column
         for index, slot in self._others:
             block.targets[index][span] = _ready(slot.spec, columns[slot.name], first_row,
                                                 self.long_strings)
