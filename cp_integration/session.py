@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from cellprofiler_omero.core import session as core_session
@@ -202,6 +203,56 @@ def manager() -> SessionManager:
 
         runtime.on_shutdown(current.close)
     return current
+
+
+def _is_cellprofiler_command(argv: list[str]) -> bool:
+    """Whether this process is CellProfiler's own command (``cellprofiler …`` or
+    ``python -m cellprofiler …``), not an analysis worker, a test run or a library user."""
+    if not argv:
+        return False
+    path = Path(argv[0])
+    return path.name == "cellprofiler" or (path.name == "__main__.py"
+                                           and path.parent.name == "cellprofiler")
+
+
+def connect_early() -> bool:
+    """Join the session a parent process lent this one (``core.handoff``) in the
+    background, while CellProfiler is still loading the pipeline; whether it started.
+
+    Only in a headless run of CellProfiler's command that was handed a session: then
+    the session will be used (the parent lent it for this run) and joining asks nobody
+    for anything. Joining costs a few dozen round trips plus loading omero-py and Ice,
+    about a second at 20 ms per round trip, which would otherwise come after the
+    pipeline is loaded, before its first module. A failure is only logged: the first
+    read connects again and reports it.
+    """
+    import os
+    import sys
+
+    from cellprofiler_omero.core.handoff import HANDOFF_ENV
+
+    if not os.environ.get(HANDOFF_ENV) or not _is_cellprofiler_command(sys.argv):
+        return False
+    try:
+        from cellprofiler_core.preferences import get_headless
+    except ImportError:
+        return False
+    if not get_headless():
+        return False  # the GUI: the user connects (Plugins ▸ Connect to OMERO)
+    from cellprofiler_omero.core import runtime
+
+    mgr = manager()
+
+    async def join() -> None:
+        try:
+            await mgr.connect()
+        except Exception as exc:
+            log.debug("joining the handed-over OMERO session early failed: %s", exc)
+            return
+        after_connect(mgr)
+
+    runtime.portal().start_task_soon(join)
+    return True
 
 
 def after_connect(mgr: SessionManager) -> None:

@@ -126,3 +126,41 @@ def test_an_in_process_run_starts_reading_the_first_image_set_as_it_is_prepared(
     # and each was used once asked for.
     assert (stats.started, stats.used, stats.dropped) == (3, 3, 0)
     assert not _shared.speculative  # nothing left held
+
+
+def test_a_headless_cellprofiler_run_handed_a_session_joins_it_while_loading_plugins(
+        settings_for: Any, cellprofiler_plugins: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import threading
+
+    from cellprofiler_omero.cp_integration import session
+
+    parent = SessionManager(settings_for())
+    run(lambda: parent.connect(user="demo", password="demo"))
+    previous = core_session._manager
+    try:
+        for key, value in parent.export_for_workers().items():
+            monkeypatch.setenv(key, value)
+        core_session.set_manager(None)
+        # Not CellProfiler's command (a test run, a worker, a library): nothing joined.
+        monkeypatch.setattr(sys, "argv", ["pytest"])
+        assert not session.connect_early()
+        assert core_session._manager is None
+
+        monkeypatch.setattr(sys, "argv", ["/venv/lib/cellprofiler/__main__.py", "-c", "-r"])
+        assert session.connect_early()
+        mgr = core_session._manager
+        assert mgr is not None
+        joined = threading.Event()
+        for _ in range(600):  # the join runs on its own; nothing here asks it to connect
+            if mgr.connected:
+                joined.set()
+                break
+            threading.Event().wait(0.05)
+        assert joined.is_set(), "the handed-over session was not joined"
+        assert run(mgr.connection).session_key == run(parent.connection).session_key
+        run(mgr.close)
+    finally:
+        core_session.set_manager(previous)
+        run(parent.close)

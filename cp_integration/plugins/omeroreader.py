@@ -8,7 +8,7 @@ workers.
 
 from types import ModuleType
 
-from cellprofiler_omero.cp_integration import compat
+from cellprofiler_omero.cp_integration import compat, session
 from cellprofiler_omero.cp_integration.reader import OMEROReader as _OMEROReader
 
 _gui: ModuleType | None
@@ -18,6 +18,8 @@ except ImportError:  # an installation without the GUI parts: the reader works a
     _gui = None
 
 compat.install()
+# A headless run handed a session joins it while CellProfiler loads the pipeline.
+session.connect_early()
 
 
 class OMEROReader(_OMEROReader):
