@@ -335,17 +335,18 @@ def run_batch(run_id: str, image_numbers: Sequence[int], grouped: bool) -> dict[
 
 @contextlib.contextmanager
 def _garbage_collected_in_this_thread() -> Iterator[None]:
-    """While a batch runs, Python's cyclic garbage collector runs only in the batch's
-    thread, between image sets (``gc.collect(1)`` after each and at the end).
+    """While CellProfiler works in this thread (a worker's batch, or the driver's run),
+    Python's cyclic garbage collector runs only here: automatic collection is off, and
+    the caller collects the young generations between image sets (``gc.collect(1)``),
+    as this does at the end.
 
     CellProfiler keeps its measurements in HDF5 (h5py). Freeing an h5py object takes
-    h5py's global lock; if the collector frees one on another thread (the Dask worker's
-    event loop, which allocates all the time) while the batch's thread holds that lock
-    and waits for the GIL, the worker deadlocks (h5py/h5py#2019, dask/dask#7547: a CI run
-    hung there). So automatic collection is off for the batch's duration. Only the young
-    generations are collected here: a full collection of CellProfiler's heap cost ~0.8 s
-    of CPU per batch (measured); the old generation is collected automatically between
-    batches, when no batch holds h5py's lock.
+    h5py's global lock; if the collector frees one on another thread (Dask's event loop,
+    which allocates all the time, or this package's Ice loop) while this thread holds
+    that lock and waits for the GIL, the process deadlocks (h5py/h5py#2019,
+    dask/dask#7547: a CI run hung there). Only the young generations are collected here:
+    a full collection of CellProfiler's heap cost ~0.8 s of CPU per batch (measured); the
+    old generation is collected automatically afterwards, when CellProfiler is done.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -651,52 +652,56 @@ def run_pipeline(pipeline: str | Path, urls: Sequence[str], manager: SessionMana
         prefix="cellprofiler-omero-run-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     core_session.set_manager(manager)  # the modules' prepare_run uses this session
-    with _phase(report, "prepare the image sets and tables", say):
-        setup_cellprofiler(str(out_dir))
-        if loaddata is not None:
-            pipeline_text = _use_loaddata(pipeline_text, Path(loaddata), out_dir)
-        measurements, workspace, cp_pipeline, batches = _prepare(
-            pipeline_text, urls, out_dir, batch_size, workers)
-    report.image_sets = len(measurements.get_image_numbers())
-    report.batches = len(batches)
-    report.output = str(out_dir / MEASUREMENTS_FILE)
-    own_cluster = client is None and scheduler is None  # a LocalCluster started here
-    try:
-        with _handoff(manager, out_dir, session_check_seconds) as (handoff_file, environment), \
-                _cluster(scheduler, workers, client) as client:
-            report.dashboard = _dashboard(client)
-            if report.dashboard:
-                say(f"[run] Dask dashboard: {report.dashboard}")
-            plugin = worker_plugin(report.run_id, pipeline_text,
-                                   measurements.file_contents(), handoff_file, environment,
-                                   ignore_interrupts=own_cluster)
-            with _phase(report, "start the workers", say):
-                client.register_plugin(plugin, name=plugin.name)
-                report.workers = len(client.scheduler_info(n_workers=-1)["workers"])
-            try:
-                with _phase(report, "run the image sets", say):
-                    _run_batches(client, report, batches, measurements, cp_pipeline,
-                                 max_failures, progress, on_batch)
-            finally:
-                # The workers detach from the session (teardown) and forget the run.
-                with contextlib.suppress(Exception):
-                    # Bounded: once in CI a worker never answered and the run hung here
-                    # (Client.unregister_worker_plugin has no timeout of its own).
-                    client.sync(client._unregister_worker_plugin, name=plugin.name,
-                                callback_timeout=UNREGISTER_TIMEOUT_SECONDS)
-        with _phase(report, "finish the tables and measurements", say):
-            cp_pipeline.post_run(workspace)
-            report.tables = _tables(cp_pipeline)
-            report.uploaded = _uploaded(measurements, cp_pipeline)
-    finally:
-        # Stopped or not, the rows of the image sets done so far go out (a rerun adds
-        # the rest to the same tables) and what was merged stays readable in --output.
-        if not report.tables:
-            for module in _exporters(cp_pipeline):
-                with contextlib.suppress(Exception):
-                    module.flush()
-        measurements.flush()
-        measurements.close()
+    # The driver's thread writes CellProfiler's HDF5 measurements (prepare_run, the merge)
+    # while Dask's client loop and the Ice loop run Python beside it: the same rule as
+    # in a worker's batch (_garbage_collected_in_this_thread).
+    with _garbage_collected_in_this_thread():
+        with _phase(report, "prepare the image sets and tables", say):
+            setup_cellprofiler(str(out_dir))
+            if loaddata is not None:
+                pipeline_text = _use_loaddata(pipeline_text, Path(loaddata), out_dir)
+            measurements, workspace, cp_pipeline, batches = _prepare(
+                pipeline_text, urls, out_dir, batch_size, workers)
+        report.image_sets = len(measurements.get_image_numbers())
+        report.batches = len(batches)
+        report.output = str(out_dir / MEASUREMENTS_FILE)
+        own_cluster = client is None and scheduler is None  # a LocalCluster started here
+        try:
+            with _handoff(manager, out_dir, session_check_seconds) as (handoff_file, environment), \
+                    _cluster(scheduler, workers, client) as client:
+                report.dashboard = _dashboard(client)
+                if report.dashboard:
+                    say(f"[run] Dask dashboard: {report.dashboard}")
+                plugin = worker_plugin(report.run_id, pipeline_text,
+                                       measurements.file_contents(), handoff_file, environment,
+                                       ignore_interrupts=own_cluster)
+                with _phase(report, "start the workers", say):
+                    client.register_plugin(plugin, name=plugin.name)
+                    report.workers = len(client.scheduler_info(n_workers=-1)["workers"])
+                try:
+                    with _phase(report, "run the image sets", say):
+                        _run_batches(client, report, batches, measurements, cp_pipeline,
+                                     max_failures, progress, on_batch)
+                finally:
+                    # The workers detach from the session (teardown) and forget the run.
+                    with contextlib.suppress(Exception):
+                        # Bounded: once in CI a worker never answered and the run hung here
+                        # (Client.unregister_worker_plugin has no timeout of its own).
+                        client.sync(client._unregister_worker_plugin, name=plugin.name,
+                                    callback_timeout=UNREGISTER_TIMEOUT_SECONDS)
+            with _phase(report, "finish the tables and measurements", say):
+                cp_pipeline.post_run(workspace)
+                report.tables = _tables(cp_pipeline)
+                report.uploaded = _uploaded(measurements, cp_pipeline)
+        finally:
+            # Stopped or not, the rows of the image sets done so far go out (a rerun adds
+            # the rest to the same tables) and what was merged stays readable in --output.
+            if not report.tables:
+                for module in _exporters(cp_pipeline):
+                    with contextlib.suppress(Exception):
+                        module.flush()
+            measurements.flush()
+            measurements.close()
     say(report.summary())
     return report
 
@@ -860,10 +865,14 @@ def _run_batches(client: Any, report: RunReport, batches: list[Batch], measureme
             if pending_sets >= MERGE_EVERY:
                 _copy_measurements(pending, None, measurements)
                 pending, pending_sets = {}, 0
+                # The old generation too, now and then: automatic collection is off for
+                # the whole run, which may last hours.
+                gc.collect()
             for n in result["image_numbers"]:
                 report.ran_on[int(n)] = result["where"]
             report.done += len(result["done"])
             report.failures += [Failure(**f) for f in result["failures"]]
+            gc.collect(1)  # here, not on another thread (_garbage_collected_in_this_thread)
             bar.update(len(result["image_numbers"]))
             bar.set_postfix(failed=len(report.failures))
             if on_batch is not None:

@@ -312,6 +312,41 @@ def test_a_group_runs_whole_on_one_worker(rig: Rig, cluster: Any) -> None:
     assert report.done == N_SETS
 
 
+def test_while_a_run_lasts_the_drivers_garbage_is_collected_only_in_the_drivers_thread(
+        rig: Rig, cluster: Any) -> None:
+    """The driver writes CellProfiler's HDF5 measurements in its own thread while Dask's
+    client loop and the Ice loop allocate beside it; a collection started on one of
+    those could free an h5py object while the driver holds h5py's lock (the deadlock of
+    h5py/h5py#2019). So from the first phase to the summary every collection starts in
+    the driver's thread, and there are some (young generations, after each batch)."""
+    import gc
+    import threading
+
+    started: list[int] = []
+    recording = threading.Event()
+
+    def on_gc(phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start" and recording.is_set():
+            started.append(threading.get_ident())
+
+    def say(line: str) -> None:
+        if line.startswith("[run] prepare"):
+            recording.set()
+        elif "cellprofiler-omero run:" in line:  # the summary, after the run
+            recording.clear()
+
+    gc.callbacks.append(on_gc)
+    try:
+        report = _run(rig, rig.dataset("dask driver gc"), client=cluster, say=say)
+    finally:
+        gc.callbacks.remove(on_gc)
+    assert report.done == N_SETS
+    driver = threading.get_ident()
+    assert started.count(driver) >= N_SETS, started  # one after each batch at least
+    others = [t for t in started if t != driver]
+    assert not others, f"{len(others)} collection(s) started on another thread"
+
+
 def _doomed_image(rig: Rig) -> tuple[str, Any]:
     """A new image's URL and a ``say`` hook that deletes it once the run is prepared (its
     image set exists, its pixels are gone by the time a worker reads them)."""
