@@ -264,6 +264,9 @@ def test_big_images_get_a_store_per_12_mib_and_small_ones_share_few() -> None:
     # Three 8 MiB planes in 4 MiB pieces: two stores, so one piece is stored while the
     # next travels (a third would cost three calls and a close for nothing).
     assert stores_for(6, 4, nbytes=3 * plane_2048) == 2
+    # Anything over 12 MiB has two (two planes: 4 pieces), one 8 MiB plane one.
+    assert stores_for(4, 4, nbytes=2 * plane_2048) == 2
+    assert stores_for(2, 4, nbytes=plane_2048) == 1
     # Never more stores than pieces or than ice.stores_per_image.
     assert stores_for(2, 4, nbytes=10 * plane_2048) == 2
     assert stores_for(64, 4, nbytes=64 * plane_2048) == 4

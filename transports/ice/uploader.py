@@ -21,8 +21,9 @@ ome/omero-server ``RawPixelsBean``):
 
 * planes within the server's maximum plane size (and float/double planes, which are
   exempt) go up concurrently through a fixed set of stores that were all bound with
-  ``setPixelsId`` before the first write, each plane in strips under the message
-  limit; a store that fails ends the attempt (it is never replaced mid-upload);
+  ``setPixelsId`` before the first write, each plane in full-row strips of at most
+  4 MiB (1 MiB behind the pipeline; romio's ``setTile`` takes strips at x = 0 of the
+  full width); a store that fails ends the attempt (it is never replaced mid-upload);
   ``close`` saves (``RawPixelsBean.close`` calls ``save``), so there is no separate save;
 * bigger uint8/uint16 planes go into a pyramid: tiles of the server's ``getTileSize()``
   in omero-py's ``RPSTileLoop`` order (t, c, z, rows, columns) through one store,
@@ -376,11 +377,10 @@ class IceImageSink(AsyncClosing):
         return UploadedImage(started.image_id, spec.name, spec.dataset_id, reused=False)
 
     async def upload(self, pixels: np.ndarray, spec: NewImage) -> UploadedImage:
-        # Stores are not made during ``begin``: it saves no round trip one after another,
-        # since the Pixels id (which needs the image) comes before the binds anyway, and
-        # a new store's router registration (Glacier2 ``addProxies``, on a proxy's first
-        # use) held up the look-ups running beside it (measured at 50 ms per call: the
-        # first write started at 378 ms instead of 275 ms).
+        # Stores are made after ``begin``, not beside it: the Pixels id (which needs the
+        # image) comes before the binds anyway, and a new store's router registration
+        # (Glacier2 ``addProxies``, on its proxy's first use) holds up calls running
+        # beside it (measured at 50 ms per call: the first write 100 ms later).
         image, started = await self.begin(pixels, spec)
         if started is None:
             return image
@@ -690,9 +690,10 @@ BYTES_PER_STORE = 12 * 1024 * 1024
 
 def stores_for(pieces: int, stores_per_image: int, nbytes: int = 0) -> int:
     """How many stores write ``pieces`` planes or strips holding ``nbytes``: one per
-    ``PIECES_PER_STORE`` pieces or per ``BYTES_PER_STORE`` bytes, whichever gives more,
-    at most one per piece and ``ice.stores_per_image``, at least one."""
-    wanted = max(pieces // PIECES_PER_STORE, nbytes // BYTES_PER_STORE)
+    ``PIECES_PER_STORE`` pieces or per ``BYTES_PER_STORE`` bytes begun (so anything over
+    12 MiB, e.g. two 2048² uint16 planes, has two), whichever gives more, at most one
+    per piece and ``ice.stores_per_image``, at least one."""
+    wanted = max(pieces // PIECES_PER_STORE, -(-nbytes // BYTES_PER_STORE))
     return max(1, min(stores_per_image, pieces, wanted))
 
 
