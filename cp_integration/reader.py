@@ -26,7 +26,9 @@ No per-image tax (CellProfiler makes a reader per image per image set):
   analysis workers, for a window of upcoming image sets (``announce_image_set``);
   it serves only the session that fetched it;
 * the Ice transport's stores stay with the connection and move between images;
-* the next image set's planes are read while CellProfiler computes the current one.
+* the next image set's planes are read while CellProfiler computes the current one,
+  and in a run CellProfiler makes in this process the first image set's as soon as
+  NamesAndTypes has made the image sets (``start_first_image_set``).
   How the reader knows the next image set: NamesAndTypes stores every image set in
   the measurements (``ImageSet_ImageSet``, by image number) and its ``run`` is
   where each image set starts; ``compat`` calls ``announce_image_set`` just before
@@ -434,8 +436,8 @@ def prefetch_file_list(workspace: Any) -> None:
 
 def _runs_image_sets_here() -> bool:
     """Whether this process runs the image sets it prepares: CellProfiler's in-process
-    run (``Pipeline.run_with_yield``: headless ``cellprofiler -c -r``, the GUI's test
-    mode) prepares and runs in one call. CellProfiler's analysis workers and this
+    run (``Pipeline.run_with_yield``: headless ``cellprofiler -c -r``) prepares and runs
+    in one call. CellProfiler's analysis workers and this
     package's Dask workers are handed the prepared run instead, so planes read where
     it was prepared would be read for nothing."""
     frame = sys._getframe(1)
