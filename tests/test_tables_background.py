@@ -249,3 +249,25 @@ def test_the_sender_makes_the_table_at_once_and_its_first_batch_takes_what_came_
     assert calls["Table.addData"] - before.get("Table.addData", 0) == 1
     assert info.rows == 9
     assert table_rows(blitz, info.file_id) == expected(3)
+
+
+def test_tables_made_in_one_session_ask_for_its_shared_resources_once(
+        small_batches: SessionManager, seeded: dict[str, Any], emulator: Emulator) -> None:
+    target = TableTarget("Dataset", seeded["dataset"])
+    made = []
+    for name in ("first.h5", "second.h5"):
+        before = emulator.call_counts()
+        writer = TableWriter(small_batches, target, TableSchema(name, SCHEMA.columns))
+        run(lambda writer=writer: writer.append(image_set(1)))
+        made.append(run(writer.close).file_id)
+        after = emulator.call_counts()
+        asked = {op: after.get(op, 0) - before.get(op, 0) for op in (
+            "ServiceFactory.sharedResources", "SharedResources.repositories",
+            "SharedResources.newTable")}
+        # The session's SharedResources and its repository are asked for with the
+        # first table only; every table is made.
+        first = name == "first.h5"
+        assert asked == {"ServiceFactory.sharedResources": int(first),
+                         "SharedResources.repositories": int(first),
+                         "SharedResources.newTable": 1}
+    assert len(set(made)) == 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,6 +41,36 @@ _COLUMNS = {
 _LONG_KINDS = (ColumnKind.LONG, ColumnKind.IMAGE, ColumnKind.ROI, ColumnKind.WELL,
                ColumnKind.PLATE)
 _TARGETS = ("Project", "Dataset", "Screen", "Plate", "Well", "Image")
+
+
+class _Resources:
+    """A session's SharedResources proxy and the repository new tables go in: both
+    stay the same for the session's life, so they are asked for once per connection
+    (a run writes several tables) rather than once per table."""
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+        self.repo: int | None = None
+
+    def repository(self) -> int:
+        if self.repo is None:
+            self.repo = int(self.proxy.repositories().descriptions[0].getId().getValue())
+        return self.repo
+
+
+_resources: weakref.WeakKeyDictionary[IceConnection, _Resources] = weakref.WeakKeyDictionary()
+_resources_lock = threading.Lock()
+
+
+def shared_resources(conn: IceConnection) -> _Resources:
+    """``conn``'s SharedResources (asked for on first use)."""
+    with _resources_lock:
+        found = _resources.get(conn)
+    if found is None:
+        found = _Resources(conn.sf.sharedResources())
+        with _resources_lock:
+            found = _resources.setdefault(conn, found)
+    return found
 
 
 def wire_values(kind: ColumnKind, values: Sequence[Any] | np.ndarray) -> Any:
@@ -108,7 +140,8 @@ class IceTableSink(AsyncClosing):
         sf = self.conn.sf
         target = self._target()
         self._ctx = {"omero.group": str(unwrap(target.details.group.id))}
-        resources = sf.sharedResources(self._ctx)
+        shared = shared_resources(self.conn)
+        resources = shared.proxy
         if self._file_id is not None:
             self._table = resources.openTable(omero.model.OriginalFileI(rlong(self._file_id),
                                                                         False), self._ctx)
@@ -121,8 +154,7 @@ class IceTableSink(AsyncClosing):
             raise PermissionDenied(
                 f"{self.conn.info.user} may not attach a table to {self.target.kind} "
                 f"{self.target.id}.", hint="Choose an object you own or may annotate.")
-        repo = resources.repositories().descriptions[0].getId().getValue()
-        table = resources.newTable(repo, self.schema.name, self._ctx)
+        table = resources.newTable(shared.repository(), self.schema.name, self._ctx)
         if table is None:
             raise NotFound("The server has no OMERO.tables service.")
         table.initialize(grid_columns(self.schema), self._ctx)
