@@ -243,8 +243,10 @@ def measure_scale(emu: Any, dataset: int, fields: int, size: int,
                 "sets_per_s": report.done / seconds,
                 "busy": _busy_seconds(stream.data) / (n * seconds),
                 # CPU seconds per image set of the whole run (preparing and finishing
-                # included) by process: unlike wall time, they hardly change when other
-                # programs share the cores, so they bound the ratio on a quiet machine.
+                # included) by process. They move less than wall time when other programs
+                # share the cores, but they do move: the same commit's workers took 3.6 s
+                # per image set at a load of ~3 and 4.75 s at ~13 (12 × 1024², 2 vCPUs),
+                # so compare two commits side by side, under the same load.
                 "cpu_per_image_set": {
                     name: (a - b) / done for name, a, b in
                     zip(("workers", "driver", "emulator"), cpu_after, cpu_before,

@@ -18,6 +18,10 @@
   the first image set, ``reader.start_first_image_set``), and every image set is
   announced before NamesAndTypes' ``run`` (``reader.announce_image_set``) so the
   next one is read ahead. Only OMERO images are affected; these calls never raise.
+* From NamesAndTypes' ``prepare_run`` (an in-process run) or first image set to its
+  ``post_run``, Python's garbage collector
+  runs only in CellProfiler's thread (``collect_garbage_in_cellprofilers_thread``):
+  h5py's lock and a collection on one of this package's threads could deadlock.
 
 Both are idempotent and leave every other URL to CellProfiler's own logic.
 """
@@ -96,6 +100,9 @@ def _patch_names_and_types() -> None:
 
     @functools.wraps(prepare_original)
     def prepare_run(self: Any, workspace: Any) -> Any:
+        if not workspace.pipeline.test_mode and reader._runs_image_sets_here():
+            # Reads start while the run is prepared (start_first_image_set, below).
+            collect_garbage_in_cellprofilers_thread()
         result = prepare_original(self, workspace)
         if result and not workspace.pipeline.test_mode:
             reader.prefetch_file_list(workspace)
@@ -104,13 +111,23 @@ def _patch_names_and_types() -> None:
 
     @functools.wraps(run_original)
     def run(self: Any, workspace: Any) -> Any:
+        if not workspace.pipeline.test_mode:
+            collect_garbage_in_cellprofilers_thread()
         # First: NamesAndTypes' own run may already read the image set's planes.
         reader.announce_image_set(self, workspace)
         return run_original(self, workspace)
 
+    post_original: Callable[..., Any] = NamesAndTypes.post_run
+
+    @functools.wraps(post_original)
+    def post_run(self: Any, workspace: Any) -> Any:
+        garbage_collected_anywhere_again()
+        return post_original(self, workspace)
+
     run._cellprofiler_omero = True  # type: ignore[attr-defined]
     NamesAndTypes.run = run
     NamesAndTypes.prepare_run = prepare_run
+    NamesAndTypes.post_run = post_run
 
     from cellprofiler_core.modules.images import Images
 
@@ -125,6 +142,45 @@ def _patch_names_and_types() -> None:
         return images_original(self, workspace)
 
     Images.prepare_run = images_prepare_run
+
+
+#: While CellProfiler runs image sets with automatic collection off, every this many
+#: image sets the old generation is collected too (a full collection of CellProfiler's
+#: heap costs ~0.8 s of CPU; the young generations are collected at every image set).
+FULL_COLLECTION_EVERY = 32
+_collection = {"disabled_here": False, "image_sets": 0}
+
+
+def collect_garbage_in_cellprofilers_thread() -> None:
+    """An image set starts in CellProfiler's thread: from now until the run's end,
+    Python's cyclic garbage collector runs only here (automatic collection off; the
+    young generations collected now, at every image set, the old one now and then).
+
+    CellProfiler writes its measurements through h5py while this package's loop and
+    worker threads (reads ahead, uploads, table rows) run Python beside it: a collection
+    started on one of those could free an h5py object while CellProfiler's thread holds
+    h5py's lock (h5py/h5py#2019; the deadlock ``cp_integration.distributed`` avoids on
+    Dask workers the same way). Where collection is already off (a Dask worker's batch),
+    whoever turned it off turns it on again.
+    """
+    import gc
+
+    if gc.isenabled():
+        gc.disable()
+        _collection["disabled_here"] = True
+    _collection["image_sets"] += 1
+    full = _collection["image_sets"] % FULL_COLLECTION_EVERY == 0
+    gc.collect(2 if full else 1)
+
+
+def garbage_collected_anywhere_again() -> None:
+    """The run is over (NamesAndTypes' ``post_run``): automatic collection as before."""
+    import gc
+
+    if _collection["disabled_here"]:
+        _collection["disabled_here"] = False
+        gc.collect(1)
+        gc.enable()
 
 
 def normalise_url(url: str) -> str:

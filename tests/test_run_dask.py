@@ -9,6 +9,7 @@ set, no duplicate (ImageNumber, ObjectNumber), the same rows as a single-process
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import subprocess
@@ -202,12 +203,49 @@ def single_process(rig: Rig) -> dict[str, Any]:
            "CELLPROFILER_OMERO_SERVER_HOST": rig.emulator.host,
            "CELLPROFILER_OMERO_SERVER_PORT": str(rig.emulator.port)}
     result = subprocess.run(
-        [sys.executable, "-m", "cellprofiler", "-c", "-r", "-p",
-         str(rig.pipeline(dataset_id)), "--file-list", str(out / "files.txt"), "-o", str(out),
-         "--plugins-directory", str(plugins_dir())],
+        [sys.executable, "-c", _CELLPROFILER_WATCHING_GC, str(out / "gc.json"), "-c", "-r",
+         "-p", str(rig.pipeline(dataset_id)), "--file-list", str(out / "files.txt"),
+         "-o", str(out), "--plugins-directory", str(plugins_dir())],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    return _check_exactly_once(rig, dataset_id)
+    tables = _check_exactly_once(rig, dataset_id)
+    tables["gc"] = json.loads((out / "gc.json").read_text())
+    return tables
+
+
+#: ``python -m cellprofiler`` that also notes, for every garbage collection started
+#: while a module runs an image set, the thread and whether automatic collection was on.
+_CELLPROFILER_WATCHING_GC = """
+import atexit, gc, json, sys, threading
+out, sys.argv = sys.argv[1], ["cellprofiler"] + sys.argv[2:]
+main_thread = threading.main_thread().ident
+seen = []
+def in_a_module():
+    frame = sys._current_frames().get(main_thread)
+    while frame is not None and frame.f_code.co_name != "run_module":
+        frame = frame.f_back
+    return frame is not None
+def on_gc(phase, info):
+    if phase == "start" and in_a_module():
+        seen.append([threading.get_ident() == main_thread, gc.isenabled()])
+gc.callbacks.append(on_gc)
+atexit.register(lambda: open(out, "w").write(json.dumps(seen)))
+from cellprofiler.__main__ import main
+sys.exit(main())
+"""
+
+
+def test_a_local_cellprofiler_run_collects_garbage_only_in_its_own_thread(
+        single_process: dict[str, Any]) -> None:
+    """CellProfiler's own run (``cellprofiler -c -r``, the demo) writes HDF5 while this
+    package's threads read ahead and upload beside it: while a module runs an image set,
+    automatic collection is off (a collection on those threads could free an h5py object
+    while CellProfiler holds h5py's lock), and CellProfiler's thread collects the young
+    generations at each image set."""
+    seen = single_process["gc"]
+    assert len(seen) >= N_SETS, seen
+    assert all(in_cellprofilers_thread and not automatic
+               for in_cellprofilers_thread, automatic in seen), seen
 
 
 def test_two_workers_write_each_result_once_and_the_same_rows_as_one_process(
