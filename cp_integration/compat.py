@@ -18,8 +18,8 @@
   the first image set, ``reader.start_first_image_set``), and every image set is
   announced before NamesAndTypes' ``run`` (``reader.announce_image_set``) so the
   next one is read ahead. Only OMERO images are affected; these calls never raise.
-* From NamesAndTypes' ``prepare_run`` (an in-process run) or first image set to its
-  ``post_run``, Python's garbage collector
+* In CellProfiler's in-process run (headless ``-c -r``, the demo), from NamesAndTypes'
+  ``prepare_run`` to the run's end, Python's garbage collector
   runs only in CellProfiler's thread (``collect_garbage_in_cellprofilers_thread``):
   h5py's lock and a collection on one of this package's threads could deadlock.
 
@@ -111,7 +111,7 @@ def _patch_names_and_types() -> None:
 
     @functools.wraps(run_original)
     def run(self: Any, workspace: Any) -> Any:
-        if not workspace.pipeline.test_mode:
+        if not workspace.pipeline.test_mode and reader._runs_image_sets_here():
             collect_garbage_in_cellprofilers_thread()
         # First: NamesAndTypes' own run may already read the image set's planes.
         reader.announce_image_set(self, workspace)
@@ -128,6 +128,18 @@ def _patch_names_and_types() -> None:
     NamesAndTypes.run = run
     NamesAndTypes.prepare_run = prepare_run
     NamesAndTypes.post_run = post_run
+
+    from cellprofiler_core.pipeline import Pipeline
+
+    end_original: Callable[..., Any] = Pipeline.end_run
+
+    @functools.wraps(end_original)
+    def end_run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # A cancelled or failed run never reaches post_run; every run ends here.
+        garbage_collected_anywhere_again()
+        return end_original(self, *args, **kwargs)
+
+    Pipeline.end_run = end_run
 
     from cellprofiler_core.modules.images import Images
 
@@ -152,7 +164,8 @@ _collection = {"disabled_here": False, "image_sets": 0}
 
 
 def collect_garbage_in_cellprofilers_thread() -> None:
-    """An image set starts in CellProfiler's thread: from now until the run's end,
+    """An in-process run is prepared or an image set starts in CellProfiler's thread:
+    from now until the run's end,
     Python's cyclic garbage collector runs only here (automatic collection off; the
     young generations collected now, at every image set, the old one now and then).
 
@@ -174,7 +187,8 @@ def collect_garbage_in_cellprofilers_thread() -> None:
 
 
 def garbage_collected_anywhere_again() -> None:
-    """The run is over (NamesAndTypes' ``post_run``): automatic collection as before."""
+    """The run is over (NamesAndTypes' ``post_run``, or the pipeline's ``end_run`` when a
+    run stops early): automatic collection as before."""
     import gc
 
     if _collection["disabled_here"]:

@@ -214,9 +214,10 @@ def single_process(rig: Rig) -> dict[str, Any]:
 
 
 #: ``python -m cellprofiler`` that also notes, for every garbage collection started
-#: while a module runs an image set, the thread and whether automatic collection was on.
+#: while a module runs an image set, the thread and whether automatic collection was on;
+#: and whether it is on again once the run is over.
 _CELLPROFILER_WATCHING_GC = """
-import atexit, gc, json, sys, threading
+import gc, json, sys, threading
 out, sys.argv = sys.argv[1], ["cellprofiler"] + sys.argv[2:]
 main_thread = threading.main_thread().ident
 seen = []
@@ -229,9 +230,10 @@ def on_gc(phase, info):
     if phase == "start" and in_a_module():
         seen.append([threading.get_ident() == main_thread, gc.isenabled()])
 gc.callbacks.append(on_gc)
-atexit.register(lambda: open(out, "w").write(json.dumps(seen)))
 from cellprofiler.__main__ import main
-sys.exit(main())
+code = main()
+open(out, "w").write(json.dumps({"seen": seen, "enabled_after": gc.isenabled()}))
+sys.exit(code)
 """
 
 
@@ -241,11 +243,12 @@ def test_a_local_cellprofiler_run_collects_garbage_only_in_its_own_thread(
     package's threads read ahead and upload beside it: while a module runs an image set,
     automatic collection is off (a collection on those threads could free an h5py object
     while CellProfiler holds h5py's lock), and CellProfiler's thread collects the young
-    generations at each image set."""
-    seen = single_process["gc"]
+    generations at each image set. Once the run is over, collection is automatic again."""
+    seen = single_process["gc"]["seen"]
     assert len(seen) >= N_SETS, seen
     assert all(in_cellprofilers_thread and not automatic
                for in_cellprofilers_thread, automatic in seen), seen
+    assert single_process["gc"]["enabled_after"]
 
 
 def test_two_workers_write_each_result_once_and_the_same_rows_as_one_process(
