@@ -130,6 +130,11 @@ class ReaderSettings:
     readahead: bool = True
     #: Memory the read-ahead cache may hold, in MiB.
     cache_mib: int = 512
+    #: A headless ``cellprofiler -c -r --file-list FILE`` run handed a session starts
+    #: reading the file list's first OMERO image (z=0, t=0, every channel) as the reader
+    #: plugin loads, before the first image set asks (within ``cache_mib``; needs
+    #: ``readahead``). Off: the first image set is read when the run is prepared.
+    warm_first_image: bool = True
 
 
 @dataclass(frozen=True)

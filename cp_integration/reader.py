@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,6 +128,9 @@ class _Shared:
         self.upcoming: tuple[PlannedPlane, ...] = ()
         self.launched = True
         self._executor: ThreadPoolExecutor | None = None
+        #: Set once the start-up warm (``warm_first_image``) has fetched the file list's
+        #: metadata (or given up): ``prefetch`` waits for it rather than ask twice.
+        self.warmed_metas: threading.Event | None = None
 
     def acquire(self, ref: ObjectRef) -> ImageReader:
         with self.lock:
@@ -334,6 +338,9 @@ class _Shared:
 def prefetch(wanted: Sequence[ObjectRef]) -> None:
     """Cache the metadata of ``wanted`` in batched queries (connecting if needed, and
     then handing the session to workers as a first read does)."""
+    warming = _shared.warmed_metas
+    if warming is not None:
+        warming.wait()  # the start-up warm's batch holds these images: no second one
     mgr = session.manager()
     was_connected = mgr.connected
     if not was_connected:
@@ -476,6 +483,90 @@ def start_first_image_set(workspace: Any) -> None:
         _shared.launch(first[0].ref)
     except Exception as exc:
         log.debug("the first image set is read when it is asked for: %s", exc)
+
+
+def file_list_argument(argv: Sequence[str]) -> str | None:
+    """The file of ``--file-list FILE`` (or ``--file-list=FILE``) on CellProfiler's
+    command line, or None."""
+    for number, arg in enumerate(argv):
+        if arg == "--file-list" and number + 1 < len(argv):
+            return argv[number + 1]
+        if arg.startswith("--file-list="):
+            return arg.partition("=")[2]
+    return None
+
+
+def listed_images(path: str) -> list[ObjectRef]:
+    """The OMERO images of a CellProfiler file list (one file or URL a line), in the
+    order CellProfiler keeps them: ``Pipeline.add_urls`` sorts the URLs it makes of the
+    lines (``pathname2url``), so the first image set starts with the first of those."""
+    from cellprofiler_core.utilities.pathname import pathname2url
+
+    compat.install()  # ``omero:iid=N`` stays a URL, as it will when CellProfiler reads it
+    urls = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line:
+            urls.append(line if line.startswith("file:") else pathname2url(line))
+    return [refs.parse_image(url) for url in sorted(urls) if refs.is_image_reference(url)]
+
+
+def warm_first_image(argv: Sequence[str]) -> threading.Thread | None:
+    """Start reading the first OMERO image of the file list on ``argv`` (``--file-list``)
+    in the background: the file list's metadata in one batch, then the image's z=0, t=0
+    plane of every channel (what "Images (planes extracted)" and NamesAndTypes ask a 2D
+    image for) into the read-ahead cache, inside ``reader.cache_mib``; the thread, or
+    None when nothing was started.
+
+    For a headless ``cellprofiler -c -r`` run handed a session (the plugin calls this
+    only after ``session.connect_early`` started the join). Over a slow network the
+    first image set overlaps nothing, so its pixels are asked for while CellProfiler
+    still loads the file list and prepares the run. The planes are read on speculation:
+    used when the first image set asks for them, dropped (and their memory freed) like
+    any unused read-ahead when the image set announced does not hold the image.
+    ``reader.warm_first_image = false`` (or ``reader.readahead = false``) turns it off.
+    Never raises.
+    """
+    try:
+        path = file_list_argument(argv)
+        settings = session.manager().settings.reader
+        if path is None or not (settings.warm_first_image and settings.readahead):
+            return None
+        wanted = listed_images(path)
+    except Exception as exc:  # an unreadable list is CellProfiler's to report
+        log.debug("the first OMERO image is read when it is asked for: %s", exc)
+        return None
+    if not wanted:
+        return None
+    done = threading.Event()
+    _shared.warmed_metas = done
+
+    def warm() -> None:
+        try:
+            mgr = session.manager()
+            try:
+                runtime.run(mgr.connect)  # joins the session, or waits for the early join
+                session.after_connect(mgr)
+                _shared.claim_metas()
+                runtime.run(_shared.metas.prefetch, mgr, wanted)
+            finally:
+                done.set()
+            meta = _shared.cached_meta(wanted[0])
+            if meta is None:
+                return
+            plane = PlannedPlane(wanted[0], z=0, t=0)
+            with _shared.lock:
+                if _shared.held_bytes() + _plane_bytes(meta, plane) > _shared.budget_bytes():
+                    _shared.stats.skipped += 1
+                    return
+                _shared.start(plane, speculative=True)
+            log.debug("reading OMERO image %s ahead of the first image set", wanted[0].id)
+        except Exception as exc:  # reading ahead must never fail a pipeline
+            log.debug("the first OMERO image is read when it is asked for: %s", exc)
+
+    thread = threading.Thread(target=warm, name="omero-warm-first", daemon=True)
+    thread.start()
+    return thread
 
 
 def image_set_starting(current: Sequence[PlannedPlane], upcoming: Sequence[PlannedPlane]

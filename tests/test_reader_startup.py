@@ -164,3 +164,103 @@ def test_a_headless_cellprofiler_run_handed_a_session_joins_it_while_loading_plu
     finally:
         core_session.set_manager(previous)
         run(parent.close)
+
+
+def _cellprofiler_argv(file_list: Path) -> list[str]:
+    """A headless ``python -m cellprofiler -c -r … --file-list FILE`` command line."""
+    return ["/venv/lib/cellprofiler/__main__.py", "-c", "-r", "-p", "run.cppipe",
+            "--file-list", str(file_list), "-o", "out"]
+
+
+def test_a_headless_run_reads_its_file_lists_first_image_before_cellprofiler_asks_and_uses_it(
+        settings_for: Any, cellprofiler_plugins: None, emulator: Emulator,
+        seeded: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from cellprofiler_omero.core import refs
+    from cellprofiler_omero.cp_integration import reader, session
+
+    ids = list(seeded["fields"][:2])  # two-channel 512² uint16 fields: a tile a plane
+    pipeline = pipeline_over(ids, tmp_path)  # writes tmp_path / "files.txt"
+    first = min(ids, key=lambda i: f"omero:iid={i}")  # CellProfiler sorts its URLs
+    parent = SessionManager(settings_for())
+    run(lambda: parent.connect(user="demo", password="demo"))
+    previous = core_session._manager
+    try:
+        for key, value in parent.export_for_workers().items():
+            monkeypatch.setenv(key, value)
+        core_session.set_manager(None)
+        reader._shared.metas.clear()
+        reader._shared.stats = reader.ReadAheadStats()
+        argv = _cellprofiler_argv(tmp_path / "files.txt")
+        monkeypatch.setattr(sys, "argv", argv)
+        session_calls(emulator, parent)
+        # What the reader plugin does as CellProfiler loads it.
+        assert session.connect_early()
+        warming = reader.warm_first_image(argv)
+        assert warming is not None
+        warming.join(60)
+        mgr = session.manager()
+        first_ref = refs.parse_image(f"omero:iid={first}")
+        for future in reader._shared.planes[(first_ref, 0, 0, None)].values():
+            future.result(60)
+        # Before CellProfiler asked for anything: the file list's metadata in one batch
+        # and both channels of its first image (z=0, t=0), held on speculation.
+        calls = session_calls(emulator, parent)
+        assert calls.get("RawPixelsStore.getTile") == 2, calls
+        assert reader.read_ahead_stats().started == 2
+        assert set(reader._shared.speculative.values()) == {first_ref}
+
+        m = pipeline.run()  # CellProfiler's in-process run (headless ``cellprofiler -c -r``)
+
+        assert list(m.get_image_numbers()) == [1, 2]
+        calls = session_calls(emulator, parent)
+        # No metadata asked again, the first image not read again: one tile for the
+        # second image set's DNA plane is all the run read.
+        assert calls.get("RawPixelsStore.getTile") == 1, calls
+        assert "IQuery.projection" not in calls, calls
+        stats = reader.read_ahead_stats()
+        assert (stats.started, stats.used, stats.dropped) == (3, 3, 0)
+        assert not reader._shared.speculative
+        run(mgr.close)
+    finally:
+        core_session.set_manager(previous)
+        run(parent.close)
+
+
+def test_a_wrong_first_image_guess_is_dropped_and_freed_and_the_setting_turns_warming_off(
+        manager: SessionManager, settings_for: Any, emulator: Emulator,
+        seeded: dict[str, Any], tmp_path: Path) -> None:
+    from cellprofiler_omero.core import refs
+    from cellprofiler_omero.cp_integration import reader
+
+    ids = sorted(seeded["fields"][:3], key=lambda i: f"omero:iid={i}")
+    listed = tmp_path / "listed.txt"
+    listed.write_text("".join(f"omero:iid={i}\n" for i in reversed(ids)))
+    guess = refs.parse_image(f"omero:iid={ids[0]}")
+    argv = _cellprofiler_argv(listed)
+
+    # Off: nothing is started, nothing asked.
+    off = SessionManager(settings_for(reader__warm_first_image=False))
+    core_session.set_manager(off)
+    session_calls(emulator, manager)
+    assert reader.warm_first_image(argv) is None
+    assert reader.read_ahead_stats().started == 0
+    assert not session_calls(emulator, manager)
+    core_session.set_manager(manager)
+
+    warming = reader.warm_first_image(argv)
+    assert warming is not None
+    warming.join(60)
+    assert reader.read_ahead_stats().started == 2  # the first listed (sorted) image
+    assert reader._shared.held_bytes() > 0
+    # The run's file list does not hold the guessed image: its first image set is another.
+    m = pipeline_over(ids[1:], tmp_path).run()
+
+    assert list(m.get_image_numbers()) == [1, 2]
+    stats = reader.read_ahead_stats()
+    assert stats.dropped == 2  # both channels of the guess, dropped unused
+    assert stats.used == stats.started - 2
+    assert not reader._shared.speculative
+    assert not [key for key in reader._shared.planes if key[0] == guess]  # memory freed
+    assert guess not in reader._shared.images  # its reader released

@@ -6,9 +6,11 @@ one Module or Reader class per plugin file and warns about files without one.
 workers.
 """
 
+import sys
 from types import ModuleType
 
 from cellprofiler_omero.cp_integration import compat, session
+from cellprofiler_omero.cp_integration import reader as _reader
 from cellprofiler_omero.cp_integration.reader import OMEROReader as _OMEROReader
 
 _gui: ModuleType | None
@@ -18,8 +20,10 @@ except ImportError:  # an installation without the GUI parts: the reader works a
     _gui = None
 
 compat.install()
-# A headless run handed a session joins it while CellProfiler loads the pipeline.
-session.connect_early()
+# A headless run handed a session joins it while CellProfiler loads the pipeline, and
+# starts reading the file list's first image (the first image set overlaps nothing else).
+if session.connect_early():
+    _reader.warm_first_image(sys.argv)
 
 
 class OMEROReader(_OMEROReader):
