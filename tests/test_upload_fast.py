@@ -25,7 +25,7 @@ from cellprofiler_omero.core.session import SessionManager
 from cellprofiler_omero.core.uploading import begin_upload, upload
 from cellprofiler_omero.cp_integration.save_images import UploadFailed, UploadQueue
 from cellprofiler_omero.emulator import Emulator
-from cellprofiler_omero.transports.ice.uploader import BEHIND_PIECE_BYTES, stores_for
+from cellprofiler_omero.transports.ice.uploader import PIECE_BYTES, stores_for
 from tests.conftest import run
 from tests.test_upload_strict import images_described, images_with_key, read
 
@@ -275,25 +275,26 @@ def test_big_images_get_a_store_per_12_mib_and_small_ones_share_few() -> None:
     assert stores_for(16, 4, nbytes=16 * 64 * 48 * 2) == 2
 
 
-def test_a_staged_upload_goes_behind_the_pipeline_in_pieces_of_at_most_1_mib_through_two_stores(
+def test_an_upload_sends_pieces_of_at_most_4_mib_and_a_staged_one_whole_planes(
         emulator: Emulator, manager: SessionManager) -> None:
-    """A read's request queues behind whatever is on the client → server link before it:
-    behind a background upload it waits for one small piece, not a whole plane. In the
-    foreground the same plane goes whole (fewest calls)."""
-    pixels = np.random.default_rng(5).integers(0, 2**16, (1, 1024, 768), dtype=np.uint16)
-    assert pixels.nbytes == 1.5 * BEHIND_PIECE_BYTES
+    """In the foreground a piece is stored only once all of it has arrived, so smaller
+    pieces shorten the tail; behind the pipeline every call in sequence may wait behind
+    read data, so whole planes (fewest calls) go."""
+    pixels = np.random.default_rng(5).integers(0, 2**16, (1, 1536, 1536), dtype=np.uint16)
+    assert pixels.nbytes > PIECE_BYTES
     session = run(manager.connection).session_key
     run(lambda: upload(manager, pixels[:, :8, :8], name="warm-up", axes="ZYX"))
+    emulator.reset_call_counts()
+    made = run(lambda: upload(manager, pixels, name="foreground", axes="ZYX"))
+    foreground = session_calls(emulator, session)
+    # Two full-row strips (1,365 and 171 rows of 3,072 bytes), through one store.
+    assert foreground.get("RawPixelsStore.setTile") == 2
+    assert "RawPixelsStore.setPlane" not in foreground
+    assert foreground["RawPixelsStore.setPixelsId"] == 1
+    np.testing.assert_array_equal(read(manager, made.id, z=[0])[:, 0], pixels)
     emulator.reset_call_counts()
     pending = run(lambda: begin_upload(manager, pixels, name="behind", axes="ZYX"))
     done = run(pending.finish)
     behind = session_calls(emulator, session)
-    # Two strips (682 and 342 rows of 1,536 bytes: ≤ 1 MiB each), one per store.
-    assert behind.get("RawPixelsStore.setTile") == 2 and "RawPixelsStore.setPlane" not in behind
-    assert behind["RawPixelsStore.setPixelsId"] == 2
+    assert behind.get("RawPixelsStore.setPlane") == 1 and "RawPixelsStore.setTile" not in behind
     np.testing.assert_array_equal(read(manager, done.id, z=[0])[:, 0], pixels)
-    emulator.reset_call_counts()
-    run(lambda: upload(manager, pixels, name="foreground", axes="ZYX"))
-    foreground = session_calls(emulator, session)
-    assert foreground.get("RawPixelsStore.setPlane") == 1
-    assert "RawPixelsStore.setTile" not in foreground

@@ -22,8 +22,8 @@ ome/omero-server ``RawPixelsBean``):
 * planes within the server's maximum plane size (and float/double planes, which are
   exempt) go up concurrently through a fixed set of stores that were all bound with
   ``setPixelsId`` before the first write, each plane in full-row strips of at most
-  4 MiB (1 MiB behind the pipeline; romio's ``setTile`` takes strips at x = 0 of the
-  full width); a store that fails ends the attempt (it is never replaced mid-upload);
+  4 MiB (whole planes behind the pipeline; romio's ``setTile`` takes strips at x = 0
+  of the full width); a store that fails ends the attempt (it is never replaced mid-upload);
   ``close`` saves (``RawPixelsBean.close`` calls ``save``), so there is no separate save;
 * bigger uint8/uint16 planes go into a pyramid: tiles of the server's ``getTileSize()``
   in omero-py's ``RPSTileLoop`` order (t, c, z, rows, columns) through one store,
@@ -332,15 +332,17 @@ class IceImageSink(AsyncClosing):
                      ) -> UploadedImage:
         """Write the pixels of an image ``begin`` made, then complete it.
 
-        A staged upload goes on behind other work (a pipeline reading its next images
-        from the same server), so its pixels go in pieces of at most
-        ``BEHIND_PIECE_BYTES`` through at least two stores: the client → server link is
-        first come, first served, and a read's small request that queues behind a
-        whole 8 MiB plane waits for all of it (0.34 s at 200 Mbit/s); behind two 1 MiB
-        pieces it waits 0.08 s, while two pieces in flight keep the link as busy.
+        A staged upload goes on behind a pipeline that reads its next images over the
+        same connection, so it sends whole planes (up to the message limit) through as
+        few stores as possible: each of its calls in sequence has a reply that may wait
+        behind read data on the server → client link. Smaller pieces kept a read's
+        request from waiting behind a whole plane on the other link (a 4 × 2048² read
+        during an upload: +0.05–0.10 s instead of +0.18–0.28 s at wan) but added
+        sequential calls, and the pipeline at wan ran slower with them (8 image sets:
+        15.3–16.3 s with whole planes, 16.4–17.0 s in 1 MiB pieces, 16.2–21.9 s in
+        2–4 MiB pieces).
         """
-        return await self._finish(pixels, spec, started, piece_bytes=min(
-            BEHIND_PIECE_BYTES, self._max_bytes()), min_stores=2)
+        return await self._finish(pixels, spec, started, piece_bytes=self._max_bytes())
 
     async def _finish(self, pixels: np.ndarray, spec: NewImage, started: Started, *,
                       piece_bytes: int, min_stores: int = 1) -> UploadedImage:
@@ -670,10 +672,6 @@ def _provenance_link(image_id: int, spec: NewImage) -> Any:
 #: 0.35–0.39 s in 4 MiB pieces against 0.39–0.41 s in whole planes through 3 stores,
 #: one call fewer (20) and 25 % less client CPU.
 PIECE_BYTES = 4 * 1024 * 1024
-#: Largest piece of a staged upload (``finish``), which goes on behind other work: a
-#: request queued behind it on the client → server link waits for it (1 MiB is 42 ms
-#: at 200 Mbit/s, 8 ms at 1 Gbit/s).
-BEHIND_PIECE_BYTES = 1024 * 1024
 #: Pieces each extra store must have to write: a store costs three calls, and on a
 #: real server its ``close`` digests the whole pixel file (``RawPixelsBean.save``), so
 #: many small pieces go faster through few stores.
