@@ -244,9 +244,9 @@ def measure_scale(emu: Any, dataset: int, fields: int, size: int,
                 "busy": _busy_seconds(stream.data) / (n * seconds),
                 # CPU seconds per image set of the whole run (preparing and finishing
                 # included) by process. They move less than wall time when other programs
-                # share the cores, but they do move: the same commit's workers took 3.6 s
-                # per image set at a load of ~3 and 4.75 s at ~13 (12 × 1024², 2 vCPUs),
-                # so compare two commits side by side, under the same load.
+                # share the cores, but they do move: the same commit's workers took 2.8 s
+                # per image set at a load average of 3-7 and 4.75 s at 13 (12 × 1024²,
+                # 2 vCPUs), so compare two commits side by side, under the same load.
                 "cpu_per_image_set": {
                     name: (a - b) / done for name, a, b in
                     zip(("workers", "driver", "emulator"), cpu_after, cpu_before,
