@@ -28,7 +28,9 @@ No per-image tax (CellProfiler makes a reader per image per image set):
 * the Ice transport's stores stay with the connection and move between images;
 * the next image set's planes are read while CellProfiler computes the current one,
   and in a run CellProfiler makes in this process the first image set's as soon as
-  NamesAndTypes has made the image sets (``start_first_image_set``).
+  NamesAndTypes has made the image sets (``start_first_image_set``); a headless
+  ``cellprofiler -c -r --file-list FILE`` run handed a session starts even earlier,
+  on the file list's first image, as the reader plugin loads (``warm_first_image``).
   How the reader knows the next image set: NamesAndTypes stores every image set in
   the measurements (``ImageSet_ImageSet``, by image number) and its ``run`` is
   where each image set starts; ``compat`` calls ``announce_image_set`` just before
@@ -559,8 +561,11 @@ def warm_first_image(argv: Sequence[str]) -> threading.Thread | None:
                 if _shared.held_bytes() + _plane_bytes(meta, plane) > _shared.budget_bytes():
                     _shared.stats.skipped += 1
                     return
-                _shared.start(plane, speculative=True)
+                futures = _shared.start(plane, speculative=True)
             log.debug("reading OMERO image %s ahead of the first image set", wanted[0].id)
+            wait_all(futures)
+            log.debug("OMERO image %s read ahead of the first image set (%d planes)",
+                      wanted[0].id, len(futures))
         except Exception as exc:  # reading ahead must never fail a pipeline
             log.debug("the first OMERO image is read when it is asked for: %s", exc)
 

@@ -47,8 +47,24 @@ def manager(settings_for: Any, cellprofiler_plugins: None) -> Iterator[SessionMa
     reader_module._shared.metas.clear()
     reader_module._shared.stats = reader_module.ReadAheadStats()
     yield mgr
+    forget_planes()
     core_session.set_manager(None)
     run(mgr.close)
+
+
+def forget_planes() -> None:
+    """Empty the readers' shared plane cache: a run's last images, which CellProfiler
+    releases only when they are collected, would otherwise stay open and serve the next
+    test's reads of those images from the cache."""
+    import gc
+
+    from cellprofiler_omero.cp_integration.reader import _shared
+
+    gc.collect()  # CellProfiler's images release their readers in finalisers
+    with _shared.lock:
+        for key in list(_shared.planes):
+            _shared._drop(key)
+        _shared.current = _shared.upcoming = ()
 
 
 def pipeline_over(ids: list[int], tmp_path: Path) -> Any:
@@ -224,6 +240,7 @@ def test_a_headless_run_reads_its_file_lists_first_image_before_cellprofiler_ask
         assert not reader._shared.speculative
         run(mgr.close)
     finally:
+        forget_planes()
         core_session.set_manager(previous)
         run(parent.close)
 
