@@ -118,6 +118,8 @@ class PipelineRun:
     wall_s: float = 0.0
     window_start_s: float | None = None
     window_end_s: float | None = None
+    #: When the first image set finished (its read overlaps nothing: see the bound above).
+    first_done_s: float | None = None
     completed: set[int] = field(default_factory=set)
     log_tail: list[str] = field(default_factory=list)
 
@@ -136,7 +138,18 @@ class PipelineRun:
                 # From preparing the run to the process's end: post_run included (where
                 # uploads behind the pipeline are waited for).
                 "to_end_s": self.wall_s - start if start is not None else None,
-                "sets_per_s": len(self.completed) / window if window else None}
+                "sets_per_s": len(self.completed) / window if window else None,
+                "first_set_s": (self.first_done_s - start
+                                if start is not None and self.first_done_s is not None
+                                else None),
+                "steady_sets_per_s": self.steady_sets_per_s()}
+
+    def steady_sets_per_s(self) -> float | None:
+        """Image sets per second after the first one finished (None with < 2 sets)."""
+        if (self.first_done_s is None or self.window_end_s is None
+                or len(self.completed) < 2 or self.window_end_s <= self.first_done_s):
+            return None
+        return (len(self.completed) - 1) / (self.window_end_s - self.first_done_s)
 
 
 def last_module(pipeline_text: str) -> int:
@@ -162,6 +175,8 @@ def follow(lines: Any, started: float, final_module: int, run: PipelineRun,
             if int(match.group(3)) == final_module:
                 run.completed.add(int(match.group(1)))
                 run.window_end_s = now
+                if run.first_done_s is None:
+                    run.first_done_s = now
 
 
 def run_cellprofiler(pipeline: Path, file_list: Path, output: Path, env: dict[str, str],
@@ -406,7 +421,10 @@ def run(target: Target, image_ids: list[int], workload: E2EWorkload) -> dict[str
         "io": {"channels": workload.io_channels, "size": workload.io_size,
                "image_ids": io_ids, "pipeline": IO_PIPELINE.format(save=LOCAL_DISK),
                "local": io_local_json, "omero": io_omero_json,
-               "ratio": ratio(io_omero_json["sets_per_s"], io_local_json["sets_per_s"])},
+               "ratio": ratio(io_omero_json["sets_per_s"], io_local_json["sets_per_s"]),
+               # No goal: shows what is left once the first set's read is behind.
+               "steady_ratio": ratio(io_omero_json["steady_sets_per_s"],
+                                     io_local_json["steady_sets_per_s"])},
         # Time, OMERO over local disk (≤ 1 is as fast): both read from OMERO.
         "save": {"channels": workload.io_channels, "size": workload.io_size,
                  "pipeline": IO_PIPELINE.format(save="SaveImagesToOMERO / SaveImages"),

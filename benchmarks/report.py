@@ -507,7 +507,9 @@ def _e2e_section(data: dict[str, Any]) -> Section:
              ) -> None:
         for key, label in pairs:
             run = group.get(key) or {}
-            detail = (f"processing {fmt_seconds(run.get('window_s'))}, run "
+            first = (f" (first set {fmt_seconds(run['first_set_s'])})"
+                     if run.get("first_set_s") is not None else "")
+            detail = (f"processing {fmt_seconds(run.get('window_s'))}{first}, run "
                       f"{fmt_seconds(run.get('wall_s'))} incl. start-up "
                       f"{fmt_seconds(run.get('startup_s'))}") if run else ""
             section.lines.append(Line(f"{prefix}, {label}",
@@ -520,6 +522,10 @@ def _e2e_section(data: dict[str, Any]) -> Section:
         runs(prefix, sources, io)
         section.lines.append(Line(f"{prefix}, OMERO / local", fmt_ratio(io.get("ratio")), "",
                                   "e2e_io_omero_vs_local", io.get("ratio")))
+        if io.get("steady_ratio") is not None:
+            section.lines.append(Line(f"{prefix}, OMERO / local after the first set",
+                                      fmt_ratio(io.get("steady_ratio")),
+                                      "no goal: the first set's read overlaps nothing"))
         section.notes.append(f"I/O-significant pipeline: {io['pipeline']}")
     save = data.get("save")
     if save:

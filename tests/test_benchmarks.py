@@ -304,6 +304,9 @@ def test_follow_counts_image_sets_over_the_processing_window() -> None:
     assert run.window_start_s == 3.0 and run.window_end_s == 7.0
     assert run.completed == {1, 2}
     assert run.to_json()["sets_per_s"] == pytest.approx(0.5)
+    # The first set ends 2 s into the window; the one set after it takes 2 s more.
+    assert run.to_json()["first_set_s"] == pytest.approx(2.0)
+    assert run.to_json()["steady_sets_per_s"] == pytest.approx(0.5)
 
 
 # -- the command line --------------------------------------------------------------------------
