@@ -100,7 +100,7 @@ def _patch_names_and_types() -> None:
 
     @functools.wraps(prepare_original)
     def prepare_run(self: Any, workspace: Any) -> Any:
-        if not workspace.pipeline.test_mode and reader._runs_image_sets_here():
+        if not workspace.pipeline.test_mode and reader.runs_image_sets_here():
             # Reads start while the run is prepared (start_first_image_set, below).
             collect_garbage_in_cellprofilers_thread()
         result = prepare_original(self, workspace)
@@ -111,7 +111,7 @@ def _patch_names_and_types() -> None:
 
     @functools.wraps(run_original)
     def run(self: Any, workspace: Any) -> Any:
-        if not workspace.pipeline.test_mode and reader._runs_image_sets_here():
+        if not workspace.pipeline.test_mode and reader.runs_image_sets_here():
             collect_garbage_in_cellprofilers_thread()
         # First: NamesAndTypes' own run may already read the image set's planes.
         reader.announce_image_set(self, workspace)

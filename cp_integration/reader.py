@@ -443,7 +443,7 @@ def prefetch_file_list(workspace: Any) -> None:
         log.debug("file list metadata not prefetched: %s", exc)
 
 
-def _runs_image_sets_here() -> bool:
+def runs_image_sets_here() -> bool:
     """Whether this process runs the image sets it prepares: CellProfiler's in-process
     run (``Pipeline.run_with_yield``: headless ``cellprofiler -c -r``) prepares and runs
     in one call. CellProfiler's analysis workers and this
@@ -465,12 +465,12 @@ def start_first_image_set(workspace: Any) -> None:
 
     Over a slow network the first image set can overlap nothing else, so every moment
     between preparing the run and running its first image set counts. Only where the
-    image sets are run in this process (``_runs_image_sets_here``); a wrong guess (the
+    image sets are run in this process (``runs_image_sets_here``); a wrong guess (the
     run starts at another image set) is dropped when that image set is announced.
     Never raises.
     """
     try:
-        if not _runs_image_sets_here():
+        if not runs_image_sets_here():
             return
         module = next((m for m in workspace.pipeline.modules()
                        if m.module_name == "NamesAndTypes"), None)
