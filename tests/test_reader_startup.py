@@ -67,6 +67,23 @@ def forget_planes() -> None:
         _shared.current = _shared.upcoming = ()
 
 
+@pytest.fixture
+def handed_over(settings_for: Any, cellprofiler_plugins: None,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionManager]:
+    """A session handed to this process as ``cellprofiler-omero`` hands one to CellProfiler
+    (in the environment), no process-wide manager yet; yields the handing side's manager."""
+    parent = SessionManager(settings_for())
+    run(lambda: parent.connect(user="demo", password="demo"))
+    previous = core_session._manager
+    for key, value in parent.export_for_workers().items():
+        monkeypatch.setenv(key, value)
+    core_session.set_manager(None)
+    yield parent
+    forget_planes()
+    core_session.set_manager(previous)
+    run(parent.close)
+
+
 def pipeline_over(ids: list[int], tmp_path: Path) -> Any:
     """Images (planes extracted) → Metadata → NamesAndTypes (C0 = DNA) →
     MeasureImageIntensity, loaded from ``.cppipe`` text with a file list of ``ids``."""
@@ -145,41 +162,31 @@ def test_an_in_process_run_starts_reading_the_first_image_set_as_it_is_prepared(
 
 
 def test_a_headless_cellprofiler_run_handed_a_session_joins_it_while_loading_plugins(
-        settings_for: Any, cellprofiler_plugins: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+        handed_over: SessionManager, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
     import threading
 
     from cellprofiler_omero.cp_integration import session
 
-    parent = SessionManager(settings_for())
-    run(lambda: parent.connect(user="demo", password="demo"))
-    previous = core_session._manager
-    try:
-        for key, value in parent.export_for_workers().items():
-            monkeypatch.setenv(key, value)
-        core_session.set_manager(None)
-        # Not CellProfiler's command (a test run, a worker, a library): nothing joined.
-        monkeypatch.setattr(sys, "argv", ["pytest"])
-        assert not session.connect_early()
-        assert core_session._manager is None
+    parent = handed_over
+    # Not CellProfiler's command (a test run, a worker, a library): nothing joined.
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    assert not session.connect_early()
+    assert core_session._manager is None
 
-        monkeypatch.setattr(sys, "argv", ["/venv/lib/cellprofiler/__main__.py", "-c", "-r"])
-        assert session.connect_early()
-        mgr = core_session._manager
-        assert mgr is not None
-        joined = threading.Event()
-        for _ in range(600):  # the join runs on its own; nothing here asks it to connect
-            if mgr.connected:
-                joined.set()
-                break
-            threading.Event().wait(0.05)
-        assert joined.is_set(), "the handed-over session was not joined"
-        assert run(mgr.connection).session_key == run(parent.connection).session_key
-        run(mgr.close)
-    finally:
-        core_session.set_manager(previous)
-        run(parent.close)
+    monkeypatch.setattr(sys, "argv", ["/venv/lib/cellprofiler/__main__.py", "-c", "-r"])
+    assert session.connect_early()
+    mgr = core_session._manager
+    assert mgr is not None
+    joined = threading.Event()
+    for _ in range(600):  # the join runs on its own; nothing here asks it to connect
+        if mgr.connected:
+            joined.set()
+            break
+        threading.Event().wait(0.05)
+    assert joined.is_set(), "the handed-over session was not joined"
+    assert run(mgr.connection).session_key == run(parent.connection).session_key
+    run(mgr.close)
 
 
 def _cellprofiler_argv(file_list: Path) -> list[str]:
@@ -189,8 +196,8 @@ def _cellprofiler_argv(file_list: Path) -> list[str]:
 
 
 def test_a_headless_run_reads_its_file_lists_first_image_before_cellprofiler_asks_and_uses_it(
-        settings_for: Any, cellprofiler_plugins: None, emulator: Emulator,
-        seeded: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        handed_over: SessionManager, emulator: Emulator, seeded: dict[str, Any],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     from cellprofiler_omero.core import refs
@@ -199,50 +206,40 @@ def test_a_headless_run_reads_its_file_lists_first_image_before_cellprofiler_ask
     ids = list(seeded["fields"][:2])  # two-channel 512² uint16 fields: a tile a plane
     pipeline = pipeline_over(ids, tmp_path)  # writes tmp_path / "files.txt"
     first = min(ids, key=lambda i: f"omero:iid={i}")  # CellProfiler sorts its URLs
-    parent = SessionManager(settings_for())
-    run(lambda: parent.connect(user="demo", password="demo"))
-    previous = core_session._manager
-    try:
-        for key, value in parent.export_for_workers().items():
-            monkeypatch.setenv(key, value)
-        core_session.set_manager(None)
-        reader._shared.metas.clear()
-        reader._shared.stats = reader.ReadAheadStats()
-        argv = _cellprofiler_argv(tmp_path / "files.txt")
-        monkeypatch.setattr(sys, "argv", argv)
-        session_calls(emulator, parent)
-        # What the reader plugin does as CellProfiler loads it.
-        assert session.connect_early()
-        warming = reader.warm_first_image(argv)
-        assert warming is not None
-        warming.join(60)
-        mgr = session.manager()
-        first_ref = refs.parse_image(f"omero:iid={first}")
-        for future in reader._shared.planes[(first_ref, 0, 0, None)].values():
-            future.result(60)
-        # Before CellProfiler asked for anything: the file list's metadata in one batch
-        # and both channels of its first image (z=0, t=0), held on speculation.
-        calls = session_calls(emulator, parent)
-        assert calls.get("RawPixelsStore.getTile") == 2, calls
-        assert reader.read_ahead_stats().started == 2
-        assert set(reader._shared.speculative.values()) == {first_ref}
+    parent = handed_over
+    reader._shared.metas.clear()
+    reader._shared.stats = reader.ReadAheadStats()
+    argv = _cellprofiler_argv(tmp_path / "files.txt")
+    monkeypatch.setattr(sys, "argv", argv)
+    session_calls(emulator, parent)
+    # What the reader plugin does as CellProfiler loads it.
+    assert session.connect_early()
+    warming = reader.warm_first_image(argv)
+    assert warming is not None
+    warming.join(60)
+    mgr = session.manager()
+    first_ref = refs.parse_image(f"omero:iid={first}")
+    for future in reader._shared.planes[(first_ref, 0, 0, None)].values():
+        future.result(60)
+    # Before CellProfiler asked for anything: the file list's metadata in one batch
+    # and both channels of its first image (z=0, t=0), held on speculation.
+    calls = session_calls(emulator, parent)
+    assert calls.get("RawPixelsStore.getTile") == 2, calls
+    assert reader.read_ahead_stats().started == 2
+    assert set(reader._shared.speculative.values()) == {first_ref}
 
-        m = pipeline.run()  # CellProfiler's in-process run (headless ``cellprofiler -c -r``)
+    m = pipeline.run()  # CellProfiler's in-process run (headless ``cellprofiler -c -r``)
 
-        assert list(m.get_image_numbers()) == [1, 2]
-        calls = session_calls(emulator, parent)
-        # No metadata asked again, the first image not read again: one tile for the
-        # second image set's DNA plane is all the run read.
-        assert calls.get("RawPixelsStore.getTile") == 1, calls
-        assert "IQuery.projection" not in calls, calls
-        stats = reader.read_ahead_stats()
-        assert (stats.started, stats.used, stats.dropped) == (3, 3, 0)
-        assert not reader._shared.speculative
-        run(mgr.close)
-    finally:
-        forget_planes()
-        core_session.set_manager(previous)
-        run(parent.close)
+    assert list(m.get_image_numbers()) == [1, 2]
+    calls = session_calls(emulator, parent)
+    # No metadata asked again, the first image not read again: one tile for the
+    # second image set's DNA plane is all the run read.
+    assert calls.get("RawPixelsStore.getTile") == 1, calls
+    assert "IQuery.projection" not in calls, calls
+    stats = reader.read_ahead_stats()
+    assert (stats.started, stats.used, stats.dropped) == (3, 3, 0)
+    assert not reader._shared.speculative
+    run(mgr.close)
 
 
 def test_a_wrong_first_image_guess_is_dropped_and_freed_and_the_setting_turns_warming_off(

@@ -66,13 +66,9 @@ DEFAULT_ACTIVE = 3
 
 def _type_range(shape: PixelsShape) -> tuple[float, float]:
     """The range of the pixels' dtype (what a projection clips to)."""
-    if shape.pixel_type == "bit":
-        return 0.0, 1.0
-    dtype = shape.dtype
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return float(info.min), float(info.max)
-    return float(np.finfo(dtype).min), float(np.finfo(dtype).max)
+    if shape.pixel_type != "bit" and shape.dtype.kind == "f":
+        return float(np.finfo(shape.dtype).min), float(np.finfo(shape.dtype).max)
+    return pixels_type_range(shape)  # bit and integral types: the same range
 
 
 def pixels_type_range(shape: PixelsShape) -> tuple[float, float]:
