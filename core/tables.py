@@ -668,7 +668,8 @@ class BackgroundAppends:
         """Make or open the table before the first batch needs it (see the class)."""
         try:
             runtime.run(self.writer.open)
-        except Exception as exc:  # the first batch opens it again and reports it
+        except BaseException as exc:  # the first batch opens it again and
+            # reports it; a cancellation here must not end the sender (close would wait)
             log.info("opening table %r ahead of its first batch failed (%s); the first "
                      "batch tries again", self.writer.schema.name, exc)
         finally:

@@ -19,7 +19,7 @@
   announced before NamesAndTypes' ``run`` (``reader.announce_image_set``) so the
   next one is read ahead. Only OMERO images are affected; these calls never raise.
 * In CellProfiler's in-process run (headless ``-c -r``, the demo), from NamesAndTypes'
-  ``prepare_run`` to the run's end, Python's garbage collector
+  ``prepare_run`` to the pipeline's ``end_run``, Python's garbage collector
   runs only in CellProfiler's thread (``collect_garbage_in_cellprofilers_thread``):
   h5py's lock and a collection on one of this package's threads could deadlock.
 
@@ -117,17 +117,9 @@ def _patch_names_and_types() -> None:
         reader.announce_image_set(self, workspace)
         return run_original(self, workspace)
 
-    post_original: Callable[..., Any] = NamesAndTypes.post_run
-
-    @functools.wraps(post_original)
-    def post_run(self: Any, workspace: Any) -> Any:
-        garbage_collected_anywhere_again()
-        return post_original(self, workspace)
-
     run._cellprofiler_omero = True  # type: ignore[attr-defined]
     NamesAndTypes.run = run
     NamesAndTypes.prepare_run = prepare_run
-    NamesAndTypes.post_run = post_run
 
     from cellprofiler_core.pipeline import Pipeline
 
@@ -135,7 +127,9 @@ def _patch_names_and_types() -> None:
 
     @functools.wraps(end_original)
     def end_run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        # A cancelled or failed run never reaches post_run; every run ends here.
+        # run_with_yield calls end_run in its finally, after every module's post_run
+        # (which still close table senders and drain uploads beside our threads), and
+        # also when a run fails or is cancelled.
         garbage_collected_anywhere_again()
         return end_original(self, *args, **kwargs)
 
@@ -187,8 +181,8 @@ def collect_garbage_in_cellprofilers_thread() -> None:
 
 
 def garbage_collected_anywhere_again() -> None:
-    """The run is over (NamesAndTypes' ``post_run``, or the pipeline's ``end_run`` when a
-    run stops early): automatic collection as before."""
+    """The run is over (the pipeline's ``end_run``, after every module's ``post_run``,
+    also when a run stops early): automatic collection as before."""
     import gc
 
     if _collection["disabled_here"]:

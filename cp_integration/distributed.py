@@ -346,7 +346,9 @@ def _garbage_collected_in_this_thread() -> Iterator[None]:
     that lock and waits for the GIL, the process deadlocks (h5py/h5py#2019,
     dask/dask#7547: a CI run hung there). Only the young generations are collected here:
     a full collection of CellProfiler's heap cost ~0.8 s of CPU per batch (measured); the
-    old generation is collected automatically afterwards, when CellProfiler is done.
+    old generation is collected automatically afterwards, when CellProfiler is done (the
+    driver's run, which may last hours, also makes a full collection every
+    ``MERGE_EVERY`` image sets).
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -845,6 +847,7 @@ def _run_batches(client: Any, report: RunReport, batches: list[Batch], measureme
                for batch in batches]
     pending: dict[tuple[str, str], dict[int, Any]] = {}
     pending_sets = 0
+    generation = 1  # of the collection after the next result (2: a full one)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=report.image_sets, unit="image set", desc="image sets", disable=not show,
                file=sys.stderr, dynamic_ncols=True)
@@ -867,12 +870,13 @@ def _run_batches(client: Any, report: RunReport, batches: list[Batch], measureme
                 pending, pending_sets = {}, 0
                 # The old generation too, now and then: automatic collection is off for
                 # the whole run, which may last hours.
-                gc.collect()
+                generation = 2
             for n in result["image_numbers"]:
                 report.ran_on[int(n)] = result["where"]
             report.done += len(result["done"])
             report.failures += [Failure(**f) for f in result["failures"]]
-            gc.collect(1)  # here, not on another thread (_garbage_collected_in_this_thread)
+            gc.collect(generation)  # here, not on another thread
+            generation = 1  # (_garbage_collected_in_this_thread)
             bar.update(len(result["image_numbers"]))
             bar.set_postfix(failed=len(report.failures))
             if on_batch is not None:

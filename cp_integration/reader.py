@@ -534,21 +534,24 @@ def warm_first_image(argv: Sequence[str]) -> threading.Thread | None:
         settings = session.manager().settings.reader
         if path is None or not (settings.warm_first_image and settings.readahead):
             return None
-        wanted = listed_images(path)
-    except Exception as exc:  # an unreadable list is CellProfiler's to report
+    except Exception as exc:
         log.debug("the first OMERO image is read when it is asked for: %s", exc)
-        return None
-    if not wanted:
         return None
     done = threading.Event()
     _shared.warmed_metas = done
 
     def warm() -> None:
         try:
-            mgr = session.manager()
             try:
-                runtime.run(mgr.connect)  # joins the session, or waits for the early join
-                session.after_connect(mgr)
+                # Read here, not on the thread importing the plugin (a list can be long);
+                # an unreadable list is CellProfiler's to report.
+                wanted = listed_images(path)
+                if not wanted:
+                    return
+                mgr = session.manager()
+                # Joins the session, or waits for the early join (which already made it
+                # available to workers: session.after_connect).
+                runtime.run(mgr.connect)
                 _shared.claim_metas()
                 runtime.run(_shared.metas.prefetch, mgr, wanted)
             finally:
