@@ -801,7 +801,13 @@ def _cluster(scheduler: str | None, workers: int | None, client: Any = None
                                dashboard_address=":0")
     with cluster, Client(cluster) as client:
         client.wait_for_workers(n)
-        yield client
+        try:
+            yield client
+        except KeyboardInterrupt:
+            # The user stopped the run: the scheduler's own shutdown noise (e.g. a
+            # CommClosedError traceback from a worker it is closing) is not theirs to read.
+            logging.getLogger("distributed").setLevel(logging.CRITICAL)
+            raise
 
 
 #: How long the end of a run waits for the workers to forget its plugin.
